@@ -1,0 +1,64 @@
+//! Typed views of bytes that are either owned or borrowed from a shared owner
+//! (a memory-mapped file), so weights are used in place without a copy.
+
+use std::sync::Arc;
+
+/// Anything that can lend its bytes: `memmap2::Mmap`, `Vec<u8>`, ...
+pub type ByteOwner = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+pub struct Buf<T: bytemuck::Pod> {
+    inner: Inner<T>,
+}
+
+enum Inner<T> {
+    Owned(Vec<T>),
+    Shared {
+        owner: ByteOwner,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl<T: bytemuck::Pod> Buf<T> {
+    pub fn owned(v: Vec<T>) -> Self {
+        Buf {
+            inner: Inner::Owned(v),
+        }
+    }
+
+    /// A view of `owner[start..start + n * size_of::<T>()]`. Borrowed in place when the bytes are
+    /// aligned for `T`, copied otherwise (safetensors does not promise alignment).
+    pub fn shared(owner: ByteOwner, start: usize, n: usize) -> Self {
+        let size = std::mem::size_of::<T>();
+        let bytes = &(*owner).as_ref()[start..start + n * size];
+        if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+            Buf {
+                inner: Inner::Shared {
+                    owner,
+                    start,
+                    len: n,
+                },
+            }
+        } else {
+            Buf::owned(bytemuck::pod_collect_to_vec(bytes))
+        }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        match &self.inner {
+            Inner::Owned(v) => v,
+            Inner::Shared { owner, start, len } => {
+                let size = std::mem::size_of::<T>();
+                bytemuck::cast_slice(&(**owner).as_ref()[*start..*start + len * size])
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

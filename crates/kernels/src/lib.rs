@@ -1,0 +1,17 @@
+//! CPU kernels for whale. Nothing here knows about DeepSeek or any model: these are
+//! products of f32 activations with weight matrices stored in the formats that real
+//! checkpoints ship (f32, f16, bf16, float8_e4m3fn with block scales), plus the small
+//! elementwise operations a transformer needs.
+//!
+//! Hand-written rather than taken from a tensor crate because the formats we must read
+//! without conversion (FP8 128x128 blocks, memory-mapped bf16) and the decode-time
+//! memory-bandwidth target need control over how each weight byte is read exactly once.
+
+pub mod attention;
+pub mod buf;
+pub mod fp8;
+pub mod matrix;
+pub mod ops;
+
+pub use buf::Buf;
+pub use matrix::{matmul, Matrix, WeightData};

@@ -1,0 +1,288 @@
+//! A weight matrix W[rows, cols] (the `nn.Linear` convention: y = x W^T) in its stored format,
+//! and the product of a batch of f32 activation rows with it.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::{fp8, ops::dot, Buf};
+
+pub enum WeightData {
+    F32(Buf<f32>),
+    F16(Buf<f16>),
+    BF16(Buf<bf16>),
+    /// float8_e4m3fn codes with one f32 multiplier per `block_rows x block_cols` block
+    /// (row-major over blocks; edge blocks may be partial).
+    Fp8Block {
+        codes: Buf<u8>,
+        scale_inv: Vec<f32>,
+        block_rows: usize,
+        block_cols: usize,
+    },
+}
+
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: WeightData,
+}
+
+impl Matrix {
+    pub fn from_f32(rows: usize, cols: usize, v: Vec<f32>) -> Self {
+        assert_eq!(v.len(), rows * cols, "matrix data does not match its shape");
+        Matrix {
+            rows,
+            cols,
+            data: WeightData::F32(Buf::owned(v)),
+        }
+    }
+
+    /// Bytes the stored weights occupy (what one full read of the matrix costs).
+    pub fn stored_bytes(&self) -> usize {
+        let n = self.rows * self.cols;
+        match &self.data {
+            WeightData::F32(_) => 4 * n,
+            WeightData::F16(_) | WeightData::BF16(_) => 2 * n,
+            WeightData::Fp8Block { scale_inv, .. } => n + 4 * scale_inv.len(),
+        }
+    }
+
+    pub fn format_name(&self) -> &'static str {
+        match &self.data {
+            WeightData::F32(_) => "f32",
+            WeightData::F16(_) => "f16",
+            WeightData::BF16(_) => "bf16",
+            WeightData::Fp8Block { .. } => "fp8-e4m3-block",
+        }
+    }
+
+    /// Row `r` widened to f32. Returns the stored row itself for f32 weights, else decodes into `buf`.
+    #[inline]
+    pub fn row<'a>(&'a self, r: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let c = self.cols;
+        let span = r * c..(r + 1) * c;
+        match &self.data {
+            WeightData::F32(b) => &b.as_slice()[span],
+            WeightData::F16(b) => {
+                for (o, v) in buf.iter_mut().zip(&b.as_slice()[span]) {
+                    *o = v.to_f32();
+                }
+                &buf[..c]
+            }
+            WeightData::BF16(b) => {
+                for (o, v) in buf.iter_mut().zip(&b.as_slice()[span]) {
+                    *o = v.to_f32();
+                }
+                &buf[..c]
+            }
+            WeightData::Fp8Block {
+                codes,
+                scale_inv,
+                block_rows,
+                block_cols,
+            } => {
+                let table = fp8::e4m3_table();
+                let col_blocks = c.div_ceil(*block_cols);
+                let scales = &scale_inv[(r / block_rows) * col_blocks..][..col_blocks];
+                let row = &codes.as_slice()[span];
+                for (cb, s) in scales.iter().enumerate() {
+                    let lo = cb * block_cols;
+                    let hi = (lo + block_cols).min(c);
+                    for j in lo..hi {
+                        buf[j] = table[row[j] as usize] * s;
+                    }
+                }
+                &buf[..c]
+            }
+        }
+    }
+
+    /// The whole matrix as f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        let mut buf = vec![0f32; self.cols];
+        for r in 0..self.rows {
+            let row = self.row(r, &mut buf);
+            out[r * self.cols..(r + 1) * self.cols].copy_from_slice(row);
+        }
+        out
+    }
+}
+
+/// Rows of W handled by one task; large enough to amortise scheduling, small enough to balance.
+const ROWS_PER_TASK: usize = 16;
+
+/// out[t, i] = sum_j x[t, j] * W[rows.start + i, j] for t < n_tok: the product of `n_tok`
+/// activation rows with a band of W's rows. Each weight row is read (and widened) once per call,
+/// however many activation rows there are.
+pub fn matmul_rows(
+    x: &[f32],
+    n_tok: usize,
+    w: &Matrix,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let k = w.cols;
+    let n = rows.len();
+    assert!(rows.end <= w.rows, "row band outside the matrix");
+    assert_eq!(x.len(), n_tok * k, "activation length does not match the matrix width");
+    assert_eq!(out.len(), n_tok * n, "output length does not match the row band");
+    if n_tok == 1 {
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; k],
+                |buf, (ci, chunk)| {
+                    for (i, o) in chunk.iter_mut().enumerate() {
+                        let r = rows.start + ci * ROWS_PER_TASK + i;
+                        *o = dot(w.row(r, buf), x);
+                    }
+                },
+            );
+        return;
+    }
+    // Compute W-row-major ([n, n_tok]) so tasks write disjoint slices, then transpose.
+    let mut tmp = vec![0f32; n * n_tok];
+    tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; k],
+            |buf, (ci, chunk)| {
+                for (i, o) in chunk.chunks_mut(n_tok).enumerate() {
+                    let r = rows.start + ci * ROWS_PER_TASK + i;
+                    let row = w.row(r, buf);
+                    for (t, v) in o.iter_mut().enumerate() {
+                        *v = dot(row, &x[t * k..(t + 1) * k]);
+                    }
+                }
+            },
+        );
+    for i in 0..n {
+        for t in 0..n_tok {
+            out[t * n + i] = tmp[i * n_tok + t];
+        }
+    }
+}
+
+/// y = x W^T for `n_tok` rows of x: out is [n_tok, W.rows].
+pub fn matmul(x: &[f32], n_tok: usize, w: &Matrix, out: &mut [f32]) {
+    matmul_rows(x, n_tok, w, 0..w.rows, out)
+}
+
+/// out += sum_i coef[i] * W[rows.start + i, :]  (x^T W for a band of rows; used to fold a
+/// projection into a query without materialising the transposed weights).
+pub fn accumulate_rows(coef: &[f32], w: &Matrix, rows_start: usize, out: &mut [f32]) {
+    assert_eq!(out.len(), w.cols, "output length does not match the matrix width");
+    let mut buf = vec![0f32; w.cols];
+    for (i, &c) in coef.iter().enumerate() {
+        let row = w.row(rows_start + i, &mut buf);
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += c * v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f32], t: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
+        let mut y = vec![0f32; t * n];
+        for a in 0..t {
+            for b in 0..n {
+                y[a * n + b] = (0..k).map(|j| x[a * k + j] * w[b * k + j]).sum();
+            }
+        }
+        y
+    }
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matmul_matches_naive_for_every_format() {
+        let (n, k) = (37, 45);
+        let w = pseudo(n * k, 1);
+        let bf: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let wb: Vec<f32> = bf.iter().map(|v| v.to_f32()).collect();
+        let hf: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let wh: Vec<f32> = hf.iter().map(|v| v.to_f32()).collect();
+        for t in [1usize, 3] {
+            let x = pseudo(t * k, 2 + t as u32);
+            let cases = [
+                (Matrix::from_f32(n, k, w.clone()), w.clone()),
+                (
+                    Matrix {
+                        rows: n,
+                        cols: k,
+                        data: WeightData::BF16(Buf::owned(bf.clone())),
+                    },
+                    wb.clone(),
+                ),
+                (
+                    Matrix {
+                        rows: n,
+                        cols: k,
+                        data: WeightData::F16(Buf::owned(hf.clone())),
+                    },
+                    wh.clone(),
+                ),
+            ];
+            for (m, dense) in cases {
+                let mut y = vec![0f32; t * n];
+                matmul(&x, t, &m, &mut y);
+                let want = naive(&x, t, &dense, n, k);
+                for (a, b) in y.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "{} {a} vs {b}", m.format_name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fp8_blocks_with_partial_edges_dequantize_by_multiplying() {
+        // 5 x 7 matrix in 2 x 3 blocks: 3 x 3 blocks, the last row and column blocks partial.
+        let (n, k, br, bc) = (5, 7, 2, 3);
+        let codes: Vec<u8> = (0..n * k).map(|i| (i * 7 % 120) as u8).collect();
+        let scales: Vec<f32> = (0..9).map(|i| 0.5 + i as f32).collect();
+        let m = Matrix {
+            rows: n,
+            cols: k,
+            data: WeightData::Fp8Block {
+                codes: Buf::owned(codes.clone()),
+                scale_inv: scales.clone(),
+                block_rows: br,
+                block_cols: bc,
+            },
+        };
+        let dense = m.to_f32();
+        for r in 0..n {
+            for c in 0..k {
+                let want = fp8::e4m3_to_f32(codes[r * k + c]) * scales[(r / br) * 3 + c / bc];
+                assert_eq!(dense[r * k + c], want);
+            }
+        }
+    }
+
+    #[test]
+    fn accumulate_rows_is_transposed_product() {
+        let (n, k) = (6, 4);
+        let w = pseudo(n * k, 9);
+        let m = Matrix::from_f32(n, k, w.clone());
+        let coef = [0.5f32, -1.0, 2.0];
+        let mut out = vec![0f32; k];
+        accumulate_rows(&coef, &m, 2, &mut out);
+        for j in 0..k {
+            let want: f32 = (0..3).map(|i| coef[i] * w[(2 + i) * k + j]).sum();
+            assert!((out[j] - want).abs() < 1e-6);
+        }
+    }
+}
