@@ -1,0 +1,77 @@
+//! The MLA latent cache of one sequence: per layer and per token exactly
+//! `kv_lora_rank + qk_rope_head_dim` values — the latent after `kv_a_layernorm` and the shared
+//! rope key after rotation. Nothing per head is ever cached.
+
+use crate::config::ModelConfig;
+
+pub struct LatentCache {
+    width: usize,
+    layers: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl LatentCache {
+    /// An empty cache; `capacity` tokens are reserved up front so that appending does not
+    /// move the cache while it grows to that length.
+    pub fn new(cfg: &ModelConfig, capacity: usize) -> Self {
+        Self::with_layers(cfg, cfg.num_hidden_layers, capacity)
+    }
+
+    pub fn with_layers(cfg: &ModelConfig, layers: usize, capacity: usize) -> Self {
+        let width = cfg.latent_cache_width();
+        LatentCache {
+            width,
+            layers: (0..layers).map(|_| Vec::with_capacity(capacity * width)).collect(),
+            len: 0,
+        }
+    }
+
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Values per token per layer.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Every row of `layer` written so far, including rows appended in the current step.
+    pub fn rows(&self, layer: usize) -> &[f32] {
+        &self.layers[layer]
+    }
+
+    /// Append rows for new tokens to one layer (called once per layer per step, before `commit`).
+    pub fn append(&mut self, layer: usize, rows: &[f32]) {
+        debug_assert_eq!(rows.len() % self.width, 0);
+        self.layers[layer].extend_from_slice(rows);
+    }
+
+    /// Mark `n` appended tokens as part of the sequence.
+    pub fn commit(&mut self, n: usize) {
+        self.len += n;
+        debug_assert!(self.layers.iter().all(|l| l.len() == self.len * self.width));
+    }
+
+    /// Forget everything from token `n` on (rejected drafts, edited history).
+    pub fn truncate(&mut self, n: usize) {
+        let n = n.min(self.len);
+        for l in &mut self.layers {
+            l.truncate(n * self.width);
+        }
+        self.len = n;
+    }
+
+    /// f32 values held in total (all layers, all tokens).
+    pub fn values(&self) -> usize {
+        self.layers.iter().map(|l| l.len()).sum()
+    }
+}

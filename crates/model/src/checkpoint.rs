@@ -1,0 +1,228 @@
+//! A checkpoint directory in the Hugging Face layout: `config.json`, one `model.safetensors` or
+//! shards listed in `model.safetensors.index.json`, all memory-mapped. Tensors are handed out
+//! in their stored format (f32, f16, bf16, or float8_e4m3fn with `weight_scale_inv` blocks).
+
+use anyhow::{anyhow, bail, Context, Result};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use whale_kernels::{buf::ByteOwner, Buf, Matrix, WeightData};
+
+use crate::config::ModelConfig;
+
+struct MappedFile(Mmap);
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    pub file: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// byte range inside the file
+    pub start: usize,
+    pub len: usize,
+}
+
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    files: Vec<(PathBuf, ByteOwner)>,
+    tensors: BTreeMap<String, TensorEntry>,
+}
+
+fn map_file(path: &Path) -> Result<ByteOwner> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: the file is opened read-only; whale never writes to a checkpoint it has mapped.
+    let m = unsafe { Mmap::map(&f) }.with_context(|| format!("cannot memory-map {}", path.display()))?;
+    Ok(Arc::new(MappedFile(m)))
+}
+
+impl Checkpoint {
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("model directory {} does not exist", dir.display());
+        }
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        // file name -> tensor names the index promises in it
+        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        if index.exists() {
+            let text = std::fs::read_to_string(&index)
+                .with_context(|| format!("cannot read {}", index.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", index.display()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| anyhow!("{}: no `weight_map` object", index.display()))?;
+            for (name, file) in map {
+                let file = file
+                    .as_str()
+                    .ok_or_else(|| anyhow!("{}: weight_map[{name}] is not a file name", index.display()))?;
+                if file.contains('/') || file.contains("..") {
+                    bail!("{}: weight_map[{name}] names a file outside the directory", index.display());
+                }
+                wanted.entry(file.to_string()).or_default().push(name.clone());
+            }
+        } else if single.exists() {
+            wanted.insert("model.safetensors".into(), vec![]);
+        } else {
+            bail!(
+                "{}: neither model.safetensors nor model.safetensors.index.json found",
+                dir.display()
+            );
+        }
+
+        let mut files = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for (file_name, names) in wanted {
+            let path = dir.join(&file_name);
+            if !path.exists() {
+                bail!("{} is missing (listed in model.safetensors.index.json)", path.display());
+            }
+            let owner = map_file(&path)?;
+            let bytes: &[u8] = (*owner).as_ref();
+            let st = SafeTensors::deserialize(bytes)
+                .map_err(|e| anyhow!("{} is not a valid safetensors file: {e:?}", path.display()))?;
+            let base = bytes.as_ptr() as usize;
+            let mut here = HashMap::new();
+            for (name, view) in st.tensors() {
+                let data = view.data();
+                let entry = TensorEntry {
+                    file: files.len(),
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    start: data.as_ptr() as usize - base,
+                    len: data.len(),
+                };
+                here.insert(name, entry);
+            }
+            for n in &names {
+                if !here.contains_key(n) {
+                    bail!(
+                        "tensor {n} is listed in model.safetensors.index.json under {file_name} but that file does not hold it"
+                    );
+                }
+            }
+            // A tensor not listed in the index is not part of the checkpoint (HF ignores it too).
+            for (name, e) in here {
+                if names.is_empty() || names.contains(&name) {
+                    tensors.insert(name, e);
+                }
+            }
+            files.push((path, owner));
+        }
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            files,
+            tensors,
+        })
+    }
+
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(|s| s.as_str())
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
+        self.tensors.get(name)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn total_stored_bytes(&self) -> usize {
+        self.tensors.values().map(|e| e.len).sum()
+    }
+
+    fn get(&self, name: &str) -> Result<&TensorEntry> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| anyhow!("tensor {name} is missing from the checkpoint in {}", self.dir.display()))
+    }
+
+    fn file_of(&self, e: &TensorEntry) -> &Path {
+        &self.files[e.file].0
+    }
+
+    fn check_shape(&self, name: &str, e: &TensorEntry, want: &[usize]) -> Result<()> {
+        if e.shape != want {
+            bail!(
+                "tensor {name} in {} has shape {:?}, expected {:?}",
+                self.file_of(e).display(),
+                e.shape,
+                want
+            );
+        }
+        Ok(())
+    }
+
+    /// Elements of a tensor widened to f32 (for norms, biases, router weights, scales).
+    fn to_f32_vec(&self, name: &str, e: &TensorEntry) -> Result<Vec<f32>> {
+        let owner = self.files[e.file].1.clone();
+        let n: usize = e.shape.iter().product();
+        Ok(match e.dtype {
+            Dtype::F32 => Buf::<f32>::shared(owner, e.start, n).as_slice().to_vec(),
+            Dtype::BF16 => Buf::<bf16>::shared(owner, e.start, n).as_slice().iter().map(|v| v.to_f32()).collect(),
+            Dtype::F16 => Buf::<f16>::shared(owner, e.start, n).as_slice().iter().map(|v| v.to_f32()).collect(),
+            d => bail!(
+                "tensor {name} in {} has dtype {d:?}; expected F32, BF16 or F16",
+                self.file_of(e).display()
+            ),
+        })
+    }
+
+    /// A 1-D tensor of length `len`, as f32.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let e = self.get(name)?;
+        self.check_shape(name, e, &[len])?;
+        self.to_f32_vec(name, e)
+    }
+
+    /// A 2-D weight [rows, cols] kept in its stored format. FP8 weights come with their
+    /// `<name>_scale_inv` block multipliers.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+        let e = self.get(name)?;
+        self.check_shape(name, e, &[rows, cols])?;
+        let owner = self.files[e.file].1.clone();
+        let n = rows * cols;
+        let data = match e.dtype {
+            Dtype::F32 => WeightData::F32(Buf::shared(owner, e.start, n)),
+            Dtype::F16 => WeightData::F16(Buf::shared(owner, e.start, n)),
+            Dtype::BF16 => WeightData::BF16(Buf::shared(owner, e.start, n)),
+            Dtype::F8_E4M3 => {
+                let [br, bc] = self.config.fp8_block.unwrap_or([128, 128]);
+                let scale_name = format!("{name}_scale_inv");
+                let se = self.get(&scale_name).with_context(|| {
+                    format!("{name} is float8_e4m3fn and needs its block scales {scale_name}")
+                })?;
+                self.check_shape(&scale_name, se, &[rows.div_ceil(br), cols.div_ceil(bc)])?;
+                let scale_inv = self.to_f32_vec(&scale_name, se)?;
+                if let Some(bad) = scale_inv.iter().find(|s| !s.is_finite()) {
+                    bail!("tensor {scale_name} holds a non-finite scale ({bad})");
+                }
+                WeightData::Fp8Block {
+                    codes: Buf::shared(owner, e.start, n),
+                    scale_inv,
+                    block_rows: br,
+                    block_cols: bc,
+                }
+            }
+            d => bail!(
+                "tensor {name} in {} has dtype {d:?}; supported: F32, F16, BF16, F8_E4M3",
+                self.file_of(e).display()
+            ),
+        };
+        Ok(Matrix { rows, cols, data })
+    }
+}

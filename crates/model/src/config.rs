@@ -1,0 +1,546 @@
+//! `config.json` of a DeepSeek V2/V3-family checkpoint, in the hub form (`rope_scaling`,
+//! `rope_theta`) or the transformers-5 form (`rope_parameters`). Field names mirror the hub.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelType {
+    DeepseekV2,
+    DeepseekV3,
+}
+
+impl ModelType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelType::DeepseekV2 => "deepseek_v2",
+            ModelType::DeepseekV3 => "deepseek_v3",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopkMethod {
+    /// plain top-K of the scores (V2-Lite)
+    Greedy,
+    /// groups ranked by their max score, top-K inside the kept groups (V2-236B)
+    GroupLimitedGreedy,
+    /// groups ranked by the sum of their top-2 biased scores, bias for selection only (V3)
+    NoauxTc,
+}
+
+impl TopkMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopkMethod::Greedy => "greedy",
+            TopkMethod::GroupLimitedGreedy => "group_limited_greedy",
+            TopkMethod::NoauxTc => "noaux_tc",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoringFunc {
+    Softmax,
+    Sigmoid,
+}
+
+impl ScoringFunc {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoringFunc::Softmax => "softmax",
+            ScoringFunc::Sigmoid => "sigmoid",
+        }
+    }
+}
+
+/// YaRN rope scaling parameters (`rope_scaling` / `rope_parameters` with type `yarn`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Yarn {
+    pub factor: f64,
+    pub original_max_position_embeddings: usize,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    pub attention_factor: Option<f64>,
+}
+
+/// Mixture-of-experts settings; absent for a dense model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub n_routed_experts: usize,
+    pub n_shared_experts: usize,
+    pub num_experts_per_tok: usize,
+    pub moe_intermediate_size: usize,
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub topk_method: TopkMethod,
+    pub scoring_func: ScoringFunc,
+    pub norm_topk_prob: bool,
+    pub routed_scaling_factor: f64,
+    pub first_k_dense_replace: usize,
+    pub moe_layer_freq: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub model_type: ModelType,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+    pub moe: Option<MoeConfig>,
+    pub rope_theta: f64,
+    pub yarn: Option<Yarn>,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub num_nextn_predict_layers: usize,
+    /// `quantization_config.weight_block_size` of an FP8 checkpoint.
+    pub fp8_block: Option<[usize; 2]>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub tie_word_embeddings: bool,
+}
+
+fn field<'a>(o: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
+    o.get(k).filter(|v| !v.is_null())
+}
+
+fn req_usize(o: &Map<String, Value>, k: &str) -> Result<usize> {
+    opt_usize(o, k)?.ok_or_else(|| anyhow!("config.json: required field `{k}` is missing"))
+}
+
+fn opt_usize(o: &Map<String, Value>, k: &str) -> Result<Option<usize>> {
+    match field(o, k) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(|x| Some(x as usize))
+            .ok_or_else(|| anyhow!("config.json: field `{k}` must be a non-negative integer, got {v}")),
+    }
+}
+
+fn opt_f64(o: &Map<String, Value>, k: &str) -> Result<Option<f64>> {
+    match field(o, k) {
+        None => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| anyhow!("config.json: field `{k}` must be a number, got {v}")),
+    }
+}
+
+fn opt_bool(o: &Map<String, Value>, k: &str) -> Result<Option<bool>> {
+    match field(o, k) {
+        None => Ok(None),
+        Some(v) => v
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| anyhow!("config.json: field `{k}` must be true or false, got {v}")),
+    }
+}
+
+fn opt_str<'a>(o: &'a Map<String, Value>, k: &str) -> Result<Option<&'a str>> {
+    match field(o, k) {
+        None => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| anyhow!("config.json: field `{k}` must be a string, got {v}")),
+    }
+}
+
+fn token_ids(o: &Map<String, Value>, k: &str) -> Result<Vec<u32>> {
+    match field(o, k) {
+        None => Ok(vec![]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_u64().map(|x| x as u32))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| anyhow!("config.json: field `{k}` must hold token ids")),
+        Some(v) => Ok(vec![v
+            .as_u64()
+            .ok_or_else(|| anyhow!("config.json: field `{k}` must be a token id, got {v}"))?
+            as u32]),
+    }
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        Self::from_json(&v).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let o = v.as_object().ok_or_else(|| anyhow!("config.json: not a JSON object"))?;
+        let model_type = match opt_str(o, "model_type")? {
+            Some("deepseek_v2") => ModelType::DeepseekV2,
+            Some("deepseek_v3") | Some("kimi_k2") => ModelType::DeepseekV3,
+            Some(other) => bail!(
+                "config.json: unsupported model_type `{other}` (supported: deepseek_v2, deepseek_v3)"
+            ),
+            None => bail!("config.json: required field `model_type` is missing"),
+        };
+        let v3 = model_type == ModelType::DeepseekV3;
+
+        let moe = match opt_usize(o, "n_routed_experts")? {
+            None | Some(0) => None,
+            Some(n_routed_experts) => {
+                let topk_method = match opt_str(o, "topk_method")? {
+                    None => {
+                        if v3 {
+                            TopkMethod::NoauxTc
+                        } else {
+                            TopkMethod::Greedy
+                        }
+                    }
+                    Some("greedy") | Some("gready") => TopkMethod::Greedy,
+                    Some("group_limited_greedy") => TopkMethod::GroupLimitedGreedy,
+                    Some("noaux_tc") => TopkMethod::NoauxTc,
+                    Some(other) => bail!(
+                        "config.json: unsupported topk_method `{other}` (supported: greedy, group_limited_greedy, noaux_tc)"
+                    ),
+                };
+                let scoring_func = match opt_str(o, "scoring_func")? {
+                    None => {
+                        if v3 {
+                            ScoringFunc::Sigmoid
+                        } else {
+                            ScoringFunc::Softmax
+                        }
+                    }
+                    Some("softmax") => ScoringFunc::Softmax,
+                    Some("sigmoid") => ScoringFunc::Sigmoid,
+                    Some(other) => bail!(
+                        "config.json: unsupported scoring_func `{other}` (supported: softmax, sigmoid)"
+                    ),
+                };
+                Some(MoeConfig {
+                    n_routed_experts,
+                    n_shared_experts: opt_usize(o, "n_shared_experts")?.unwrap_or(0),
+                    num_experts_per_tok: req_usize(o, "num_experts_per_tok")?,
+                    moe_intermediate_size: req_usize(o, "moe_intermediate_size")?,
+                    n_group: opt_usize(o, "n_group")?.unwrap_or(1),
+                    topk_group: opt_usize(o, "topk_group")?.unwrap_or(1),
+                    topk_method,
+                    scoring_func,
+                    norm_topk_prob: opt_bool(o, "norm_topk_prob")?.unwrap_or(false),
+                    routed_scaling_factor: opt_f64(o, "routed_scaling_factor")?.unwrap_or(1.0),
+                    first_k_dense_replace: opt_usize(o, "first_k_dense_replace")?.unwrap_or(0),
+                    moe_layer_freq: opt_usize(o, "moe_layer_freq")?.unwrap_or(1),
+                })
+            }
+        };
+
+        // Rope: the hub puts `rope_theta` at the top and YaRN in `rope_scaling`; transformers 5
+        // folds both into `rope_parameters`.
+        let rope_obj = match (field(o, "rope_parameters"), field(o, "rope_scaling")) {
+            (Some(p), _) => Some(p),
+            (None, Some(s)) => Some(s),
+            (None, None) => None,
+        };
+        let mut rope_theta = opt_f64(o, "rope_theta")?;
+        let mut yarn = None;
+        if let Some(r) = rope_obj {
+            let r = r
+                .as_object()
+                .ok_or_else(|| anyhow!("config.json: `rope_scaling`/`rope_parameters` must be an object"))?;
+            if let Some(t) = opt_f64(r, "rope_theta")? {
+                rope_theta = Some(t);
+            }
+            let kind = opt_str(r, "rope_type")?.or(opt_str(r, "type")?).unwrap_or("default");
+            match kind {
+                "default" => {}
+                "yarn" => {
+                    let original = match opt_usize(r, "original_max_position_embeddings")? {
+                        Some(x) => x,
+                        None => req_usize(o, "original_max_position_embeddings").context(
+                            "config.json: yarn needs `original_max_position_embeddings`",
+                        )?,
+                    };
+                    yarn = Some(Yarn {
+                        factor: opt_f64(r, "factor")?
+                            .ok_or_else(|| anyhow!("config.json: yarn rope scaling needs `factor`"))?,
+                        original_max_position_embeddings: original,
+                        beta_fast: opt_f64(r, "beta_fast")?.unwrap_or(32.0),
+                        beta_slow: opt_f64(r, "beta_slow")?.unwrap_or(1.0),
+                        mscale: opt_f64(r, "mscale")?,
+                        mscale_all_dim: opt_f64(r, "mscale_all_dim")?,
+                        attention_factor: opt_f64(r, "attention_factor")?,
+                    });
+                }
+                other => bail!(
+                    "config.json: unsupported rope type `{other}` in rope_scaling (supported: default, yarn)"
+                ),
+            }
+        }
+
+        let fp8_block = match field(o, "quantization_config") {
+            None => None,
+            Some(q) => {
+                let q = q.as_object().ok_or_else(|| anyhow!("config.json: `quantization_config` must be an object"))?;
+                match opt_str(q, "quant_method")? {
+                    Some("fp8") => {}
+                    Some(other) => bail!(
+                        "config.json: unsupported quantization_config.quant_method `{other}` (supported: fp8)"
+                    ),
+                    None => bail!("config.json: quantization_config.quant_method is missing"),
+                }
+                let b = match field(q, "weight_block_size") {
+                    None => [128, 128],
+                    Some(Value::Array(a)) if a.len() == 2 && a.iter().all(|x| x.as_u64().is_some_and(|n| n > 0)) => {
+                        [a[0].as_u64().unwrap() as usize, a[1].as_u64().unwrap() as usize]
+                    }
+                    Some(v) => bail!(
+                        "config.json: quantization_config.weight_block_size must be two positive integers, got {v}"
+                    ),
+                };
+                Some(b)
+            }
+        };
+
+        let q_lora_rank = match opt_usize(o, "q_lora_rank")? {
+            Some(0) | None => None,
+            x => x,
+        };
+        let cfg = ModelConfig {
+            model_type,
+            vocab_size: req_usize(o, "vocab_size")?,
+            hidden_size: req_usize(o, "hidden_size")?,
+            intermediate_size: req_usize(o, "intermediate_size")?,
+            num_hidden_layers: req_usize(o, "num_hidden_layers")?,
+            num_attention_heads: req_usize(o, "num_attention_heads")?,
+            q_lora_rank,
+            kv_lora_rank: req_usize(o, "kv_lora_rank")?,
+            qk_nope_head_dim: req_usize(o, "qk_nope_head_dim")?,
+            qk_rope_head_dim: req_usize(o, "qk_rope_head_dim")?,
+            v_head_dim: req_usize(o, "v_head_dim")?,
+            moe,
+            rope_theta: rope_theta.unwrap_or(10000.0),
+            yarn,
+            max_position_embeddings: req_usize(o, "max_position_embeddings")?,
+            rms_norm_eps: opt_f64(o, "rms_norm_eps")?.unwrap_or(1e-6),
+            num_nextn_predict_layers: opt_usize(o, "num_nextn_predict_layers")?.unwrap_or(0),
+            fp8_block,
+            bos_token_id: token_ids(o, "bos_token_id")?.first().copied(),
+            eos_token_ids: token_ids(o, "eos_token_id")?,
+            tie_word_embeddings: opt_bool(o, "tie_word_embeddings")?.unwrap_or(false),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let nonzero = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("kv_lora_rank", self.kv_lora_rank),
+            ("qk_rope_head_dim", self.qk_rope_head_dim),
+            ("v_head_dim", self.v_head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, v) in nonzero {
+            if v == 0 {
+                bail!("config.json: field `{name}` must be positive");
+            }
+        }
+        if self.qk_rope_head_dim % 2 != 0 {
+            bail!("config.json: `qk_rope_head_dim` must be even (rope rotates pairs), got {}", self.qk_rope_head_dim);
+        }
+        if let Some(m) = &self.moe {
+            if m.n_group == 0 || m.n_routed_experts % m.n_group != 0 {
+                bail!(
+                    "config.json: `n_routed_experts` ({}) must be a multiple of `n_group` ({})",
+                    m.n_routed_experts,
+                    m.n_group
+                );
+            }
+            if m.topk_group == 0 || m.topk_group > m.n_group {
+                bail!("config.json: `topk_group` ({}) must be in 1..=n_group ({})", m.topk_group, m.n_group);
+            }
+            let reachable = if m.topk_method == TopkMethod::Greedy {
+                m.n_routed_experts
+            } else {
+                m.topk_group * m.n_routed_experts / m.n_group
+            };
+            if m.num_experts_per_tok == 0 || m.num_experts_per_tok > reachable {
+                bail!(
+                    "config.json: `num_experts_per_tok` ({}) must be in 1..={reachable} (experts in the kept groups)",
+                    m.num_experts_per_tok
+                );
+            }
+            if m.moe_layer_freq == 0 {
+                bail!("config.json: `moe_layer_freq` must be positive");
+            }
+        }
+        if let Some(y) = &self.yarn {
+            if !(y.factor > 0.0) || y.original_max_position_embeddings == 0 {
+                bail!("config.json: yarn needs a positive `factor` and `original_max_position_embeddings`");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn qk_head_dim(&self) -> usize {
+        self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// Values cached per token per layer by MLA: the normed latent and the rotated rope key.
+    pub fn latent_cache_width(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
+
+    /// Whether decoder layer `i` uses the MoE feed-forward (remote code's rule).
+    pub fn is_moe_layer(&self, i: usize) -> bool {
+        match &self.moe {
+            Some(m) => i >= m.first_k_dense_replace && i % m.moe_layer_freq == 0,
+            None => false,
+        }
+    }
+
+    /// The hub form of this config, as `config.json` is written for released checkpoints.
+    pub fn to_hub_json(&self) -> Value {
+        let arch = match self.model_type {
+            ModelType::DeepseekV2 => "DeepseekV2ForCausalLM",
+            ModelType::DeepseekV3 => "DeepseekV3ForCausalLM",
+        };
+        let mut v = json!({
+            "architectures": [arch],
+            "model_type": self.model_type.as_str(),
+            "attention_bias": false,
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids.first(),
+            "hidden_act": "silu",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "kv_lora_rank": self.kv_lora_rank,
+            "q_lora_rank": self.q_lora_rank,
+            "qk_nope_head_dim": self.qk_nope_head_dim,
+            "qk_rope_head_dim": self.qk_rope_head_dim,
+            "v_head_dim": self.v_head_dim,
+            "max_position_embeddings": self.max_position_embeddings,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_attention_heads,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_nextn_predict_layers": self.num_nextn_predict_layers,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.yarn.as_ref().map(|y| json!({
+                "type": "yarn",
+                "factor": y.factor,
+                "original_max_position_embeddings": y.original_max_position_embeddings,
+                "beta_fast": y.beta_fast,
+                "beta_slow": y.beta_slow,
+                "mscale": y.mscale,
+                "mscale_all_dim": y.mscale_all_dim,
+            })),
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": "bfloat16",
+            "use_cache": true,
+            "vocab_size": self.vocab_size,
+        });
+        let o = v.as_object_mut().unwrap();
+        if let Some(m) = &self.moe {
+            for (k, x) in [
+                ("n_routed_experts", json!(m.n_routed_experts)),
+                ("n_shared_experts", json!(m.n_shared_experts)),
+                ("num_experts_per_tok", json!(m.num_experts_per_tok)),
+                ("moe_intermediate_size", json!(m.moe_intermediate_size)),
+                ("n_group", json!(m.n_group)),
+                ("topk_group", json!(m.topk_group)),
+                ("topk_method", json!(m.topk_method.as_str())),
+                ("scoring_func", json!(m.scoring_func.as_str())),
+                ("norm_topk_prob", json!(m.norm_topk_prob)),
+                ("routed_scaling_factor", json!(m.routed_scaling_factor)),
+                ("first_k_dense_replace", json!(m.first_k_dense_replace)),
+                ("moe_layer_freq", json!(m.moe_layer_freq)),
+            ] {
+                o.insert(k.into(), x);
+            }
+        }
+        if let Some([r, c]) = self.fp8_block {
+            o.insert(
+                "quantization_config".into(),
+                json!({"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [r, c]}),
+            );
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Value {
+        json!({
+            "model_type": "deepseek_v3", "vocab_size": 100, "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "q_lora_rank": 8, "kv_lora_rank": 8,
+            "qk_nope_head_dim": 4, "qk_rope_head_dim": 2, "v_head_dim": 4, "max_position_embeddings": 64,
+            "n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 8, "n_group": 2,
+            "topk_group": 1, "first_k_dense_replace": 1, "eos_token_id": 1, "bos_token_id": 0
+        })
+    }
+
+    #[test]
+    fn hub_and_transformers5_rope_forms_agree() {
+        let mut hub = base();
+        hub["rope_theta"] = json!(50000.0);
+        hub["rope_scaling"] = json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+            "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707});
+        let mut tf5 = base();
+        tf5["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 50000.0, "factor": 4.0,
+            "original_max_position_embeddings": 16, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.707,
+            "mscale_all_dim": 0.707});
+        let a = ModelConfig::from_json(&hub).unwrap();
+        let b = ModelConfig::from_json(&tf5).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.rope_theta, 50000.0);
+        assert_eq!(a.yarn.as_ref().unwrap().original_max_position_embeddings, 16);
+        // v3 defaults
+        let m = a.moe.as_ref().unwrap();
+        assert_eq!((m.topk_method, m.scoring_func), (TopkMethod::NoauxTc, ScoringFunc::Sigmoid));
+        // round trip through the hub form
+        assert_eq!(ModelConfig::from_json(&a.to_hub_json()).unwrap(), a);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut c = base();
+        c["model_type"] = json!("llama");
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("model_type"));
+        let mut c = base();
+        c["topk_method"] = json!("random");
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("topk_method"));
+        let mut c = base();
+        c["hidden_size"] = json!("big");
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("hidden_size"));
+        let mut c = base();
+        c.as_object_mut().unwrap().remove("kv_lora_rank");
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("kv_lora_rank"));
+        let mut c = base();
+        c["n_group"] = json!(3);
+        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("n_group"));
+    }
+
+    #[test]
+    fn moe_layer_rule() {
+        let c = ModelConfig::from_json(&base()).unwrap();
+        assert!(!c.is_moe_layer(0));
+        assert!(c.is_moe_layer(1));
+    }
+}

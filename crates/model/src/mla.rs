@@ -1,0 +1,205 @@
+//! Multi-head Latent Attention (spec §2). The cache holds, per token, the normed latent c^KV
+//! and the rotated shared rope key k^R. Two equivalent forms read it:
+//! - `Plain` decompresses every cached latent into per-head keys and values through
+//!   `kv_b_proj` (the prefill form, as transformers computes it);
+//! - `Absorbed` folds W^UK into the query and W^UV into the output, attending over the
+//!   latent rows directly (the decode form; reads only the cache).
+
+use anyhow::Result;
+use whale_kernels::attention::{multi_head, shared_latent, Causal};
+use whale_kernels::matrix::{accumulate_rows, matmul, matmul_rows};
+use whale_kernels::ops::rms_norm;
+use whale_kernels::Matrix;
+
+use crate::cache::LatentCache;
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::rope::Rope;
+
+/// The latent norms use eps 1e-6 whatever `rms_norm_eps` says (HF and the reference both).
+const LATENT_NORM_EPS: f32 = 1e-6;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionForm {
+    Plain,
+    Absorbed,
+}
+
+pub enum QueryProj {
+    /// q_lora_rank set (V3): q = q_b_proj(RMSNorm(q_a_proj(x)))
+    LowRank {
+        q_a_proj: Matrix,
+        q_a_layernorm: Vec<f32>,
+        q_b_proj: Matrix,
+    },
+    /// no query compression (V2-Lite, Moonlight)
+    Full { q_proj: Matrix },
+}
+
+pub struct Mla {
+    pub q: QueryProj,
+    pub kv_a_proj_with_mqa: Matrix,
+    pub kv_a_layernorm: Vec<f32>,
+    pub kv_b_proj: Matrix,
+    pub o_proj: Matrix,
+    heads: usize,
+    nope: usize,
+    rope_dim: usize,
+    v_dim: usize,
+    kv_lora: usize,
+    scale: f32,
+}
+
+impl Mla {
+    pub fn load(ck: &Checkpoint, p: &str, cfg: &ModelConfig, scale: f32) -> Result<Self> {
+        let (d, h) = (cfg.hidden_size, cfg.num_attention_heads);
+        let dqk = cfg.qk_head_dim();
+        let q = match cfg.q_lora_rank {
+            Some(r) => QueryProj::LowRank {
+                q_a_proj: ck.matrix(&format!("{p}q_a_proj.weight"), r, d)?,
+                q_a_layernorm: ck.vector(&format!("{p}q_a_layernorm.weight"), r)?,
+                q_b_proj: ck.matrix(&format!("{p}q_b_proj.weight"), h * dqk, r)?,
+            },
+            None => QueryProj::Full {
+                q_proj: ck.matrix(&format!("{p}q_proj.weight"), h * dqk, d)?,
+            },
+        };
+        Ok(Mla {
+            q,
+            kv_a_proj_with_mqa: ck.matrix(
+                &format!("{p}kv_a_proj_with_mqa.weight"),
+                cfg.kv_lora_rank + cfg.qk_rope_head_dim,
+                d,
+            )?,
+            kv_a_layernorm: ck.vector(&format!("{p}kv_a_layernorm.weight"), cfg.kv_lora_rank)?,
+            kv_b_proj: ck.matrix(
+                &format!("{p}kv_b_proj.weight"),
+                h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+                cfg.kv_lora_rank,
+            )?,
+            o_proj: ck.matrix(&format!("{p}o_proj.weight"), d, h * cfg.v_head_dim)?,
+            heads: h,
+            nope: cfg.qk_nope_head_dim,
+            rope_dim: cfg.qk_rope_head_dim,
+            v_dim: cfg.v_head_dim,
+            kv_lora: cfg.kv_lora_rank,
+            scale,
+        })
+    }
+
+    pub fn matrices(&self) -> Vec<&Matrix> {
+        let mut m = match &self.q {
+            QueryProj::LowRank { q_a_proj, q_b_proj, .. } => vec![q_a_proj, q_b_proj],
+            QueryProj::Full { q_proj } => vec![q_proj],
+        };
+        m.extend([&self.kv_a_proj_with_mqa, &self.kv_b_proj, &self.o_proj]);
+        m
+    }
+
+    /// Attention for `n` new tokens at positions `cache.len()..`; appends their latent rows to
+    /// `cache` layer `layer` and returns [n, hidden] to add to the residual.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        layer: usize,
+        cache: &mut LatentCache,
+        rope: &Rope,
+        form: AttentionForm,
+    ) -> Vec<f32> {
+        let (h_n, nope, dr, dv, dc) = (self.heads, self.nope, self.rope_dim, self.v_dim, self.kv_lora);
+        let dqk = nope + dr;
+        let pos0 = cache.len();
+
+        // Queries, with the rope part of every head rotated.
+        let mut q = vec![0f32; n * h_n * dqk];
+        match &self.q {
+            QueryProj::LowRank {
+                q_a_proj,
+                q_a_layernorm,
+                q_b_proj,
+            } => {
+                let mut c = vec![0f32; n * q_a_proj.rows];
+                matmul(x, n, q_a_proj, &mut c);
+                let mut cn = vec![0f32; c.len()];
+                rms_norm(&c, q_a_layernorm, LATENT_NORM_EPS, &mut cn);
+                matmul(&cn, n, q_b_proj, &mut q);
+            }
+            QueryProj::Full { q_proj } => matmul(x, n, q_proj, &mut q),
+        }
+        for (i, head) in q.chunks_exact_mut(dqk).enumerate() {
+            rope.apply(&mut head[nope..], pos0 + i / h_n);
+        }
+
+        // New cache rows: [RMSNorm(latent) ; RoPE(k_rope)].
+        let width = dc + dr;
+        let mut rows = vec![0f32; n * width];
+        matmul(x, n, &self.kv_a_proj_with_mqa, &mut rows);
+        for (t, row) in rows.chunks_exact_mut(width).enumerate() {
+            let latent = row[..dc].to_vec();
+            rms_norm(&latent, &self.kv_a_layernorm, LATENT_NORM_EPS, &mut row[..dc]);
+            rope.apply(&mut row[dc..], pos0 + t);
+        }
+        cache.append(layer, &rows);
+        let all = cache.rows(layer);
+        let s = pos0 + n;
+        let causal = Causal {
+            n_q: n,
+            heads: h_n,
+            q_offset: pos0,
+            scale: self.scale,
+        };
+
+        let mut o = vec![0f32; n * h_n * dv];
+        match form {
+            AttentionForm::Plain => {
+                let latents: Vec<f32> = all.chunks_exact(width).flat_map(|r| &r[..dc]).copied().collect();
+                let kv_w = nope + dv;
+                let mut kv = vec![0f32; s * h_n * kv_w];
+                matmul(&latents, s, &self.kv_b_proj, &mut kv);
+                let mut k = vec![0f32; s * h_n * dqk];
+                let mut v = vec![0f32; s * h_n * dv];
+                for j in 0..s {
+                    let k_rope = &all[j * width + dc..(j + 1) * width];
+                    for h in 0..h_n {
+                        let src = &kv[(j * h_n + h) * kv_w..][..kv_w];
+                        let kd = &mut k[(j * h_n + h) * dqk..][..dqk];
+                        kd[..nope].copy_from_slice(&src[..nope]);
+                        kd[nope..].copy_from_slice(k_rope);
+                        v[(j * h_n + h) * dv..][..dv].copy_from_slice(&src[nope..]);
+                    }
+                }
+                multi_head(causal, &q, &k, &v, dqk, dv, &mut o);
+            }
+            AttentionForm::Absorbed => {
+                // q_lat[t,h] = W^UK_h^T q_nope[t,h]
+                let mut q_lat = vec![0f32; n * h_n * dc];
+                let mut q_pos = vec![0f32; n * h_n * dr];
+                for i in 0..n * h_n {
+                    let h = i % h_n;
+                    let qh = &q[i * dqk..][..dqk];
+                    accumulate_rows(&qh[..nope], &self.kv_b_proj, h * (nope + dv), &mut q_lat[i * dc..][..dc]);
+                    q_pos[i * dr..][..dr].copy_from_slice(&qh[nope..]);
+                }
+                let mut lat_out = vec![0f32; n * h_n * dc];
+                shared_latent(causal, &q_lat, &q_pos, all, dc, dr, &mut lat_out);
+                // o[t,h] = W^UV_h lat_out[t,h]
+                let mut lat_h = vec![0f32; n * dc];
+                let mut o_h = vec![0f32; n * dv];
+                for h in 0..h_n {
+                    for t in 0..n {
+                        lat_h[t * dc..][..dc].copy_from_slice(&lat_out[(t * h_n + h) * dc..][..dc]);
+                    }
+                    let band = h * (nope + dv) + nope;
+                    matmul_rows(&lat_h, n, &self.kv_b_proj, band..band + dv, &mut o_h);
+                    for t in 0..n {
+                        o[(t * h_n + h) * dv..][..dv].copy_from_slice(&o_h[t * dv..][..dv]);
+                    }
+                }
+            }
+        }
+        let mut out = vec![0f32; n * self.o_proj.rows];
+        matmul(&o, n, &self.o_proj, &mut out);
+        out
+    }
+}

@@ -1,0 +1,237 @@
+//! The DeepSeek V2/V3 decoder (spec §3.5): embedding, pre-norm layers of MLA + (dense MLP or
+//! MoE), final norm, untied head. MTP modules stored after the main layers are loaded beside
+//! the main model and never run as main layers.
+
+use anyhow::{bail, Result};
+use whale_kernels::matrix::matmul;
+use whale_kernels::ops::rms_norm;
+use whale_kernels::Matrix;
+
+use crate::cache::LatentCache;
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::mla::{AttentionForm, Mla};
+use crate::moe::{Mlp, Moe};
+use crate::rope::{softmax_scale, Rope};
+
+pub enum Ffn {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+impl Ffn {
+    fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        match self {
+            Ffn::Dense(m) => m.forward(x, n),
+            Ffn::Moe(m) => m.forward(x, n),
+        }
+    }
+}
+
+pub struct DecoderLayer {
+    pub input_layernorm: Vec<f32>,
+    pub self_attn: Mla,
+    pub post_attention_layernorm: Vec<f32>,
+    pub mlp: Ffn,
+}
+
+impl DecoderLayer {
+    fn load(ck: &Checkpoint, i: usize, moe: bool, scale: f32) -> Result<Self> {
+        let cfg = &ck.config;
+        let p = format!("model.layers.{i}.");
+        let d = cfg.hidden_size;
+        let mlp = match (&cfg.moe, moe) {
+            (Some(m), true) => Ffn::Moe(Moe::load(ck, &format!("{p}mlp."), d, m)?),
+            _ => Ffn::Dense(Mlp::load(ck, &format!("{p}mlp."), d, cfg.intermediate_size)?),
+        };
+        Ok(DecoderLayer {
+            input_layernorm: ck.vector(&format!("{p}input_layernorm.weight"), d)?,
+            self_attn: Mla::load(ck, &format!("{p}self_attn."), cfg, scale)?,
+            post_attention_layernorm: ck.vector(&format!("{p}post_attention_layernorm.weight"), d)?,
+            mlp,
+        })
+    }
+
+    /// h <- h + MLA(norm(h)); h <- h + FFN(norm(h))
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        h: &mut [f32],
+        n: usize,
+        eps: f32,
+        layer: usize,
+        cache: &mut LatentCache,
+        rope: &Rope,
+        form: AttentionForm,
+    ) {
+        let mut x = vec![0f32; h.len()];
+        rms_norm(h, &self.input_layernorm, eps, &mut x);
+        let a = self.self_attn.forward(&x, n, layer, cache, rope, form);
+        h.iter_mut().zip(&a).for_each(|(h, a)| *h += a);
+        rms_norm(h, &self.post_attention_layernorm, eps, &mut x);
+        let f = self.mlp.forward(&x, n);
+        h.iter_mut().zip(&f).for_each(|(h, f)| *h += f);
+    }
+}
+
+/// One multi-token-prediction module (`model.layers.{num_hidden_layers + k}.*`).
+pub struct MtpLayer {
+    pub enorm: Vec<f32>,
+    pub hnorm: Vec<f32>,
+    pub eh_proj: Matrix,
+    pub layer: DecoderLayer,
+    pub shared_head_norm: Vec<f32>,
+    /// `shared_head.head`; a copy of `lm_head` in released checkpoints, used when present
+    pub shared_head: Option<Matrix>,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub embed_tokens: Matrix,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Vec<f32>,
+    pub lm_head: Matrix,
+    pub mtp: Vec<MtpLayer>,
+    rope: Rope,
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    Last,
+}
+
+impl Model {
+    pub fn load(ck: &Checkpoint) -> Result<Self> {
+        let cfg = ck.config.clone();
+        let (v, d) = (cfg.vocab_size, cfg.hidden_size);
+        let scale = softmax_scale(&cfg);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(ck, i, cfg.is_moe_layer(i), scale))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if cfg.tie_word_embeddings && !ck.has("lm_head.weight") {
+            ck.matrix("model.embed_tokens.weight", v, d)?
+        } else {
+            ck.matrix("lm_head.weight", v, d)?
+        };
+        let mut mtp = Vec::new();
+        for k in 0..cfg.num_nextn_predict_layers {
+            let i = cfg.num_hidden_layers + k;
+            let p = format!("model.layers.{i}.");
+            if !ck.has(&format!("{p}eh_proj.weight")) {
+                // Many re-published checkpoints drop the MTP module; the main model does not need it.
+                continue;
+            }
+            let head_name = format!("{p}shared_head.head.weight");
+            mtp.push(MtpLayer {
+                enorm: ck.vector(&format!("{p}enorm.weight"), d)?,
+                hnorm: ck.vector(&format!("{p}hnorm.weight"), d)?,
+                eh_proj: ck.matrix(&format!("{p}eh_proj.weight"), d, 2 * d)?,
+                layer: DecoderLayer::load(ck, i, cfg.moe.is_some(), scale)?,
+                shared_head_norm: ck.vector(&format!("{p}shared_head.norm.weight"), d)?,
+                shared_head: if ck.has(&head_name) {
+                    Some(ck.matrix(&head_name, v, d)?)
+                } else {
+                    None
+                },
+            });
+        }
+        Ok(Model {
+            embed_tokens: ck.matrix("model.embed_tokens.weight", v, d)?,
+            layers,
+            norm: ck.vector("model.norm.weight", d)?,
+            lm_head,
+            mtp,
+            rope: Rope::new(&cfg),
+            config: cfg,
+        })
+    }
+
+    pub fn new_cache(&self, capacity: usize) -> LatentCache {
+        LatentCache::new(&self.config, capacity)
+    }
+
+    /// Checks a step before it runs: every failure here is the caller's input, not a bug.
+    pub fn check_step(&self, tokens: &[u32], cache: &LatentCache) -> Result<()> {
+        let cfg = &self.config;
+        if tokens.is_empty() {
+            bail!("no tokens to process");
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            bail!("token id {bad} is outside the vocabulary (vocab_size {})", cfg.vocab_size);
+        }
+        let total = cache.len() + tokens.len();
+        if total > cfg.max_position_embeddings {
+            bail!(
+                "sequence of {total} tokens is longer than max_position_embeddings ({})",
+                cfg.max_position_embeddings
+            );
+        }
+        if cache.num_layers() != self.layers.len() || cache.width() != cfg.latent_cache_width() {
+            bail!("the cache was made for a different model");
+        }
+        Ok(())
+    }
+
+    /// Runs `tokens` (positions `cache.len()..`) through the model, appending to the cache.
+    /// Returns the final hidden states [n, hidden] before the final norm.
+    pub fn forward_hidden(&self, tokens: &[u32], cache: &mut LatentCache, form: AttentionForm) -> Result<Vec<f32>> {
+        self.check_step(tokens, cache)?;
+        let n = tokens.len();
+        let d = self.config.hidden_size;
+        let mut h = vec![0f32; n * d];
+        let mut buf = vec![0f32; d];
+        for (t, &id) in tokens.iter().enumerate() {
+            h[t * d..(t + 1) * d].copy_from_slice(self.embed_tokens.row(id as usize, &mut buf));
+        }
+        let eps = self.config.rms_norm_eps as f32;
+        for (l, layer) in self.layers.iter().enumerate() {
+            layer.forward(&mut h, n, eps, l, cache, &self.rope, form);
+        }
+        cache.commit(n);
+        Ok(h)
+    }
+
+    /// Logits [rows, vocab] for hidden states [rows, hidden].
+    pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
+        let d = self.config.hidden_size;
+        let n = hidden.len() / d;
+        let mut x = vec![0f32; hidden.len()];
+        rms_norm(hidden, &self.norm, self.config.rms_norm_eps as f32, &mut x);
+        let mut out = vec![0f32; n * self.config.vocab_size];
+        matmul(&x, n, &self.lm_head, &mut out);
+        out
+    }
+
+    /// Forward pass returning logits of every position ([n, vocab]) or of the last one ([vocab]).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut LatentCache,
+        form: AttentionForm,
+        which: Logits,
+    ) -> Result<Vec<f32>> {
+        let h = self.forward_hidden(tokens, cache, form)?;
+        let d = self.config.hidden_size;
+        Ok(match which {
+            Logits::All => self.logits(&h),
+            Logits::Last => self.logits(&h[h.len() - d..]),
+        })
+    }
+
+    /// Bytes of every weight the model holds (main layers, embedding, head), as stored.
+    pub fn weight_bytes(&self) -> usize {
+        let mut total = self.embed_tokens.stored_bytes() + self.lm_head.stored_bytes();
+        for l in &self.layers {
+            total += l.self_attn.matrices().iter().map(|m| m.stored_bytes()).sum::<usize>();
+            total += match &l.mlp {
+                Ffn::Dense(m) => m.matrices().iter().map(|m| m.stored_bytes()).sum::<usize>(),
+                Ffn::Moe(m) => {
+                    m.experts.iter().chain(&m.shared_experts).flat_map(|e| e.matrices()).map(|m| m.stored_bytes()).sum::<usize>()
+                }
+            };
+        }
+        total
+    }
+}
