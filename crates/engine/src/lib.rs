@@ -1,0 +1,14 @@
+//! Generation on top of `whale-model`: the checkpoint's tokenizer and chat template, sampling,
+//! incremental detokenisation, stop strings, and the split of streamed text into reasoning
+//! (before `</think>`) and answer.
+
+pub mod generate;
+pub mod reasoning;
+pub mod sampler;
+pub mod stream;
+pub mod tokenizer;
+
+pub use generate::{Engine, FinishReason, GenerateParams, Generation};
+pub use reasoning::{Part, ReasoningSplitter};
+pub use sampler::{Sampler, SamplingParams};
+pub use tokenizer::{ChatTokenizer, Message};

@@ -1,0 +1,163 @@
+//! `tokenizer.json` through the `tokenizers` crate and the `chat_template` of
+//! `tokenizer_config.json` rendered with minijinja the way transformers renders it
+//! (trim_blocks, lstrip_blocks, Python string methods such as `.split`).
+
+use anyhow::{anyhow, bail, Context, Result};
+use minijinja::{Environment, ErrorKind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+pub struct ChatTokenizer {
+    tok: tokenizers::Tokenizer,
+    chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub add_bos_token: bool,
+}
+
+/// `bos_token` and friends are either a string or an AddedToken object with `content`.
+fn token_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
+    }
+}
+
+impl ChatTokenizer {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            bail!("{} is missing", path.display());
+        }
+        let tok = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| anyhow!("{} is not a valid tokenizer: {e}", path.display()))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("cannot read {}", cfg_path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", cfg_path.display()))?
+        } else {
+            Value::Null
+        };
+        let chat_template = match cfg.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            // a list of named templates: take "default"
+            Some(Value::Array(a)) => a
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(String::from),
+            _ => None,
+        };
+        Ok(ChatTokenizer {
+            tok,
+            chat_template,
+            bos_token: token_text(cfg.get("bos_token")),
+            eos_token: token_text(cfg.get("eos_token")),
+            add_bos_token: cfg.get("add_bos_token").and_then(|b| b.as_bool()).unwrap_or(false),
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tok.get_vocab_size(true)
+    }
+
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.tok.token_to_id(text)
+    }
+
+    /// Tokens of `text` with no special tokens added (the text may contain special tokens).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tok
+            .encode(text, false)
+            .map_err(|e| anyhow!("cannot tokenize: {e}"))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// A plain completion prompt: BOS first when the tokenizer wants one, never twice.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text)?;
+        if self.add_bos_token {
+            if let Some(bos) = self.bos_token.as_deref().and_then(|b| self.tok.token_to_id(b)) {
+                if ids.first() != Some(&bos) {
+                    ids.insert(0, bos);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tok.decode(ids, false).map_err(|e| anyhow!("cannot detokenize: {e}"))
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.chat_template.is_some()
+    }
+
+    /// The chat template rendered for `messages`; `extra` adds template variables
+    /// (for example `thinking` for templates that can turn reasoning off).
+    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool, extra: &Value) -> Result<String> {
+        let Some(src) = &self.chat_template else {
+            bail!("tokenizer_config.json has no chat_template");
+        };
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", src).context("chat_template does not parse")?;
+        let mut ctx = serde_json::json!({
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token.clone().unwrap_or_default(),
+            "eos_token": self.eos_token.clone().unwrap_or_default(),
+        });
+        if let (Some(c), Some(e)) = (ctx.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        let tmpl = env.get_template("chat")?;
+        tmpl.render(&ctx).map_err(|e| anyhow!("chat_template failed: {e}"))
+    }
+
+    /// Rendered chat as token ids. The template writes BOS itself, so no special tokens are
+    /// added on top (the double-BOS pitfall).
+    pub fn encode_chat(&self, messages: &[Message], extra: &Value) -> Result<(String, Vec<u32>)> {
+        let text = self.render_chat(messages, true, extra)?;
+        let ids = self.encode(&text)?;
+        Ok((text, ids))
+    }
+}
+
+/// Whether a rendered prompt ends inside an open `<think>` block (the R1 template primes one).
+pub fn primes_reasoning(prompt: &str) -> bool {
+    match (prompt.rfind("<think>"), prompt.rfind("</think>")) {
+        (Some(open), Some(close)) => open > close,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
