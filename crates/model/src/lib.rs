@@ -15,3 +15,5 @@ pub use checkpoint::Checkpoint;
 pub use config::ModelConfig;
 pub use mla::AttentionForm;
 pub use model::{Logits, Model};
+pub mod params;
+pub mod synth;

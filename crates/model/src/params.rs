@@ -1,0 +1,160 @@
+//! Parameter and cache accounting from a config alone (spec §1.2, §2.6): what `whale inspect`
+//! prints and what the cost model builds on.
+
+use crate::config::ModelConfig;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamCount {
+    pub embedding: u64,
+    pub lm_head: u64,
+    /// attention of all main layers, with its norms
+    pub attention: u64,
+    /// dense FFN layers
+    pub dense_ffn: u64,
+    /// routers (gate weight and bias)
+    pub router: u64,
+    pub shared_experts: u64,
+    /// all routed experts of all MoE layers
+    pub routed_experts: u64,
+    /// routed expert parameters that one token activates (top-K of every MoE layer)
+    pub routed_active: u64,
+    /// decoder layer norms and the final norm
+    pub norms: u64,
+    /// MTP modules stored after the main layers (not part of the main model)
+    pub mtp: u64,
+}
+
+impl ParamCount {
+    pub fn total(&self) -> u64 {
+        self.embedding + self.lm_head + self.attention + self.dense_ffn + self.router + self.shared_experts
+            + self.routed_experts
+            + self.norms
+    }
+
+    /// Parameters activated per token, counting the embedding and head whole (the convention of
+    /// the V3 report's 37B).
+    pub fn active(&self) -> u64 {
+        self.total() - self.routed_experts + self.routed_active
+    }
+}
+
+pub fn attention_params(c: &ModelConfig) -> u64 {
+    let (d, h) = (c.hidden_size as u64, c.num_attention_heads as u64);
+    let dqk = c.qk_head_dim() as u64;
+    let (dc, dr, dv, nope) = (
+        c.kv_lora_rank as u64,
+        c.qk_rope_head_dim as u64,
+        c.v_head_dim as u64,
+        c.qk_nope_head_dim as u64,
+    );
+    let q = match c.q_lora_rank {
+        Some(r) => d * r as u64 + r as u64 + r as u64 * h * dqk,
+        None => d * h * dqk,
+    };
+    q + d * (dc + dr) + dc + dc * h * (nope + dv) + h * dv * d
+}
+
+fn mlp(d: u64, inter: u64) -> u64 {
+    3 * d * inter
+}
+
+pub fn count(c: &ModelConfig) -> ParamCount {
+    let d = c.hidden_size as u64;
+    let v = c.vocab_size as u64;
+    let layers = c.num_hidden_layers;
+    let mut p = ParamCount {
+        embedding: v * d,
+        lm_head: if c.tie_word_embeddings { 0 } else { v * d },
+        attention: attention_params(c) * layers as u64,
+        dense_ffn: 0,
+        router: 0,
+        shared_experts: 0,
+        routed_experts: 0,
+        routed_active: 0,
+        norms: (2 * layers as u64 + 1) * d,
+        mtp: 0,
+    };
+    let moe_layer = |p: &mut ParamCount, m: &crate::config::MoeConfig| {
+        let im = m.moe_intermediate_size as u64;
+        let e = m.n_routed_experts as u64;
+        let bias = if m.topk_method == crate::config::TopkMethod::NoauxTc { e } else { 0 };
+        p.router += e * d + bias;
+        p.shared_experts += mlp(d, m.n_shared_experts as u64 * im);
+        p.routed_experts += e * mlp(d, im);
+        p.routed_active += m.num_experts_per_tok as u64 * mlp(d, im);
+    };
+    for i in 0..layers {
+        match &c.moe {
+            Some(m) if c.is_moe_layer(i) => moe_layer(&mut p, m),
+            _ => p.dense_ffn += mlp(d, c.intermediate_size as u64),
+        }
+    }
+    // MTP module: embedding copy, enorm, hnorm, eh_proj, a full MoE decoder layer, head norm, head copy.
+    if c.num_nextn_predict_layers > 0 {
+        let mut one = ParamCount { mtp: 0, ..p.clone() };
+        one.router = 0;
+        one.shared_experts = 0;
+        one.routed_experts = 0;
+        if let Some(m) = &c.moe {
+            moe_layer(&mut one, m);
+        }
+        let layer = attention_params(c) + 2 * d + one.router + one.shared_experts + one.routed_experts;
+        p.mtp = c.num_nextn_predict_layers as u64 * (2 * v * d + 3 * d + 2 * d * d + layer);
+    }
+    p
+}
+
+/// KV-cache bytes per token (all layers) for an element size of `bytes` bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvBytes {
+    /// MLA as stored: kv_lora_rank + qk_rope_head_dim per layer
+    pub mla: u64,
+    /// standard multi-head attention with the same heads: H * (qk_head_dim + v_head_dim) per layer
+    pub mha: u64,
+    /// grouped-query attention with 8 KV heads of the same dims
+    pub gqa8: u64,
+}
+
+pub fn kv_bytes_per_token(c: &ModelConfig, bytes: u64) -> KvBytes {
+    let l = c.num_hidden_layers as u64;
+    let per_head = (c.qk_head_dim() + c.v_head_dim) as u64;
+    KvBytes {
+        mla: l * c.latent_cache_width() as u64 * bytes,
+        mha: l * c.num_attention_heads as u64 * per_head * bytes,
+        gqa8: l * 8 * per_head * bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::Preset;
+
+    #[test]
+    fn deepseek_v3_counts_match_the_report() {
+        let c = Preset::V3.config();
+        let p = count(&c);
+        let total = p.total() as f64 / 1e9;
+        assert!((total - 671.0).abs() / 671.0 < 0.01, "total {total}B");
+        let active = p.active() as f64 / 1e9;
+        assert!((active - 37.5).abs() < 1.0, "active {active}B");
+        let mtp = p.mtp as f64 / 1e9;
+        assert!((mtp - 14.0).abs() < 1.0, "MTP on disk {mtp}B (685B - 671B)");
+        let kv = kv_bytes_per_token(&c, 2);
+        assert_eq!(kv.mla, 70_272);
+        assert_eq!(kv.mha, 4_997_120);
+        assert_eq!((kv.mha as f64 / kv.mla as f64 * 10.0).round(), 711.0);
+    }
+
+    #[test]
+    fn deepseek_v2_lite_counts_match_the_report() {
+        let c = Preset::V2Lite.config();
+        let p = count(&c);
+        let total = p.total() as f64 / 1e9;
+        assert!((total - 15.7).abs() / 15.7 < 0.01, "total {total}B");
+        let active_no_embed = (p.active() - p.embedding) as f64 / 1e9;
+        // the report's 2.4B excludes the input embedding (spec §1.2: 2.45B)
+        assert!((active_no_embed - 2.45).abs() < 0.1, "active {active_no_embed}B");
+        assert_eq!(kv_bytes_per_token(&c, 2).mla, 31_104);
+    }
+}
