@@ -1,1 +1,81 @@
-fn main() {}
+//! `whale`: the command line of the DeepSeek-V3/R1 engine.
+
+mod bench;
+mod chat;
+mod inspect;
+mod tokens;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// The model `whale run` and `whale chat` use when no --model is given.
+pub fn default_model() -> PathBuf {
+    if let Some(p) = std::env::var_os("WHALE_MODEL") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/fixtures/tiny-v3"
+    ))
+}
+
+#[derive(Parser)]
+#[command(
+    name = "whale",
+    version,
+    about = "DeepSeek-V3/R1 inference, serving, training and economics"
+)]
+struct Cli {
+    /// worker threads (default: all cores)
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one prompt, streaming the reasoning (marked) and then the answer
+    Run(chat::RunArgs),
+    /// Interactive chat with history
+    Chat(chat::ChatArgs),
+    /// Write float32 logits at every position of a prompt of token ids to a safetensors file
+    Logits(tokens::LogitsArgs),
+    /// Generate token ids from token ids with the KV cache; prints {"ids": [...]}
+    Generate(tokens::GenerateArgs),
+    /// Architecture, parameters and KV-cache size of a checkpoint
+    Inspect(inspect::InspectArgs),
+    /// Write a random-weight checkpoint of a real model's shape in the hub layout
+    Synth(inspect::SynthArgs),
+    /// Measure prefill and decode speed
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    match cli.command {
+        Command::Run(a) => chat::run(a),
+        Command::Chat(a) => chat::chat(a),
+        Command::Logits(a) => tokens::logits(a),
+        Command::Generate(a) => tokens::generate(a),
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Synth(a) => inspect::synth(a),
+        Command::Bench(a) => bench::bench(a),
+    }
+}

@@ -74,7 +74,11 @@ fn generation_eos(dir: &Path) -> Vec<u32> {
     };
     match v.get("eos_token_id") {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -129,7 +133,9 @@ impl Engine {
         let mut sampler = Sampler::new(params.sampling.clone());
         let mut cache = self.model.new_cache(prompt.len() + budget);
         let t0 = Instant::now();
-        let mut logits = self.model.forward(prompt, &mut cache, AttentionForm::Plain, Logits::Last)?;
+        let mut logits =
+            self.model
+                .forward(prompt, &mut cache, AttentionForm::Plain, Logits::Last)?;
         let prefill = t0.elapsed();
         let t1 = Instant::now();
         let finish = loop {
@@ -144,7 +150,9 @@ impl Engine {
             if out.len() >= budget {
                 break FinishReason::Length;
             }
-            logits = self.model.forward(&[tok], &mut cache, AttentionForm::Absorbed, Logits::Last)?;
+            logits =
+                self.model
+                    .forward(&[tok], &mut cache, AttentionForm::Absorbed, Logits::Last)?;
         };
         Ok((out, finish, prefill, t1.elapsed()))
     }
@@ -172,13 +180,14 @@ impl Engine {
             }
         };
         let mut stopped = false;
-        let (ids, mut finish, prefill_time, decode_time) = self.generate_ids(prompt_ids, params, |id| {
-            let text = decoder.push(tok, id)?;
-            let (safe, hit) = stops.push(&text);
-            emit(splitter.push(&safe));
-            stopped = hit;
-            Ok(!hit)
-        })?;
+        let (ids, mut finish, prefill_time, decode_time) =
+            self.generate_ids(prompt_ids, params, |id| {
+                let text = decoder.push(tok, id)?;
+                let (safe, hit) = stops.push(&text);
+                emit(splitter.push(&safe));
+                stopped = hit;
+                Ok(!hit)
+            })?;
         if stopped {
             finish = FinishReason::Stop;
         } else {
@@ -211,7 +220,11 @@ impl Engine {
         let (text, ids) = if tok.has_chat_template() {
             tok.encode_chat(messages, &Value::Null)?
         } else {
-            let text = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+            let text = messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
             let ids = tok.encode_prompt(&text)?;
             (text, ids)
         };

@@ -114,7 +114,10 @@ mod tests {
 
     #[test]
     fn primed_prompt_without_opening_tag() {
-        let (r, a) = run(true, &["12 plus", " 30 is 42.</", "think>", "\n\nThe answer is 42."]);
+        let (r, a) = run(
+            true,
+            &["12 plus", " 30 is 42.</", "think>", "\n\nThe answer is 42."],
+        );
         assert_eq!(r, "12 plus 30 is 42.");
         assert_eq!(a, "\n\nThe answer is 42.");
     }
@@ -128,8 +131,14 @@ mod tests {
 
     #[test]
     fn no_tags_is_all_answer_and_unclosed_is_all_reasoning() {
-        assert_eq!(run(false, &["just ", "an answer"]), (String::new(), "just an answer".into()));
-        assert_eq!(run(true, &["thinking forever </thi"]), ("thinking forever </thi".into(), String::new()));
+        assert_eq!(
+            run(false, &["just ", "an answer"]),
+            (String::new(), "just an answer".into())
+        );
+        assert_eq!(
+            run(true, &["thinking forever </thi"]),
+            ("thinking forever </thi".into(), String::new())
+        );
     }
 
     #[test]

@@ -37,7 +37,10 @@ impl SamplingParams {
 
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            bail!("temperature must be a finite number >= 0, got {}", self.temperature);
+            bail!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             bail!("top_p must be in (0, 1], got {}", self.top_p);
@@ -78,7 +81,11 @@ impl Sampler {
     pub fn candidates(&self, logits: &[f32]) -> Vec<(u32, f32)> {
         let p = &self.params;
         let t = p.temperature.max(1e-6);
-        let mut c: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l / t)).collect();
+        let mut c: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l / t))
+            .collect();
         c.sort_by(|a, b| b.1.total_cmp(&a.1));
         if p.top_k > 0 {
             c.truncate(p.top_k);

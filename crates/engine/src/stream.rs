@@ -18,7 +18,10 @@ impl StreamDecoder {
         self.ids.push(id);
         let before = tok.decode(&self.ids[self.prefix..self.read])?;
         let now = tok.decode(&self.ids[self.prefix..])?;
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') && now.is_char_boundary(before.len()) {
+        if now.len() > before.len()
+            && !now.ends_with('\u{FFFD}')
+            && now.is_char_boundary(before.len())
+        {
             self.prefix = self.read;
             self.read = self.ids.len();
             Ok(now[before.len()..].to_string())
@@ -46,7 +49,12 @@ impl StopMatcher {
     /// the stop string (excluded) has been emitted.
     pub fn push(&mut self, text: &str) -> (String, bool) {
         self.pending.push_str(text);
-        if let Some(i) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(i) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let out = self.pending[..i].to_string();
             self.pending.clear();
             return (out, true);

@@ -52,7 +52,8 @@ impl ChatTokenizer {
         let cfg: Value = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path)
                 .with_context(|| format!("cannot read {}", cfg_path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", cfg_path.display()))?
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?
         } else {
             Value::Null
         };
@@ -72,7 +73,10 @@ impl ChatTokenizer {
             chat_template,
             bos_token: token_text(cfg.get("bos_token")),
             eos_token: token_text(cfg.get("eos_token")),
-            add_bos_token: cfg.get("add_bos_token").and_then(|b| b.as_bool()).unwrap_or(false),
+            add_bos_token: cfg
+                .get("add_bos_token")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(false),
         })
     }
 
@@ -98,7 +102,11 @@ impl ChatTokenizer {
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = self.encode(text)?;
         if self.add_bos_token {
-            if let Some(bos) = self.bos_token.as_deref().and_then(|b| self.tok.token_to_id(b)) {
+            if let Some(bos) = self
+                .bos_token
+                .as_deref()
+                .and_then(|b| self.tok.token_to_id(b))
+            {
                 if ids.first() != Some(&bos) {
                     ids.insert(0, bos);
                 }
@@ -108,7 +116,9 @@ impl ChatTokenizer {
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tok.decode(ids, false).map_err(|e| anyhow!("cannot detokenize: {e}"))
+        self.tok
+            .decode(ids, false)
+            .map_err(|e| anyhow!("cannot detokenize: {e}"))
     }
 
     pub fn has_chat_template(&self) -> bool {
@@ -117,7 +127,12 @@ impl ChatTokenizer {
 
     /// The chat template rendered for `messages`; `extra` adds template variables
     /// (for example `thinking` for templates that can turn reasoning off).
-    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool, extra: &Value) -> Result<String> {
+    pub fn render_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        extra: &Value,
+    ) -> Result<String> {
         let Some(src) = &self.chat_template else {
             bail!("tokenizer_config.json has no chat_template");
         };
@@ -125,10 +140,14 @@ impl ChatTokenizer {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", src).context("chat_template does not parse")?;
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_template("chat", src)
+            .context("chat_template does not parse")?;
         let mut ctx = serde_json::json!({
             "messages": messages,
             "add_generation_prompt": add_generation_prompt,
@@ -141,7 +160,8 @@ impl ChatTokenizer {
             }
         }
         let tmpl = env.get_template("chat")?;
-        tmpl.render(&ctx).map_err(|e| anyhow!("chat_template failed: {e}"))
+        tmpl.render(&ctx)
+            .map_err(|e| anyhow!("chat_template failed: {e}"))
     }
 
     /// Rendered chat as token ids. The template writes BOS itself, so no special tokens are

@@ -8,14 +8,24 @@ use whale_engine::{ChatTokenizer, Engine, GenerateParams, Message, Part};
 const CASES: [&str; 4] = ["tiny-v3", "tiny-v2-lite", "tiny-v2-group", "tiny-v3-fp8"];
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/fixtures")
+        .join(name)
 }
 
 fn chat_case(name: &str) -> (Vec<Message>, String, Vec<u32>) {
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap();
+    let r: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(name).join("reference.json")).unwrap(),
+    )
+    .unwrap();
     let chat = &r["chat"];
     let msgs = serde_json::from_value(chat["messages"].clone()).unwrap();
-    let ids = chat["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let ids = chat["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
     (msgs, chat["text"].as_str().unwrap().to_string(), ids)
 }
 
@@ -27,7 +37,11 @@ fn chat_template_renders_and_tokenizes_like_transformers() {
         let (got_text, got_ids) = tok.encode_chat(&msgs, &Value::Null).unwrap();
         assert_eq!(got_text, text, "{name}");
         assert_eq!(got_ids, ids, "{name}");
-        assert_eq!(got_ids.iter().filter(|&&i| i == 0).count(), 1, "exactly one BOS");
+        assert_eq!(
+            got_ids.iter().filter(|&&i| i == 0).count(),
+            1,
+            "exactly one BOS"
+        );
     }
 }
 
@@ -36,7 +50,9 @@ fn plain_prompt_gets_one_bos() {
     let tok = ChatTokenizer::load(&fixture("tiny-v3")).unwrap();
     let ids = tok.encode_prompt("What is 12 + 30?").unwrap();
     assert_eq!(ids[0], 0);
-    let again = tok.encode_prompt("<｜begin▁of▁sentence｜>What is 12 + 30?").unwrap();
+    let again = tok
+        .encode_prompt("<｜begin▁of▁sentence｜>What is 12 + 30?")
+        .unwrap();
     assert_eq!(again, ids);
 }
 
@@ -80,7 +96,9 @@ fn max_tokens_and_stop_strings_end_generation() {
         ignore_eos: true,
         ..Default::default()
     };
-    let g = engine.generate_text("What is 12 + 30?", &ids, &params, |_| {}).unwrap();
+    let g = engine
+        .generate_text("What is 12 + 30?", &ids, &params, |_| {})
+        .unwrap();
     assert_eq!(g.ids.len(), 10);
     assert_eq!(g.finish, whale_engine::FinishReason::Length);
     // stop on the text of the 4th..5th generated tokens: generation ends there, the stop
@@ -92,7 +110,9 @@ fn max_tokens_and_stop_strings_end_generation() {
         stop: vec![stop.clone()],
         ..params
     };
-    let s = engine.generate_text("What is 12 + 30?", &ids, &params, |_| {}).unwrap();
+    let s = engine
+        .generate_text("What is 12 + 30?", &ids, &params, |_| {})
+        .unwrap();
     assert_eq!(s.finish, whale_engine::FinishReason::Stop);
     assert!(s.ids.len() < 10);
     assert!(!s.answer.contains(&stop));

@@ -17,7 +17,15 @@ pub struct Causal {
 
 /// Plain multi-head attention. q: [n_q, heads, dk], k: [n_kv, heads, dk], v: [n_kv, heads, dv],
 /// out: [n_q, heads, dv].
-pub fn multi_head(c: Causal, q: &[f32], k: &[f32], v: &[f32], dk: usize, dv: usize, out: &mut [f32]) {
+pub fn multi_head(
+    c: Causal,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dk: usize,
+    dv: usize,
+    out: &mut [f32],
+) {
     let h_n = c.heads;
     assert_eq!(q.len(), c.n_q * h_n * dk);
     assert_eq!(out.len(), c.n_q * h_n * dv);

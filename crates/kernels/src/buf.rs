@@ -31,7 +31,7 @@ impl<T: bytemuck::Pod> Buf<T> {
     pub fn shared(owner: ByteOwner, start: usize, n: usize) -> Self {
         let size = std::mem::size_of::<T>();
         let bytes = &(*owner).as_ref()[start..start + n * size];
-        if (bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0 {
+        if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             Buf {
                 inner: Inner::Shared {
                     owner,

@@ -43,7 +43,7 @@ pub fn f32_to_e4m3(x: f32) -> u8 {
         }
     }
     let (dl, dh) = (a - table[lo as usize], table[hi as usize] - a);
-    let code = if dl < dh || (dl == dh && lo % 2 == 0) {
+    let code = if dl < dh || (dl == dh && lo.is_multiple_of(2)) {
         lo
     } else {
         hi

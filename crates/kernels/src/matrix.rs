@@ -124,20 +124,26 @@ pub fn matmul_rows(
     let k = w.cols;
     let n = rows.len();
     assert!(rows.end <= w.rows, "row band outside the matrix");
-    assert_eq!(x.len(), n_tok * k, "activation length does not match the matrix width");
-    assert_eq!(out.len(), n_tok * n, "output length does not match the row band");
+    assert_eq!(
+        x.len(),
+        n_tok * k,
+        "activation length does not match the matrix width"
+    );
+    assert_eq!(
+        out.len(),
+        n_tok * n,
+        "output length does not match the row band"
+    );
     if n_tok == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK)
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; k],
-                |buf, (ci, chunk)| {
-                    for (i, o) in chunk.iter_mut().enumerate() {
-                        let r = rows.start + ci * ROWS_PER_TASK + i;
-                        *o = dot(w.row(r, buf), x);
-                    }
-                },
-            );
+        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each_init(
+            || vec![0f32; k],
+            |buf, (ci, chunk)| {
+                for (i, o) in chunk.iter_mut().enumerate() {
+                    let r = rows.start + ci * ROWS_PER_TASK + i;
+                    *o = dot(w.row(r, buf), x);
+                }
+            },
+        );
         return;
     }
     // Compute W-row-major ([n, n_tok]) so tasks write disjoint slices, then transpose.
@@ -171,7 +177,11 @@ pub fn matmul(x: &[f32], n_tok: usize, w: &Matrix, out: &mut [f32]) {
 /// out += sum_i coef[i] * W[rows.start + i, :]  (x^T W for a band of rows; used to fold a
 /// projection into a query without materialising the transposed weights).
 pub fn accumulate_rows(coef: &[f32], w: &Matrix, rows_start: usize, out: &mut [f32]) {
-    assert_eq!(out.len(), w.cols, "output length does not match the matrix width");
+    assert_eq!(
+        out.len(),
+        w.cols,
+        "output length does not match the matrix width"
+    );
     let mut buf = vec![0f32; w.cols];
     for (i, &c) in coef.iter().enumerate() {
         let row = w.row(rows_start + i, &mut buf);

@@ -21,7 +21,9 @@ impl LatentCache {
         let width = cfg.latent_cache_width();
         LatentCache {
             width,
-            layers: (0..layers).map(|_| Vec::with_capacity(capacity * width)).collect(),
+            layers: (0..layers)
+                .map(|_| Vec::with_capacity(capacity * width))
+                .collect(),
             len: 0,
         }
     }

@@ -41,7 +41,8 @@ pub struct Checkpoint {
 fn map_file(path: &Path) -> Result<ByteOwner> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: the file is opened read-only; whale never writes to a checkpoint it has mapped.
-    let m = unsafe { Mmap::map(&f) }.with_context(|| format!("cannot memory-map {}", path.display()))?;
+    let m = unsafe { Mmap::map(&f) }
+        .with_context(|| format!("cannot memory-map {}", path.display()))?;
     Ok(Arc::new(MappedFile(m)))
 }
 
@@ -65,13 +66,19 @@ impl Checkpoint {
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| anyhow!("{}: no `weight_map` object", index.display()))?;
             for (name, file) in map {
-                let file = file
-                    .as_str()
-                    .ok_or_else(|| anyhow!("{}: weight_map[{name}] is not a file name", index.display()))?;
+                let file = file.as_str().ok_or_else(|| {
+                    anyhow!("{}: weight_map[{name}] is not a file name", index.display())
+                })?;
                 if file.contains('/') || file.contains("..") {
-                    bail!("{}: weight_map[{name}] names a file outside the directory", index.display());
+                    bail!(
+                        "{}: weight_map[{name}] names a file outside the directory",
+                        index.display()
+                    );
                 }
-                wanted.entry(file.to_string()).or_default().push(name.clone());
+                wanted
+                    .entry(file.to_string())
+                    .or_default()
+                    .push(name.clone());
             }
         } else if single.exists() {
             wanted.insert("model.safetensors".into(), vec![]);
@@ -87,12 +94,16 @@ impl Checkpoint {
         for (file_name, names) in wanted {
             let path = dir.join(&file_name);
             if !path.exists() {
-                bail!("{} is missing (listed in model.safetensors.index.json)", path.display());
+                bail!(
+                    "{} is missing (listed in model.safetensors.index.json)",
+                    path.display()
+                );
             }
             let owner = map_file(&path)?;
             let bytes: &[u8] = (*owner).as_ref();
-            let st = SafeTensors::deserialize(bytes)
-                .map_err(|e| anyhow!("{} is not a valid safetensors file: {e:?}", path.display()))?;
+            let st = SafeTensors::deserialize(bytes).map_err(|e| {
+                anyhow!("{} is not a valid safetensors file: {e:?}", path.display())
+            })?;
             let base = bytes.as_ptr() as usize;
             let mut here = HashMap::new();
             for (name, view) in st.tensors() {
@@ -146,9 +157,12 @@ impl Checkpoint {
     }
 
     fn get(&self, name: &str) -> Result<&TensorEntry> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| anyhow!("tensor {name} is missing from the checkpoint in {}", self.dir.display()))
+        self.tensors.get(name).ok_or_else(|| {
+            anyhow!(
+                "tensor {name} is missing from the checkpoint in {}",
+                self.dir.display()
+            )
+        })
     }
 
     fn file_of(&self, e: &TensorEntry) -> &Path {
@@ -173,8 +187,16 @@ impl Checkpoint {
         let n: usize = e.shape.iter().product();
         Ok(match e.dtype {
             Dtype::F32 => Buf::<f32>::shared(owner, e.start, n).as_slice().to_vec(),
-            Dtype::BF16 => Buf::<bf16>::shared(owner, e.start, n).as_slice().iter().map(|v| v.to_f32()).collect(),
-            Dtype::F16 => Buf::<f16>::shared(owner, e.start, n).as_slice().iter().map(|v| v.to_f32()).collect(),
+            Dtype::BF16 => Buf::<bf16>::shared(owner, e.start, n)
+                .as_slice()
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            Dtype::F16 => Buf::<f16>::shared(owner, e.start, n)
+                .as_slice()
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
             d => bail!(
                 "tensor {name} in {} has dtype {d:?}; expected F32, BF16 or F16",
                 self.file_of(e).display()

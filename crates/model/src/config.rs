@@ -121,10 +121,9 @@ fn req_usize(o: &Map<String, Value>, k: &str) -> Result<usize> {
 fn opt_usize(o: &Map<String, Value>, k: &str) -> Result<Option<usize>> {
     match field(o, k) {
         None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(|x| Some(x as usize))
-            .ok_or_else(|| anyhow!("config.json: field `{k}` must be a non-negative integer, got {v}")),
+        Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+            anyhow!("config.json: field `{k}` must be a non-negative integer, got {v}")
+        }),
     }
 }
 
@@ -183,7 +182,9 @@ impl ModelConfig {
     }
 
     pub fn from_json(v: &Value) -> Result<Self> {
-        let o = v.as_object().ok_or_else(|| anyhow!("config.json: not a JSON object"))?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| anyhow!("config.json: not a JSON object"))?;
         let model_type = match opt_str(o, "model_type")? {
             Some("deepseek_v2") => ModelType::DeepseekV2,
             Some("deepseek_v3") | Some("kimi_k2") => ModelType::DeepseekV3,
@@ -253,13 +254,15 @@ impl ModelConfig {
         let mut rope_theta = opt_f64(o, "rope_theta")?;
         let mut yarn = None;
         if let Some(r) = rope_obj {
-            let r = r
-                .as_object()
-                .ok_or_else(|| anyhow!("config.json: `rope_scaling`/`rope_parameters` must be an object"))?;
+            let r = r.as_object().ok_or_else(|| {
+                anyhow!("config.json: `rope_scaling`/`rope_parameters` must be an object")
+            })?;
             if let Some(t) = opt_f64(r, "rope_theta")? {
                 rope_theta = Some(t);
             }
-            let kind = opt_str(r, "rope_type")?.or(opt_str(r, "type")?).unwrap_or("default");
+            let kind = opt_str(r, "rope_type")?
+                .or(opt_str(r, "type")?)
+                .unwrap_or("default");
             match kind {
                 "default" => {}
                 "yarn" => {
@@ -289,7 +292,9 @@ impl ModelConfig {
         let fp8_block = match field(o, "quantization_config") {
             None => None,
             Some(q) => {
-                let q = q.as_object().ok_or_else(|| anyhow!("config.json: `quantization_config` must be an object"))?;
+                let q = q.as_object().ok_or_else(|| {
+                    anyhow!("config.json: `quantization_config` must be an object")
+                })?;
                 match opt_str(q, "quant_method")? {
                     Some("fp8") => {}
                     Some(other) => bail!(
@@ -357,8 +362,11 @@ impl ModelConfig {
                 bail!("config.json: field `{name}` must be positive");
             }
         }
-        if self.qk_rope_head_dim % 2 != 0 {
-            bail!("config.json: `qk_rope_head_dim` must be even (rope rotates pairs), got {}", self.qk_rope_head_dim);
+        if !self.qk_rope_head_dim.is_multiple_of(2) {
+            bail!(
+                "config.json: `qk_rope_head_dim` must be even (rope rotates pairs), got {}",
+                self.qk_rope_head_dim
+            );
         }
         if let Some(m) = &self.moe {
             if m.n_group == 0 || m.n_routed_experts % m.n_group != 0 {
@@ -369,7 +377,11 @@ impl ModelConfig {
                 );
             }
             if m.topk_group == 0 || m.topk_group > m.n_group {
-                bail!("config.json: `topk_group` ({}) must be in 1..=n_group ({})", m.topk_group, m.n_group);
+                bail!(
+                    "config.json: `topk_group` ({}) must be in 1..=n_group ({})",
+                    m.topk_group,
+                    m.n_group
+                );
             }
             let reachable = if m.topk_method == TopkMethod::Greedy {
                 m.n_routed_experts
@@ -387,7 +399,7 @@ impl ModelConfig {
             }
         }
         if let Some(y) = &self.yarn {
-            if !(y.factor > 0.0) || y.original_max_position_embeddings == 0 {
+            if y.factor.is_nan() || y.factor <= 0.0 || y.original_max_position_embeddings == 0 {
                 bail!("config.json: yarn needs a positive `factor` and `original_max_position_embeddings`");
             }
         }
@@ -406,7 +418,7 @@ impl ModelConfig {
     /// Whether decoder layer `i` uses the MoE feed-forward (remote code's rule).
     pub fn is_moe_layer(&self, i: usize) -> bool {
         match &self.moe {
-            Some(m) => i >= m.first_k_dense_replace && i % m.moe_layer_freq == 0,
+            Some(m) => i >= m.first_k_dense_replace && i.is_multiple_of(m.moe_layer_freq),
             None => false,
         }
     }
@@ -510,10 +522,16 @@ mod tests {
         let b = ModelConfig::from_json(&tf5).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.rope_theta, 50000.0);
-        assert_eq!(a.yarn.as_ref().unwrap().original_max_position_embeddings, 16);
+        assert_eq!(
+            a.yarn.as_ref().unwrap().original_max_position_embeddings,
+            16
+        );
         // v3 defaults
         let m = a.moe.as_ref().unwrap();
-        assert_eq!((m.topk_method, m.scoring_func), (TopkMethod::NoauxTc, ScoringFunc::Sigmoid));
+        assert_eq!(
+            (m.topk_method, m.scoring_func),
+            (TopkMethod::NoauxTc, ScoringFunc::Sigmoid)
+        );
         // round trip through the hub form
         assert_eq!(ModelConfig::from_json(&a.to_hub_json()).unwrap(), a);
     }
@@ -522,19 +540,34 @@ mod tests {
     fn bad_fields_are_named() {
         let mut c = base();
         c["model_type"] = json!("llama");
-        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("model_type"));
+        assert!(ModelConfig::from_json(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("model_type"));
         let mut c = base();
         c["topk_method"] = json!("random");
-        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("topk_method"));
+        assert!(ModelConfig::from_json(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("topk_method"));
         let mut c = base();
         c["hidden_size"] = json!("big");
-        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("hidden_size"));
+        assert!(ModelConfig::from_json(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("hidden_size"));
         let mut c = base();
         c.as_object_mut().unwrap().remove("kv_lora_rank");
-        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("kv_lora_rank"));
+        assert!(ModelConfig::from_json(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("kv_lora_rank"));
         let mut c = base();
         c["n_group"] = json!(3);
-        assert!(ModelConfig::from_json(&c).unwrap_err().to_string().contains("n_group"));
+        assert!(ModelConfig::from_json(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("n_group"));
     }
 
     #[test]

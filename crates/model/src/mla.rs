@@ -89,7 +89,9 @@ impl Mla {
 
     pub fn matrices(&self) -> Vec<&Matrix> {
         let mut m = match &self.q {
-            QueryProj::LowRank { q_a_proj, q_b_proj, .. } => vec![q_a_proj, q_b_proj],
+            QueryProj::LowRank {
+                q_a_proj, q_b_proj, ..
+            } => vec![q_a_proj, q_b_proj],
             QueryProj::Full { q_proj } => vec![q_proj],
         };
         m.extend([&self.kv_a_proj_with_mqa, &self.kv_b_proj, &self.o_proj]);
@@ -107,7 +109,13 @@ impl Mla {
         rope: &Rope,
         form: AttentionForm,
     ) -> Vec<f32> {
-        let (h_n, nope, dr, dv, dc) = (self.heads, self.nope, self.rope_dim, self.v_dim, self.kv_lora);
+        let (h_n, nope, dr, dv, dc) = (
+            self.heads,
+            self.nope,
+            self.rope_dim,
+            self.v_dim,
+            self.kv_lora,
+        );
         let dqk = nope + dr;
         let pos0 = cache.len();
 
@@ -137,7 +145,12 @@ impl Mla {
         matmul(x, n, &self.kv_a_proj_with_mqa, &mut rows);
         for (t, row) in rows.chunks_exact_mut(width).enumerate() {
             let latent = row[..dc].to_vec();
-            rms_norm(&latent, &self.kv_a_layernorm, LATENT_NORM_EPS, &mut row[..dc]);
+            rms_norm(
+                &latent,
+                &self.kv_a_layernorm,
+                LATENT_NORM_EPS,
+                &mut row[..dc],
+            );
             rope.apply(&mut row[dc..], pos0 + t);
         }
         cache.append(layer, &rows);
@@ -153,7 +166,11 @@ impl Mla {
         let mut o = vec![0f32; n * h_n * dv];
         match form {
             AttentionForm::Plain => {
-                let latents: Vec<f32> = all.chunks_exact(width).flat_map(|r| &r[..dc]).copied().collect();
+                let latents: Vec<f32> = all
+                    .chunks_exact(width)
+                    .flat_map(|r| &r[..dc])
+                    .copied()
+                    .collect();
                 let kv_w = nope + dv;
                 let mut kv = vec![0f32; s * h_n * kv_w];
                 matmul(&latents, s, &self.kv_b_proj, &mut kv);
@@ -178,7 +195,12 @@ impl Mla {
                 for i in 0..n * h_n {
                     let h = i % h_n;
                     let qh = &q[i * dqk..][..dqk];
-                    accumulate_rows(&qh[..nope], &self.kv_b_proj, h * (nope + dv), &mut q_lat[i * dc..][..dc]);
+                    accumulate_rows(
+                        &qh[..nope],
+                        &self.kv_b_proj,
+                        h * (nope + dv),
+                        &mut q_lat[i * dc..][..dc],
+                    );
                     q_pos[i * dr..][..dr].copy_from_slice(&qh[nope..]);
                 }
                 let mut lat_out = vec![0f32; n * h_n * dc];

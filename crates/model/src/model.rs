@@ -14,6 +14,8 @@ use crate::mla::{AttentionForm, Mla};
 use crate::moe::{Mlp, Moe};
 use crate::rope::{softmax_scale, Rope};
 
+// One per layer: the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Ffn {
     Dense(Mlp),
     Moe(Moe),
@@ -42,12 +44,18 @@ impl DecoderLayer {
         let d = cfg.hidden_size;
         let mlp = match (&cfg.moe, moe) {
             (Some(m), true) => Ffn::Moe(Moe::load(ck, &format!("{p}mlp."), d, m)?),
-            _ => Ffn::Dense(Mlp::load(ck, &format!("{p}mlp."), d, cfg.intermediate_size)?),
+            _ => Ffn::Dense(Mlp::load(
+                ck,
+                &format!("{p}mlp."),
+                d,
+                cfg.intermediate_size,
+            )?),
         };
         Ok(DecoderLayer {
             input_layernorm: ck.vector(&format!("{p}input_layernorm.weight"), d)?,
             self_attn: Mla::load(ck, &format!("{p}self_attn."), cfg, scale)?,
-            post_attention_layernorm: ck.vector(&format!("{p}post_attention_layernorm.weight"), d)?,
+            post_attention_layernorm: ck
+                .vector(&format!("{p}post_attention_layernorm.weight"), d)?,
             mlp,
         })
     }
@@ -159,7 +167,10 @@ impl Model {
             bail!("no tokens to process");
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            bail!("token id {bad} is outside the vocabulary (vocab_size {})", cfg.vocab_size);
+            bail!(
+                "token id {bad} is outside the vocabulary (vocab_size {})",
+                cfg.vocab_size
+            );
         }
         let total = cache.len() + tokens.len();
         if total > cfg.max_position_embeddings {
@@ -176,7 +187,12 @@ impl Model {
 
     /// Runs `tokens` (positions `cache.len()..`) through the model, appending to the cache.
     /// Returns the final hidden states [n, hidden] before the final norm.
-    pub fn forward_hidden(&self, tokens: &[u32], cache: &mut LatentCache, form: AttentionForm) -> Result<Vec<f32>> {
+    pub fn forward_hidden(
+        &self,
+        tokens: &[u32],
+        cache: &mut LatentCache,
+        form: AttentionForm,
+    ) -> Result<Vec<f32>> {
         self.check_step(tokens, cache)?;
         let n = tokens.len();
         let d = self.config.hidden_size;
@@ -220,16 +236,61 @@ impl Model {
         })
     }
 
+    /// Weight bytes one decoded token reads: attention, dense and shared FFNs, the top-K share
+    /// of the routed experts, the head, and one embedding row (the decode roofline's numerator).
+    pub fn active_weight_bytes_per_token(&self) -> usize {
+        let mut total =
+            self.lm_head.stored_bytes() + self.embed_tokens.stored_bytes() / self.embed_tokens.rows;
+        for l in &self.layers {
+            total += l
+                .self_attn
+                .matrices()
+                .iter()
+                .map(|m| m.stored_bytes())
+                .sum::<usize>();
+            total += match &l.mlp {
+                Ffn::Dense(m) => m.matrices().iter().map(|m| m.stored_bytes()).sum::<usize>(),
+                Ffn::Moe(m) => {
+                    let shared: usize = m
+                        .shared_experts
+                        .iter()
+                        .flat_map(|e| e.matrices())
+                        .map(|x| x.stored_bytes())
+                        .sum();
+                    let routed: usize = m
+                        .experts
+                        .iter()
+                        .flat_map(|e| e.matrices())
+                        .map(|x| x.stored_bytes())
+                        .sum();
+                    shared
+                        + routed * m.cfg.num_experts_per_tok / m.experts.len()
+                        + m.gate.stored_bytes()
+                }
+            };
+        }
+        total
+    }
+
     /// Bytes of every weight the model holds (main layers, embedding, head), as stored.
     pub fn weight_bytes(&self) -> usize {
         let mut total = self.embed_tokens.stored_bytes() + self.lm_head.stored_bytes();
         for l in &self.layers {
-            total += l.self_attn.matrices().iter().map(|m| m.stored_bytes()).sum::<usize>();
+            total += l
+                .self_attn
+                .matrices()
+                .iter()
+                .map(|m| m.stored_bytes())
+                .sum::<usize>();
             total += match &l.mlp {
                 Ffn::Dense(m) => m.matrices().iter().map(|m| m.stored_bytes()).sum::<usize>(),
-                Ffn::Moe(m) => {
-                    m.experts.iter().chain(&m.shared_experts).flat_map(|e| e.matrices()).map(|m| m.stored_bytes()).sum::<usize>()
-                }
+                Ffn::Moe(m) => m
+                    .experts
+                    .iter()
+                    .chain(&m.shared_experts)
+                    .flat_map(|e| e.matrices())
+                    .map(|m| m.stored_bytes())
+                    .sum::<usize>(),
             };
         }
         total

@@ -91,7 +91,11 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, m: &MoeConfig) -> Vec<(usize,
         w.iter_mut().for_each(|x| *x /= s);
     }
     let scale = m.routed_scaling_factor as f32;
-    picked.into_iter().zip(w).map(|(i, w)| (i, w * scale)).collect()
+    picked
+        .into_iter()
+        .zip(w)
+        .map(|(i, w)| (i, w * scale))
+        .collect()
 }
 
 pub struct Moe {
@@ -119,7 +123,14 @@ impl Moe {
             _ => None,
         };
         let experts = (0..e_n)
-            .map(|e| Mlp::load(ck, &format!("{p}experts.{e}."), hidden, m.moe_intermediate_size))
+            .map(|e| {
+                Mlp::load(
+                    ck,
+                    &format!("{p}experts.{e}."),
+                    hidden,
+                    m.moe_intermediate_size,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let shared_experts = if m.n_shared_experts > 0 {
             Some(Mlp::load(
@@ -167,7 +178,11 @@ impl Moe {
             if bucket.is_empty() {
                 continue;
             }
-            let xe: Vec<f32> = bucket.iter().flat_map(|&(t, _)| &x[t * d..(t + 1) * d]).copied().collect();
+            let xe: Vec<f32> = bucket
+                .iter()
+                .flat_map(|&(t, _)| &x[t * d..(t + 1) * d])
+                .copied()
+                .collect();
             let ye = self.experts[e].forward(&xe, bucket.len());
             for (i, &(t, w)) in bucket.iter().enumerate() {
                 axpy(w, &ye[i * d..(i + 1) * d], &mut out[t * d..(t + 1) * d]);
@@ -185,7 +200,14 @@ impl Moe {
 mod tests {
     use super::*;
 
-    fn cfg(method: TopkMethod, scoring: ScoringFunc, e: usize, k: usize, groups: usize, keep: usize) -> MoeConfig {
+    fn cfg(
+        method: TopkMethod,
+        scoring: ScoringFunc,
+        e: usize,
+        k: usize,
+        groups: usize,
+        keep: usize,
+    ) -> MoeConfig {
         MoeConfig {
             n_routed_experts: e,
             n_shared_experts: 1,
@@ -231,7 +253,14 @@ mod tests {
 
     #[test]
     fn group_limited_greedy_uses_group_max() {
-        let mut m = cfg(TopkMethod::GroupLimitedGreedy, ScoringFunc::Softmax, 4, 2, 2, 1);
+        let mut m = cfg(
+            TopkMethod::GroupLimitedGreedy,
+            ScoringFunc::Softmax,
+            4,
+            2,
+            2,
+            1,
+        );
         m.routed_scaling_factor = 16.0;
         // group 0 = {0,1} has the single best expert, group 1 has the better sum
         let logits = [3.0f32, -5.0, 2.5, 2.5];

@@ -26,7 +26,12 @@ pub struct ParamCount {
 
 impl ParamCount {
     pub fn total(&self) -> u64 {
-        self.embedding + self.lm_head + self.attention + self.dense_ffn + self.router + self.shared_experts
+        self.embedding
+            + self.lm_head
+            + self.attention
+            + self.dense_ffn
+            + self.router
+            + self.shared_experts
             + self.routed_experts
             + self.norms
     }
@@ -77,7 +82,11 @@ pub fn count(c: &ModelConfig) -> ParamCount {
     let moe_layer = |p: &mut ParamCount, m: &crate::config::MoeConfig| {
         let im = m.moe_intermediate_size as u64;
         let e = m.n_routed_experts as u64;
-        let bias = if m.topk_method == crate::config::TopkMethod::NoauxTc { e } else { 0 };
+        let bias = if m.topk_method == crate::config::TopkMethod::NoauxTc {
+            e
+        } else {
+            0
+        };
         p.router += e * d + bias;
         p.shared_experts += mlp(d, m.n_shared_experts as u64 * im);
         p.routed_experts += e * mlp(d, im);
@@ -91,14 +100,18 @@ pub fn count(c: &ModelConfig) -> ParamCount {
     }
     // MTP module: embedding copy, enorm, hnorm, eh_proj, a full MoE decoder layer, head norm, head copy.
     if c.num_nextn_predict_layers > 0 {
-        let mut one = ParamCount { mtp: 0, ..p.clone() };
+        let mut one = ParamCount {
+            mtp: 0,
+            ..p.clone()
+        };
         one.router = 0;
         one.shared_experts = 0;
         one.routed_experts = 0;
         if let Some(m) = &c.moe {
             moe_layer(&mut one, m);
         }
-        let layer = attention_params(c) + 2 * d + one.router + one.shared_experts + one.routed_experts;
+        let layer =
+            attention_params(c) + 2 * d + one.router + one.shared_experts + one.routed_experts;
         p.mtp = c.num_nextn_predict_layers as u64 * (2 * v * d + 3 * d + 2 * d * d + layer);
     }
     p
@@ -154,7 +167,10 @@ mod tests {
         assert!((total - 15.7).abs() / 15.7 < 0.01, "total {total}B");
         let active_no_embed = (p.active() - p.embedding) as f64 / 1e9;
         // the report's 2.4B excludes the input embedding (spec §1.2: 2.45B)
-        assert!((active_no_embed - 2.45).abs() < 0.1, "active {active_no_embed}B");
+        assert!(
+            (active_no_embed - 2.45).abs() < 0.1,
+            "active {active_no_embed}B"
+        );
         assert_eq!(kv_bytes_per_token(&c, 2).mla, 31_104);
     }
 }

@@ -24,7 +24,9 @@ impl Rope {
         let dim = cfg.qk_rope_head_dim;
         let base = cfg.rope_theta as f32;
         let half = dim / 2;
-        let pos_freqs: Vec<f32> = (0..half).map(|i| base.powf((2 * i) as f32 / dim as f32)).collect();
+        let pos_freqs: Vec<f32> = (0..half)
+            .map(|i| base.powf((2 * i) as f32 / dim as f32))
+            .collect();
         let Some(y) = &cfg.yarn else {
             return Rope {
                 inv_freq: pos_freqs.iter().map(|p| 1.0 / p).collect(),
@@ -33,7 +35,10 @@ impl Rope {
         };
         let factor = y.factor as f32;
         let correction_dim = |rotations: f64| {
-            (dim as f64 * (y.original_max_position_embeddings as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln())
+            (dim as f64
+                * (y.original_max_position_embeddings as f64
+                    / (rotations * 2.0 * std::f64::consts::PI))
+                    .ln())
                 / (2.0 * cfg.rope_theta.ln())
         };
         let low = correction_dim(y.beta_fast).floor().max(0.0);
@@ -72,7 +77,10 @@ impl Rope {
         let p = pos as f32;
         for (i, pair) in x.chunks_exact_mut(2).enumerate() {
             let angle = p * self.inv_freq[i];
-            let (cos, sin) = (angle.cos() * self.attention_factor, angle.sin() * self.attention_factor);
+            let (cos, sin) = (
+                angle.cos() * self.attention_factor,
+                angle.sin() * self.attention_factor,
+            );
             let (a, b) = (pair[0], pair[1]);
             pair[0] = a * cos - b * sin;
             pair[1] = a * sin + b * cos;
@@ -112,7 +120,10 @@ mod tests {
     fn v3_yarn_frequencies_and_scale_match_the_spec() {
         let c = v3_like(64);
         let r = Rope::new(&c);
-        let want_head = [1.0, 0.7499, 0.5623, 0.4217, 0.3162, 0.2371, 0.1778, 0.1334, 0.1, 0.07499, 0.05623, 0.03901];
+        let want_head = [
+            1.0, 0.7499, 0.5623, 0.4217, 0.3162, 0.2371, 0.1778, 0.1334, 0.1, 0.07499, 0.05623,
+            0.03901,
+        ];
         for (a, b) in r.inv_freq().iter().zip(want_head) {
             assert!((a - b).abs() / b < 1e-3, "{a} vs {b}");
         }

@@ -116,7 +116,11 @@ impl Preset {
                 max_position_embeddings: 163840,
                 rms_norm_eps: 1e-6,
                 num_nextn_predict_layers: 1,
-                fp8_block: if self == Preset::V3Fp8 { Some([128, 128]) } else { None },
+                fp8_block: if self == Preset::V3Fp8 {
+                    Some([128, 128])
+                } else {
+                    None
+                },
                 bos_token_id: Some(0),
                 eos_token_ids: vec![1],
                 tie_word_embeddings: false,
@@ -235,13 +239,31 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
             }
             None => lin(v, format!("{a}q_proj.weight"), h * dqk, d, true),
         }
-        lin(v, format!("{a}kv_a_proj_with_mqa.weight"), c.kv_lora_rank + c.qk_rope_head_dim, d, true);
+        lin(
+            v,
+            format!("{a}kv_a_proj_with_mqa.weight"),
+            c.kv_lora_rank + c.qk_rope_head_dim,
+            d,
+            true,
+        );
         norm(v, format!("{a}kv_a_layernorm.weight"), c.kv_lora_rank);
-        lin(v, format!("{a}kv_b_proj.weight"), h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank, true);
+        lin(
+            v,
+            format!("{a}kv_b_proj.weight"),
+            h * (c.qk_nope_head_dim + c.v_head_dim),
+            c.kv_lora_rank,
+            true,
+        );
         lin(v, format!("{a}o_proj.weight"), d, h * c.v_head_dim, true);
         match (&c.moe, moe) {
             (Some(m), true) => {
-                lin(v, format!("{p}mlp.gate.weight"), m.n_routed_experts, d, false);
+                lin(
+                    v,
+                    format!("{p}mlp.gate.weight"),
+                    m.n_routed_experts,
+                    d,
+                    false,
+                );
                 if m.topk_method == TopkMethod::NoauxTc {
                     v.push(Spec {
                         name: format!("{p}mlp.gate.e_score_correction_bias"),
@@ -254,7 +276,11 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
                     mlp(v, &format!("{p}mlp.experts.{e}."), m.moe_intermediate_size);
                 }
                 if m.n_shared_experts > 0 {
-                    mlp(v, &format!("{p}mlp.shared_experts."), m.n_shared_experts * m.moe_intermediate_size);
+                    mlp(
+                        v,
+                        &format!("{p}mlp.shared_experts."),
+                        m.n_shared_experts * m.moe_intermediate_size,
+                    );
                 }
             }
             _ => mlp(v, &format!("{p}mlp."), c.intermediate_size),
@@ -285,7 +311,13 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
         norm(&mut v, format!("{p}hnorm.weight"), d);
         lin(&mut v, format!("{p}eh_proj.weight"), d, 2 * d, false);
         norm(&mut v, format!("{p}shared_head.norm.weight"), d);
-        lin(&mut v, format!("{p}shared_head.head.weight"), c.vocab_size, d, false);
+        lin(
+            &mut v,
+            format!("{p}shared_head.head.weight"),
+            c.vocab_size,
+            d,
+            false,
+        );
     }
     v
 }
@@ -299,33 +331,44 @@ fn splitmix(mut z: u64) -> u64 {
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Values of one tensor, uniform with the requested standard deviation (or near one).
 fn values(spec: &Spec, seed: u64, n: usize) -> Vec<f32> {
     let base = fnv(&spec.name) ^ splitmix(seed);
     let mut out = vec![0f32; n];
-    out.par_chunks_mut(1 << 16).enumerate().for_each(|(ci, chunk)| {
-        let mut s = splitmix(base ^ (ci as u64).wrapping_mul(0x2545F4914F6CDD1D));
-        for v in chunk.iter_mut() {
-            s = s.wrapping_add(0x9E3779B97F4A7C15);
-            let u = (splitmix(s) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0; // [-1, 1)
-            *v = match spec.init {
-                Init::Normal(std) => u * std * 3f32.sqrt(),
-                Init::NearOne => 1.0 + 0.1 * u,
-            };
-        }
-    });
+    out.par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            let mut s = splitmix(base ^ (ci as u64).wrapping_mul(0x2545F4914F6CDD1D));
+            for v in chunk.iter_mut() {
+                s = s.wrapping_add(0x9E3779B97F4A7C15);
+                let u = (splitmix(s) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0; // [-1, 1)
+                *v = match spec.init {
+                    Init::Normal(std) => u * std * 3f32.sqrt(),
+                    Init::NearOne => 1.0 + 0.1 * u,
+                };
+            }
+        });
     out
 }
 
 /// (dtype, bytes) of each stored tensor of a spec: the tensor itself and, for FP8, its scales.
-fn encoded(spec: &Spec, seed: u64, block: [usize; 2]) -> Vec<(String, &'static str, Vec<usize>, Vec<u8>)> {
+fn encoded(
+    spec: &Spec,
+    seed: u64,
+    block: [usize; 2],
+) -> Vec<(String, &'static str, Vec<usize>, Vec<u8>)> {
     let n: usize = spec.shape.iter().product();
     let w = values(spec, seed, n);
     if !spec.fp8 {
-        let bytes: Vec<u8> = w.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect();
+        let bytes: Vec<u8> = w
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect();
         return vec![(spec.name.clone(), "BF16", spec.shape.clone(), bytes)];
     }
     let (rows, cols) = (spec.shape[0], spec.shape[1]);
@@ -350,7 +393,12 @@ fn encoded(spec: &Spec, seed: u64, block: [usize; 2]) -> Vec<(String, &'static s
     let scale_bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
     vec![
         (spec.name.clone(), "F8_E4M3", spec.shape.clone(), codes),
-        (spec.name.replace(".weight", ".weight_scale_inv"), "F32", vec![nbr, nbc], scale_bytes),
+        (
+            spec.name.replace(".weight", ".weight_scale_inv"),
+            "F32",
+            vec![nbr, nbc],
+            scale_bytes,
+        ),
     ]
 }
 
@@ -364,10 +412,17 @@ fn stored_bytes(spec: &Spec, block: [usize; 2]) -> usize {
 }
 
 const TOKENIZER_JSON: &str = include_str!("../../../testdata/fixtures/tiny-v3/tokenizer.json");
-const TOKENIZER_CONFIG: &str = include_str!("../../../testdata/fixtures/tiny-v3/tokenizer_config.json");
+const TOKENIZER_CONFIG: &str =
+    include_str!("../../../testdata/fixtures/tiny-v3/tokenizer_config.json");
 
 /// Writes a checkpoint of `cfg`'s shape with random weights into `out`.
-pub fn write_checkpoint(cfg: &ModelConfig, out: &Path, seed: u64, shard_bytes: usize, progress: bool) -> Result<()> {
+pub fn write_checkpoint(
+    cfg: &ModelConfig,
+    out: &Path,
+    seed: u64,
+    shard_bytes: usize,
+    progress: bool,
+) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let block = cfg.fp8_block.unwrap_or([128, 128]);
     let specs = tensor_specs(cfg);
@@ -406,16 +461,33 @@ pub fn write_checkpoint(cfg: &ModelConfig, out: &Path, seed: u64, shard_bytes: u
         let mut offset = 0usize;
         let mut entries = vec![];
         for s in shard {
-            let nbytes = if s.fp8 { s.shape.iter().product::<usize>() } else { 2 * s.shape.iter().product::<usize>() };
-            entries.push((s.name.clone(), if s.fp8 { "F8_E4M3" } else { "BF16" }, s.shape.clone(), nbytes));
+            let nbytes = if s.fp8 {
+                s.shape.iter().product::<usize>()
+            } else {
+                2 * s.shape.iter().product::<usize>()
+            };
+            entries.push((
+                s.name.clone(),
+                if s.fp8 { "F8_E4M3" } else { "BF16" },
+                s.shape.clone(),
+                nbytes,
+            ));
             if s.fp8 {
                 let sh = vec![s.shape[0].div_ceil(block[0]), s.shape[1].div_ceil(block[1])];
                 let nb = 4 * sh[0] * sh[1];
-                entries.push((s.name.replace(".weight", ".weight_scale_inv"), "F32", sh, nb));
+                entries.push((
+                    s.name.replace(".weight", ".weight_scale_inv"),
+                    "F32",
+                    sh,
+                    nb,
+                ));
             }
         }
         for (tname, dtype, shape, nbytes) in &entries {
-            header.insert(tname.clone(), json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}));
+            header.insert(
+                tname.clone(),
+                json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}),
+            );
             weight_map.insert(tname.clone(), json!(name));
             offset += nbytes;
         }
@@ -424,7 +496,8 @@ pub fn write_checkpoint(cfg: &ModelConfig, out: &Path, seed: u64, shard_bytes: u
             h.push(b' ');
         }
         let path = out.join(&name);
-        let f = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let f = std::fs::File::create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 22, f);
         w.write_all(&(h.len() as u64).to_le_bytes())?;
         w.write_all(&h)?;
@@ -434,15 +507,24 @@ pub fn write_checkpoint(cfg: &ModelConfig, out: &Path, seed: u64, shard_bytes: u
                 bar.inc(bytes.len() as u64);
             }
         }
-        w.flush().with_context(|| format!("cannot write {}", path.display()))?;
+        w.flush()
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     bar.finish_and_clear();
     let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    std::fs::write(out.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index)?)?;
-    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&cfg.to_hub_json())?)?;
+    std::fs::write(
+        out.join("model.safetensors.index.json"),
+        serde_json::to_string_pretty(&index)?,
+    )?;
+    std::fs::write(
+        out.join("config.json"),
+        serde_json::to_string_pretty(&cfg.to_hub_json())?,
+    )?;
     std::fs::write(
         out.join("generation_config.json"),
-        serde_json::to_string_pretty(&json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_ids.first(), "do_sample": true, "temperature": 0.6, "top_p": 0.95}))?,
+        serde_json::to_string_pretty(
+            &json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_ids.first(), "do_sample": true, "temperature": 0.6, "top_p": 0.95}),
+        )?,
     )?;
     std::fs::write(out.join("tokenizer.json"), TOKENIZER_JSON)?;
     std::fs::write(out.join("tokenizer_config.json"), TOKENIZER_CONFIG)?;
@@ -471,7 +553,10 @@ mod tests {
     #[test]
     fn synthetic_checkpoints_load_and_run_in_every_preset() {
         for preset in [Preset::V2Lite, Preset::V3, Preset::V3Fp8] {
-            let dir = std::env::temp_dir().join(format!("whale-synth-test-{preset:?}-{}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!(
+                "whale-synth-test-{preset:?}-{}",
+                std::process::id()
+            ));
             let cfg = tiny(preset);
             write_checkpoint(&cfg, &dir, 7, 4 << 20, false).unwrap();
             let ck = Checkpoint::open(&dir).unwrap();
@@ -488,7 +573,9 @@ mod tests {
             let model = Model::load(&ck).unwrap();
             assert_eq!(model.mtp.len(), cfg.num_nextn_predict_layers);
             let mut cache = model.new_cache(4);
-            let logits = model.forward(&[0, 5, 7], &mut cache, AttentionForm::Plain, Logits::All).unwrap();
+            let logits = model
+                .forward(&[0, 5, 7], &mut cache, AttentionForm::Plain, Logits::All)
+                .unwrap();
             assert!(logits.iter().all(|v| v.is_finite()));
             assert!(logits.iter().any(|&v| v != 0.0));
             std::fs::remove_dir_all(&dir).ok();

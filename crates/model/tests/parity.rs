@@ -9,7 +9,9 @@ use whale_model::{AttentionForm, Checkpoint, Logits, Model};
 const CASES: [&str; 4] = ["tiny-v3", "tiny-v2-lite", "tiny-v2-group", "tiny-v3-fp8"];
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/fixtures")
+        .join(name)
 }
 
 struct Reference {
@@ -24,11 +26,17 @@ fn reference(name: &str) -> Reference {
     let ints = |k: String| -> Vec<u32> {
         let t = st.tensor(&k).unwrap();
         assert_eq!(t.dtype(), Dtype::I64);
-        t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect()
+        t.data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect()
     };
     let floats = |k: String| -> Vec<f32> {
         let t = st.tensor(&k).unwrap();
-        t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     };
     Reference {
         prompts: (0..4).map(|i| ints(format!("prompt_{i}"))).collect(),
@@ -43,7 +51,10 @@ fn load(name: &str) -> Model {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -68,9 +79,14 @@ fn logits_match_transformers_at_every_position_in_both_attention_forms() {
         for (i, prompt) in r.prompts.iter().enumerate() {
             for form in [AttentionForm::Plain, AttentionForm::Absorbed] {
                 let mut cache = model.new_cache(prompt.len());
-                let got = model.forward(prompt, &mut cache, form, Logits::All).unwrap();
+                let got = model
+                    .forward(prompt, &mut cache, form, Logits::All)
+                    .unwrap();
                 let err = max_abs_diff(&got, &r.logits[i]);
-                assert!(err <= LOGIT_TOL, "{name} prompt {i} {form:?}: max abs error {err}");
+                assert!(
+                    err <= LOGIT_TOL,
+                    "{name} prompt {i} {form:?}: max abs error {err}"
+                );
             }
         }
     }
@@ -83,12 +99,16 @@ fn cached_greedy_decoding_reproduces_transformers() {
         let r = reference(name);
         for (i, prompt) in r.prompts.iter().enumerate() {
             let mut cache = model.new_cache(prompt.len() + 12);
-            let mut logits = model.forward(prompt, &mut cache, AttentionForm::Plain, Logits::Last).unwrap();
+            let mut logits = model
+                .forward(prompt, &mut cache, AttentionForm::Plain, Logits::Last)
+                .unwrap();
             let mut out = Vec::new();
             for _ in 0..12 {
                 let next = argmax(&logits);
                 out.push(next);
-                logits = model.forward(&[next], &mut cache, AttentionForm::Absorbed, Logits::Last).unwrap();
+                logits = model
+                    .forward(&[next], &mut cache, AttentionForm::Absorbed, Logits::Last)
+                    .unwrap();
             }
             assert_eq!(out, r.greedy[i], "{name} prompt {i}");
             assert_eq!(cache.len(), prompt.len() + 12);
@@ -105,14 +125,19 @@ fn decoding_token_by_token_equals_recomputing_the_sequence() {
         let v = model.config.vocab_size;
         let mut cache = model.new_cache(prompt.len());
         for (t, &tok) in prompt.iter().enumerate() {
-            let step = model.forward(&[tok], &mut cache, AttentionForm::Absorbed, Logits::Last).unwrap();
+            let step = model
+                .forward(&[tok], &mut cache, AttentionForm::Absorbed, Logits::Last)
+                .unwrap();
             let want = &r.logits[2][t * v..(t + 1) * v];
             let err = max_abs_diff(&step, want);
             assert!(err <= LOGIT_TOL, "{name} step {t}: {err}");
         }
         // The cache holds exactly kv_lora_rank + qk_rope_head_dim values per token per layer.
         let c = &model.config;
-        assert_eq!(cache.values(), prompt.len() * c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim));
+        assert_eq!(
+            cache.values(),
+            prompt.len() * c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim)
+        );
     }
 }
 

@@ -1,0 +1,216 @@
+//! `whale run` and `whale chat`: text in, reasoning and answer streamed out.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use whale_engine::{Engine, GenerateParams, Generation, Message, Part, SamplingParams};
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// 0 = greedy; R1's recommended 0.6 by default
+    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// stop when this text appears (repeatable)
+    #[arg(long)]
+    stop: Vec<String>,
+    /// hide the reasoning, print only the answer
+    #[arg(long)]
+    no_reasoning: bool,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> GenerateParams {
+        GenerateParams {
+            max_tokens: self.max_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                seed: self.seed,
+            },
+            stop: self.stop.clone(),
+            ignore_eos: false,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// checkpoint directory (default: the bundled model)
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    prompt: String,
+    /// a system message
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+/// Prints streamed parts: reasoning under a "thinking" marker (dimmed on a terminal), then
+/// the answer under its own marker.
+struct Printer {
+    color: bool,
+    show_reasoning: bool,
+    state: u8, // 0 nothing yet, 1 in reasoning, 2 in answer
+}
+
+impl Printer {
+    fn new(show_reasoning: bool) -> Self {
+        Printer {
+            color: std::io::stdout().is_terminal(),
+            show_reasoning,
+            state: 0,
+        }
+    }
+
+    fn part(&mut self, p: &Part) {
+        let mut out = std::io::stdout().lock();
+        match p {
+            Part::Reasoning(t) => {
+                if !self.show_reasoning {
+                    return;
+                }
+                if self.state == 0 {
+                    let _ = write!(
+                        out,
+                        "{}",
+                        if self.color {
+                            "\x1b[2m[thinking]\n"
+                        } else {
+                            "[thinking]\n"
+                        }
+                    );
+                    self.state = 1;
+                }
+                let _ = write!(out, "{t}");
+            }
+            Part::Answer(t) => {
+                if self.state != 2 {
+                    if self.state == 1 || self.show_reasoning {
+                        let sep = if self.state == 1 { "\n" } else { "" };
+                        let _ = write!(
+                            out,
+                            "{sep}{}",
+                            if self.color {
+                                "\x1b[0m[answer]\n"
+                            } else {
+                                "[answer]\n"
+                            }
+                        );
+                    }
+                    self.state = 2;
+                }
+                let _ = write!(out, "{t}");
+            }
+        }
+        let _ = out.flush();
+    }
+
+    fn end(&mut self, g: &Generation) {
+        let mut out = std::io::stdout().lock();
+        if self.color && self.state == 1 {
+            let _ = write!(out, "\x1b[0m");
+        }
+        let _ = writeln!(out);
+        let secs = g.decode_time.as_secs_f64();
+        let tps = if secs > 0.0 {
+            g.ids.len() as f64 / secs
+        } else {
+            0.0
+        };
+        eprintln!(
+            "[{} prompt tokens, {} generated, {:.1} tok/s, finish: {}]",
+            g.prompt_tokens,
+            g.ids.len(),
+            tps,
+            g.finish.as_str()
+        );
+    }
+}
+
+fn load(model: &Option<PathBuf>) -> Result<Engine> {
+    let dir = model.clone().unwrap_or_else(crate::default_model);
+    Engine::load(&dir, true)
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let engine = load(&a.model)?;
+    let mut messages = vec![];
+    if let Some(s) = &a.system {
+        messages.push(Message::new("system", s));
+    }
+    messages.push(Message::new("user", &a.prompt));
+    let mut printer = Printer::new(!a.sampling.no_reasoning);
+    let g = engine.chat(&messages, &a.sampling.params(), |p| printer.part(p))?;
+    printer.end(&g);
+    Ok(())
+}
+
+pub fn chat(a: ChatArgs) -> Result<()> {
+    let engine = load(&a.model)?;
+    let mut history = vec![];
+    if let Some(s) = &a.system {
+        history.push(Message::new("system", s));
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("whale chat: type a message; /reset clears the history, /exit or Ctrl-D quits");
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("cannot read standard input")?;
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                history.retain(|m: &Message| m.role == "system");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(Message::new("user", line));
+        let mut printer = Printer::new(!a.sampling.no_reasoning);
+        match engine.chat(&history, &a.sampling.params(), |p| printer.part(p)) {
+            Ok(g) => {
+                printer.end(&g);
+                // the template drops earlier turns' reasoning; keep the answer as the turn
+                history.push(Message::new("assistant", &g.answer));
+            }
+            Err(e) => {
+                history.pop();
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    Ok(())
+}

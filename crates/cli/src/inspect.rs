@@ -1,0 +1,206 @@
+//! `whale inspect` and `whale synth`.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use whale_model::params::{count, kv_bytes_per_token};
+use whale_model::rope::softmax_scale;
+use whale_model::synth::{shaped_config, write_checkpoint, Overrides, Preset};
+use whale_model::Checkpoint;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// checkpoint directory
+    dir: PathBuf,
+    /// print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// the real model whose shape to copy: v2-lite, v3 or v3-fp8
+    #[arg(long)]
+    like: String,
+    /// main decoder layers (the real count by default)
+    #[arg(long)]
+    layers: Option<usize>,
+    /// routed experts per MoE layer
+    #[arg(long)]
+    experts: Option<usize>,
+    #[arg(long)]
+    vocab: Option<usize>,
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// MTP modules to write after the main layers (v3: 1 by default)
+    #[arg(long)]
+    mtp: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// largest shard in MiB
+    #[arg(long, default_value_t = 4096)]
+    shard_mib: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn human(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2}B", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.2}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1}K", n / 1e3)
+    } else {
+        format!("{n}")
+    }
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let ck = Checkpoint::open(&a.dir)?;
+    let c = &ck.config;
+    let p = count(c);
+    let kv = kv_bytes_per_token(c, 2);
+    let mut formats: BTreeMap<String, usize> = BTreeMap::new();
+    for n in ck.tensor_names() {
+        *formats
+            .entry(format!("{:?}", ck.entry(n).unwrap().dtype))
+            .or_default() += 1;
+    }
+    let mtp_on_disk = (0..c.num_nextn_predict_layers)
+        .filter(|k| {
+            ck.has(&format!(
+                "model.layers.{}.eh_proj.weight",
+                c.num_hidden_layers + k
+            ))
+        })
+        .count();
+    let moe_layers = (0..c.num_hidden_layers)
+        .filter(|&i| c.is_moe_layer(i))
+        .count();
+    let width = c.latent_cache_width();
+    if a.json {
+        let v = json!({
+            "model_type": c.model_type.as_str(),
+            "layers": c.num_hidden_layers, "moe_layers": moe_layers, "mtp_layers_on_disk": mtp_on_disk,
+            "hidden_size": c.hidden_size, "num_attention_heads": c.num_attention_heads,
+            "q_lora_rank": c.q_lora_rank, "kv_lora_rank": c.kv_lora_rank,
+            "params_total": p.total(), "params_active_per_token": p.active(), "params_mtp": p.mtp,
+            "kv_cache_values_per_token_per_layer": width,
+            "kv_bytes_per_token_bf16": {"mla": kv.mla, "mha": kv.mha, "gqa8": kv.gqa8},
+            "mha_over_mla": kv.mha as f64 / kv.mla as f64,
+            "tensor_dtypes": formats, "stored_bytes": ck.total_stored_bytes(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "model            {} ({})",
+        c.model_type.as_str(),
+        a.dir.display()
+    );
+    println!(
+        "layers           {} main ({} dense + {} MoE), {} MTP module(s) on disk",
+        c.num_hidden_layers,
+        c.num_hidden_layers - moe_layers,
+        moe_layers,
+        mtp_on_disk
+    );
+    println!(
+        "attention        MLA: hidden {}, {} heads, q_lora_rank {}, kv_lora_rank {}, qk nope/rope {}/{}, v {}, softmax scale {:.6}",
+        c.hidden_size,
+        c.num_attention_heads,
+        c.q_lora_rank.map(|r| r.to_string()).unwrap_or("none".into()),
+        c.kv_lora_rank,
+        c.qk_nope_head_dim,
+        c.qk_rope_head_dim,
+        c.v_head_dim,
+        softmax_scale(c)
+    );
+    if let Some(m) = &c.moe {
+        println!(
+            "experts          {} routed (top-{}, {} / {}, {} groups keep {}), {} shared, width {}, norm_topk_prob {}, routed_scaling_factor {}",
+            m.n_routed_experts,
+            m.num_experts_per_tok,
+            m.topk_method.as_str(),
+            m.scoring_func.as_str(),
+            m.n_group,
+            m.topk_group,
+            m.n_shared_experts,
+            m.moe_intermediate_size,
+            m.norm_topk_prob,
+            m.routed_scaling_factor
+        );
+    }
+    match &c.yarn {
+        Some(y) => println!(
+            "rope             theta {}, YaRN factor {} over {} original positions, max {}",
+            c.rope_theta, y.factor, y.original_max_position_embeddings, c.max_position_embeddings
+        ),
+        None => println!(
+            "rope             theta {}, max {} positions",
+            c.rope_theta, c.max_position_embeddings
+        ),
+    }
+    let fmt: Vec<String> = formats.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+    println!(
+        "tensors          {} ({:.2} GB stored)",
+        fmt.join(", "),
+        ck.total_stored_bytes() as f64 / 1e9
+    );
+    println!(
+        "parameters       total {} ({}), active per token {} ({})",
+        human(p.total()),
+        p.total(),
+        human(p.active()),
+        p.active()
+    );
+    if p.mtp > 0 {
+        println!(
+            "                 + {} in MTP modules (not part of the main model)",
+            human(p.mtp)
+        );
+    }
+    println!(
+        "kv cache/token   MLA {} values/layer = {} bytes in bf16 ({} layers)",
+        width, kv.mla, c.num_hidden_layers
+    );
+    println!(
+        "                 vs multi-head attention with the same heads: {} bytes ({:.1}x), GQA-8: {} bytes ({:.1}x)",
+        kv.mha,
+        kv.mha as f64 / kv.mla as f64,
+        kv.gqa8,
+        kv.gqa8 as f64 / kv.mla as f64
+    );
+    Ok(())
+}
+
+pub fn synth(a: SynthArgs) -> Result<()> {
+    let preset = Preset::parse(&a.like)?;
+    if a.shard_mib == 0 {
+        bail!("--shard-mib must be positive");
+    }
+    let cfg = shaped_config(
+        preset,
+        &Overrides {
+            layers: a.layers,
+            experts: a.experts,
+            vocab: a.vocab,
+            hidden: a.hidden,
+            mtp: a.mtp,
+        },
+    )?;
+    let p = count(&cfg);
+    eprintln!(
+        "writing a {} checkpoint: {} parameters ({} active) to {}",
+        a.like,
+        human(p.total() + p.mtp),
+        human(p.active()),
+        a.out.display()
+    );
+    write_checkpoint(&cfg, &a.out, a.seed, a.shard_mib << 20, true)?;
+    Ok(())
+}

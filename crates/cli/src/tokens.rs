@@ -1,0 +1,111 @@
+//! Token-id level commands, used to check the engine against reference outputs.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use safetensors::{serialize_to_file, tensor::TensorView, Dtype};
+use std::path::PathBuf;
+use whale_engine::{Engine, GenerateParams, SamplingParams};
+use whale_model::{AttentionForm, Logits};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Form {
+    Plain,
+    Absorbed,
+}
+
+#[derive(Args)]
+pub struct LogitsArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// comma-separated token ids, e.g. 0,5,7
+    #[arg(long)]
+    ids: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// attention form for the prompt
+    #[arg(long, value_enum, default_value = "plain")]
+    attention: Form,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    ids: String,
+    #[arg(long, default_value_t = 16)]
+    max_tokens: usize,
+    /// always take the most likely token (the default when no --temperature is given)
+    #[arg(long)]
+    greedy: bool,
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// keep going past end-of-sequence tokens
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    let ids = s
+        .split(',')
+        .map(|x| x.trim())
+        .filter(|x| !x.is_empty())
+        .map(|x| {
+            x.parse::<u32>()
+                .with_context(|| format!("--ids: `{x}` is not a token id"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        bail!("--ids: no token ids given");
+    }
+    Ok(ids)
+}
+
+pub fn logits(a: LogitsArgs) -> Result<()> {
+    let ids = parse_ids(&a.ids)?;
+    let engine = Engine::load(&a.model, false)?;
+    let model = &engine.model;
+    let form = match a.attention {
+        Form::Plain => AttentionForm::Plain,
+        Form::Absorbed => AttentionForm::Absorbed,
+    };
+    let mut cache = model.new_cache(ids.len());
+    let logits = model.forward(&ids, &mut cache, form, Logits::All)?;
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = TensorView::new(Dtype::F32, vec![ids.len(), model.config.vocab_size], &bytes)?;
+    serialize_to_file([("logits", view)], None, &a.out)
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    Ok(())
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let ids = parse_ids(&a.ids)?;
+    if a.greedy && a.temperature != 0.0 {
+        bail!(
+            "--greedy and --temperature {} contradict each other",
+            a.temperature
+        );
+    }
+    let engine = Engine::load(&a.model, false)?;
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: 0.0,
+            seed: a.seed,
+        },
+        stop: vec![],
+        ignore_eos: a.ignore_eos,
+    };
+    let (out, _, _, _) = engine.generate_ids(&ids, &params, |_| Ok(true))?;
+    println!("{}", serde_json::json!({ "ids": out }));
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! The `whale` binary as outside checkers call it: parity commands against the transformers
+//! fixtures, and every kind of bad input ending in a one-line error and a non-zero exit.
+
+use safetensors::{serialize_to_file, tensor::TensorView, Dtype, SafeTensors};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const CASES: [&str; 4] = ["tiny-v3", "tiny-v2-lite", "tiny-v2-group", "tiny-v3-fp8"];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/fixtures")
+        .join(name)
+}
+
+fn whale(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_whale"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("whale-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn copy_fixture(name: &str, tag: &str) -> PathBuf {
+    let d = tmp(tag);
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+    }
+    d
+}
+
+type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+fn read_tensors(path: &Path) -> Tensors {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect()
+}
+
+fn write_tensors(path: &Path, t: &Tensors) {
+    let views: Vec<(String, TensorView)> = t
+        .iter()
+        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    serialize_to_file(views, None, path).unwrap();
+}
+
+/// Edits the shard holding `tensor` in a copy of a fixture.
+fn edit_shard(dir: &Path, tensor: &str, f: impl FnOnce(&mut Tensors)) -> PathBuf {
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let file = dir.join(index["weight_map"][tensor].as_str().unwrap());
+    let mut t = read_tensors(&file);
+    f(&mut t);
+    write_tensors(&file, &t);
+    file
+}
+
+fn reference(name: &str) -> Tensors {
+    read_tensors(&fixture(name).join("reference.safetensors"))
+}
+
+fn ints(t: &Tensors, k: &str) -> Vec<i64> {
+    t[k].2
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn floats(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn join(ids: &[i64]) -> String {
+    ids.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn logits_and_generate_commands_reproduce_transformers() {
+    let out_dir = tmp("parity");
+    for name in CASES {
+        let r = reference(name);
+        let model = fixture(name);
+        for i in 0..4 {
+            let prompt = ints(&r, &format!("prompt_{i}"));
+            let out = out_dir.join(format!("{name}-{i}.safetensors"));
+            let o = whale(&[
+                "logits",
+                "--model",
+                model.to_str().unwrap(),
+                "--ids",
+                &join(&prompt),
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let got = read_tensors(&out);
+            assert_eq!(got.len(), 1);
+            let (dtype, shape, bytes) = &got["logits"];
+            assert_eq!(*dtype, Dtype::F32);
+            assert_eq!(shape, &r[&format!("logits_{i}")].1);
+            let want = floats(&r[&format!("logits_{i}")].2);
+            let err = floats(bytes)
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err <= 1e-4, "{name} prompt {i}: {err}");
+
+            let o = whale(&[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--ids",
+                &join(&prompt),
+                "--max-tokens",
+                "12",
+                "--greedy",
+                "--ignore-eos",
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let got: Vec<i64> = v["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect();
+            assert_eq!(got, ints(&r, &format!("greedy_{i}")), "{name} prompt {i}");
+        }
+    }
+}
+
+#[test]
+fn inspect_reports_the_latent_cache() {
+    let o = whale(&["inspect", fixture("tiny-v3").to_str().unwrap(), "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kv_cache_values_per_token_per_layer"], 40); // 32 + 8
+    assert_eq!(v["kv_bytes_per_token_bf16"]["mla"], 3 * 40 * 2);
+    assert_eq!(v["mtp_layers_on_disk"], 1);
+    assert_eq!(v["layers"], 3);
+}
+
+#[test]
+fn run_streams_reasoning_then_answer() {
+    let o = whale(&[
+        "run",
+        "--model",
+        fixture("tiny-v3").to_str().unwrap(),
+        "--prompt",
+        "What is 12 + 30?",
+        "--max-tokens",
+        "8",
+        "--seed",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = String::from_utf8_lossy(&o.stdout);
+    // the R1 template primes <think>, so the stream opens in the reasoning section
+    assert!(s.starts_with("[thinking]"), "{s}");
+}
+
+/// A bad input: non-zero exit, a single-line message that names `what`, and no panic.
+fn assert_clean_error(o: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure naming {what}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(what), "`{err}` does not name {what}");
+}
+
+fn logits_of(dir: &Path, ids: &str) -> Output {
+    let out = dir.join("out.safetensors");
+    whale(&[
+        "logits",
+        "--model",
+        dir.to_str().unwrap(),
+        "--ids",
+        ids,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn bad_checkpoints_fail_cleanly() {
+    // missing directory and missing files
+    assert_clean_error(
+        &logits_of(Path::new("/nonexistent/model"), "0,1"),
+        "/nonexistent/model",
+    );
+    let d = copy_fixture("tiny-v3", "noconfig");
+    std::fs::remove_file(d.join("config.json")).unwrap();
+    assert_clean_error(&logits_of(&d, "0,1"), "config.json");
+    let d = copy_fixture("tiny-v3", "noshard");
+    std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap();
+    assert_clean_error(&logits_of(&d, "0,1"), "model-00002-of-00002.safetensors");
+
+    // truncated and corrupt safetensors
+    let d = copy_fixture("tiny-v3", "truncated");
+    let f = d.join("model-00001-of-00002.safetensors");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    assert_clean_error(&logits_of(&d, "0,1"), "model-00001-of-00002.safetensors");
+    let d = copy_fixture("tiny-v3", "corrupt");
+    let f = d.join("model-00002-of-00002.safetensors");
+    let mut b = std::fs::read(&f).unwrap();
+    b[8..40].copy_from_slice(&[b'#'; 32]);
+    std::fs::write(&f, b).unwrap();
+    assert_clean_error(&logits_of(&d, "0,1"), "model-00002-of-00002.safetensors");
+
+    // wrong shape, wrong dtype, missing tensor
+    let d = copy_fixture("tiny-v3", "shape");
+    edit_shard(&d, "model.norm.weight", |t| {
+        let e = t.get_mut("model.norm.weight").unwrap();
+        e.1 = vec![32];
+        e.2.truncate(64);
+    });
+    assert_clean_error(&logits_of(&d, "0,1"), "model.norm.weight");
+    let d = copy_fixture("tiny-v3", "dtype");
+    let name = "model.layers.0.self_attn.o_proj.weight";
+    edit_shard(&d, name, |t| t.get_mut(name).unwrap().0 = Dtype::I16);
+    assert_clean_error(&logits_of(&d, "0,1"), name);
+    let d = copy_fixture("tiny-v3", "missing");
+    let name = "model.layers.1.mlp.experts.3.up_proj.weight";
+    edit_shard(&d, name, |t| {
+        t.remove(name);
+    });
+    assert_clean_error(&logits_of(&d, "0,1"), name);
+    // removed from the index as well: still named as missing
+    let idx = d.join("model.safetensors.index.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&idx).unwrap()).unwrap();
+    v["weight_map"].as_object_mut().unwrap().remove(name);
+    std::fs::write(&idx, v.to_string()).unwrap();
+    assert_clean_error(&logits_of(&d, "0,1"), name);
+    // an fp8 weight whose block scales are missing
+    let d = copy_fixture("tiny-v3-fp8", "noscale");
+    let name = "model.layers.0.self_attn.o_proj.weight_scale_inv";
+    edit_shard(&d, name, |t| {
+        t.remove(name);
+    });
+    assert_clean_error(&logits_of(&d, "0,1"), name);
+}
+
+#[test]
+fn bad_configs_fail_cleanly() {
+    for (field, value) in [
+        ("model_type", "\"llama\""),
+        ("topk_method", "\"random_pick\""),
+        ("scoring_func", "\"relu\""),
+        ("hidden_size", "\"wide\""),
+    ] {
+        let d = copy_fixture("tiny-v3", &format!("cfg-{field}"));
+        let p = d.join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v[field] = serde_json::from_str(value).unwrap();
+        std::fs::write(&p, v.to_string()).unwrap();
+        assert_clean_error(&logits_of(&d, "0,1"), field);
+    }
+    let d = copy_fixture("tiny-v3", "cfg-json");
+    std::fs::write(d.join("config.json"), "{ not json").unwrap();
+    assert_clean_error(&logits_of(&d, "0,1"), "config.json");
+}
+
+#[test]
+fn bad_prompts_fail_cleanly() {
+    let m = fixture("tiny-v2-lite");
+    assert_clean_error(&logits_of(&m, "0,384"), "384");
+    assert_clean_error(&logits_of(&m, "0,x"), "--ids");
+    assert_clean_error(&logits_of(&m, ""), "--ids");
+    let long = join(&vec![5i64; 257]);
+    assert_clean_error(&logits_of(&m, &long), "max_position_embeddings");
+    let o = whale(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--ids",
+        &join(&vec![5i64; 256]),
+        "--max-tokens",
+        "4",
+        "--greedy",
+    ]);
+    assert_clean_error(&o, "max_position_embeddings");
+    let o = whale(&[
+        "run",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--temperature",
+        "-1",
+    ]);
+    assert_clean_error(&o, "temperature");
+    let o = whale(&["synth", "--like", "v9", "--out", "/tmp/never"]);
+    assert_clean_error(&o, "v9");
+}
