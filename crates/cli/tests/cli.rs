@@ -320,3 +320,40 @@ fn bad_prompts_fail_cleanly() {
     let o = whale(&["synth", "--like", "v9", "--out", "/tmp/never"]);
     assert_clean_error(&o, "v9");
 }
+
+#[test]
+fn chat_keeps_history_and_answers_each_turn() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_whale"))
+        .args([
+            "chat",
+            "--model",
+            fixture("tiny-v3").to_str().unwrap(),
+            "--max-tokens",
+            "4",
+            "--seed",
+            "1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is 12 + 30?\nAnd 42 - 30?\n/reset\nHi\n/exit\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let turns: Vec<usize> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix('[')?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(turns.len(), 3, "{err}");
+    // the second turn's prompt holds the first exchange; after /reset the history is gone
+    assert!(turns[1] > turns[0] + 4, "{turns:?}");
+    assert!(turns[2] < turns[1], "{turns:?}");
+}

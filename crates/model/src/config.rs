@@ -108,6 +108,9 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub tie_word_embeddings: bool,
+    /// rope dims stored as adjacent pairs (the released weights; transformers' default true)
+    /// or, when false, as two halves (NeoX layout, after an offline permutation)
+    pub rope_interleave: bool,
 }
 
 fn field<'a>(o: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
@@ -236,7 +239,9 @@ impl ModelConfig {
                     topk_group: opt_usize(o, "topk_group")?.unwrap_or(1),
                     topk_method,
                     scoring_func,
-                    norm_topk_prob: opt_bool(o, "norm_topk_prob")?.unwrap_or(false),
+                    // transformers' deepseek_v2 router never renormalises (every released V2
+                    // config says false anyway); parity with it decides.
+                    norm_topk_prob: v3 && opt_bool(o, "norm_topk_prob")?.unwrap_or(false),
                     routed_scaling_factor: opt_f64(o, "routed_scaling_factor")?.unwrap_or(1.0),
                     first_k_dense_replace: opt_usize(o, "first_k_dense_replace")?.unwrap_or(0),
                     moe_layer_freq: opt_usize(o, "moe_layer_freq")?.unwrap_or(1),
@@ -272,9 +277,13 @@ impl ModelConfig {
                             "config.json: yarn needs `original_max_position_embeddings`",
                         )?,
                     };
+                    // transformers: a missing factor is max_position_embeddings / original
+                    let factor = match opt_f64(r, "factor")? {
+                        Some(f) => f,
+                        None => req_usize(o, "max_position_embeddings")? as f64 / original as f64,
+                    };
                     yarn = Some(Yarn {
-                        factor: opt_f64(r, "factor")?
-                            .ok_or_else(|| anyhow!("config.json: yarn rope scaling needs `factor`"))?,
+                        factor,
                         original_max_position_embeddings: original,
                         beta_fast: opt_f64(r, "beta_fast")?.unwrap_or(32.0),
                         beta_slow: opt_f64(r, "beta_slow")?.unwrap_or(1.0),
@@ -341,6 +350,7 @@ impl ModelConfig {
             bos_token_id: token_ids(o, "bos_token_id")?.first().copied(),
             eos_token_ids: token_ids(o, "eos_token_id")?,
             tie_word_embeddings: opt_bool(o, "tie_word_embeddings")?.unwrap_or(false),
+            rope_interleave: opt_bool(o, "rope_interleave")?.unwrap_or(true),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -466,6 +476,9 @@ impl ModelConfig {
             "vocab_size": self.vocab_size,
         });
         let o = v.as_object_mut().unwrap();
+        if !self.rope_interleave {
+            o.insert("rope_interleave".into(), json!(false));
+        }
         if let Some(m) = &self.moe {
             for (k, x) in [
                 ("n_routed_experts", json!(m.n_routed_experts)),

@@ -15,6 +15,8 @@ pub fn yarn_get_mscale(scale: f64, mscale: f64) -> f64 {
 
 pub struct Rope {
     inv_freq: Vec<f32>,
+    /// pairs (2i, 2i+1) when true; (i, i + dim/2) when false
+    interleave: bool,
     /// multiplies cos and sin (YaRN's `attention_factor`)
     attention_factor: f32,
 }
@@ -30,6 +32,7 @@ impl Rope {
         let Some(y) = &cfg.yarn else {
             return Rope {
                 inv_freq: pos_freqs.iter().map(|p| 1.0 / p).collect(),
+                interleave: cfg.rope_interleave,
                 attention_factor: 1.0,
             };
         };
@@ -64,6 +67,7 @@ impl Rope {
         } as f32;
         Rope {
             inv_freq,
+            interleave: cfg.rope_interleave,
             attention_factor,
         }
     }
@@ -75,15 +79,21 @@ impl Rope {
     /// Rotate `x` (one head's rope dims) in place for absolute position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         let p = pos as f32;
-        for (i, pair) in x.chunks_exact_mut(2).enumerate() {
+        let half = x.len() / 2;
+        for i in 0..half {
             let angle = p * self.inv_freq[i];
             let (cos, sin) = (
                 angle.cos() * self.attention_factor,
                 angle.sin() * self.attention_factor,
             );
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * cos - b * sin;
-            pair[1] = a * sin + b * cos;
+            let (ia, ib) = if self.interleave {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half)
+            };
+            let (a, b) = (x[ia], x[ib]);
+            x[ia] = a * cos - b * sin;
+            x[ib] = a * sin + b * cos;
         }
     }
 }

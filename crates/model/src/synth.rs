@@ -76,6 +76,7 @@ impl Preset {
                 bos_token_id: Some(0),
                 eos_token_ids: vec![1],
                 tie_word_embeddings: false,
+                rope_interleave: true,
             },
             Preset::V3 | Preset::V3Fp8 => ModelConfig {
                 model_type: ModelType::DeepseekV3,
@@ -124,6 +125,7 @@ impl Preset {
                 bos_token_id: Some(0),
                 eos_token_ids: vec![1],
                 tie_word_embeddings: false,
+                rope_interleave: true,
             },
         }
     }
