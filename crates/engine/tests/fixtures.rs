@@ -118,3 +118,46 @@ fn max_tokens_and_stop_strings_end_generation() {
     assert!(!s.answer.contains(&stop));
     assert!(full.starts_with(&s.answer));
 }
+
+#[test]
+fn an_end_of_sequence_token_ends_generation_unless_ignored() {
+    let mut engine = Engine::load(&fixture("tiny-v3"), true).unwrap();
+    let prompt = [0u32, 3];
+    let greedy = GenerateParams {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let (free, _, _, _) = engine
+        .generate_ids(
+            &prompt,
+            &GenerateParams {
+                ignore_eos: true,
+                ..greedy.clone()
+            },
+            |_| Ok(true),
+        )
+        .unwrap();
+    assert_eq!(free.len(), 12);
+    // make the 4th greedy token the end-of-sequence token (if it occurs earlier, stop there)
+    let eos = free[3];
+    let first = free.iter().position(|&t| t == eos).unwrap();
+    engine.eos_token_ids = vec![eos];
+    let (ids, finish, _, _) = engine.generate_ids(&prompt, &greedy, |_| Ok(true)).unwrap();
+    assert_eq!(
+        ids,
+        free[..first].to_vec(),
+        "stops before the EOS token, which is not returned"
+    );
+    assert_eq!(finish, whale_engine::FinishReason::Stop);
+    let (ids, _, _, _) = engine
+        .generate_ids(
+            &prompt,
+            &GenerateParams {
+                ignore_eos: true,
+                ..greedy
+            },
+            |_| Ok(true),
+        )
+        .unwrap();
+    assert_eq!(ids, free);
+}

@@ -236,63 +236,40 @@ impl Model {
         })
     }
 
-    /// Weight bytes one decoded token reads: attention, dense and shared FFNs, the top-K share
-    /// of the routed experts, the head, and one embedding row (the decode roofline's numerator).
+    /// Weight bytes one decoded token reads: attention, dense and shared FFNs, routers, the
+    /// top-K share of the routed experts, the head, and one embedding row (the decode
+    /// roofline's numerator).
     pub fn active_weight_bytes_per_token(&self) -> usize {
-        let mut total =
-            self.lm_head.stored_bytes() + self.embed_tokens.stored_bytes() / self.embed_tokens.rows;
-        for l in &self.layers {
-            total += l
-                .self_attn
-                .matrices()
-                .iter()
-                .map(|m| m.stored_bytes())
-                .sum::<usize>();
-            total += match &l.mlp {
-                Ffn::Dense(m) => m.matrices().iter().map(|m| m.stored_bytes()).sum::<usize>(),
-                Ffn::Moe(m) => {
-                    let shared: usize = m
-                        .shared_experts
-                        .iter()
-                        .flat_map(|e| e.matrices())
-                        .map(|x| x.stored_bytes())
-                        .sum();
-                    let routed: usize = m
-                        .experts
-                        .iter()
-                        .flat_map(|e| e.matrices())
-                        .map(|x| x.stored_bytes())
-                        .sum();
-                    shared
-                        + routed * m.cfg.num_experts_per_tok / m.experts.len()
-                        + m.gate.stored_bytes()
-                }
-            };
-        }
-        total
+        let embed_row = self.embed_tokens.stored_bytes() / self.embed_tokens.rows;
+        let layers: usize = self.layers.iter().map(|l| l.stored_bytes(true)).sum();
+        self.lm_head.stored_bytes() + embed_row + layers
     }
 
-    /// Bytes of every weight the model holds (main layers, embedding, head), as stored.
+    /// Bytes of every weight of the main model (layers, embedding, head), as stored.
     pub fn weight_bytes(&self) -> usize {
-        let mut total = self.embed_tokens.stored_bytes() + self.lm_head.stored_bytes();
-        for l in &self.layers {
-            total += l
-                .self_attn
-                .matrices()
-                .iter()
-                .map(|m| m.stored_bytes())
-                .sum::<usize>();
-            total += match &l.mlp {
-                Ffn::Dense(m) => m.matrices().iter().map(|m| m.stored_bytes()).sum::<usize>(),
-                Ffn::Moe(m) => m
-                    .experts
-                    .iter()
-                    .chain(&m.shared_experts)
-                    .flat_map(|e| e.matrices())
-                    .map(|m| m.stored_bytes())
-                    .sum::<usize>(),
-            };
-        }
-        total
+        let layers: usize = self.layers.iter().map(|l| l.stored_bytes(false)).sum();
+        self.embed_tokens.stored_bytes() + self.lm_head.stored_bytes() + layers
+    }
+}
+
+impl DecoderLayer {
+    /// Stored bytes of this layer's matrices; with `active_only`, routed experts count as the
+    /// top-K share one token uses.
+    fn stored_bytes(&self, active_only: bool) -> usize {
+        let sum = |ms: &[&Matrix]| ms.iter().map(|m| m.stored_bytes()).sum::<usize>();
+        let ffn = match &self.mlp {
+            Ffn::Dense(m) => sum(&m.matrices()),
+            Ffn::Moe(m) => {
+                let shared: usize = m.shared_experts.iter().map(|e| sum(&e.matrices())).sum();
+                let routed: usize = m.experts.iter().map(|e| sum(&e.matrices())).sum();
+                let routed = if active_only {
+                    routed * m.cfg.num_experts_per_tok / m.experts.len()
+                } else {
+                    routed
+                };
+                shared + routed + m.gate.stored_bytes()
+            }
+        };
+        sum(&self.self_attn.matrices()) + ffn
     }
 }
