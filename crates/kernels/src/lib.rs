@@ -12,6 +12,7 @@ pub mod buf;
 pub mod fp8;
 pub mod matrix;
 pub mod ops;
+pub mod simd;
 
 pub use buf::Buf;
 pub use matrix::{matmul, Matrix, WeightData};

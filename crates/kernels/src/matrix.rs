@@ -4,7 +4,8 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::{fp8, ops::dot, Buf};
+use crate::simd::{self, Rows4};
+use crate::{fp8, Buf};
 
 pub enum WeightData {
     F32(Buf<f32>),
@@ -111,9 +112,85 @@ impl Matrix {
 /// Rows of W handled by one task; large enough to amortise scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 16;
 
+impl Matrix {
+    /// dot(W[r], x), reading bf16 and f32 rows in place and decoding other formats into `buf`.
+    #[inline]
+    fn row_dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+        let span = r * self.cols..(r + 1) * self.cols;
+        match &self.data {
+            WeightData::F32(b) => simd::dot_f32(&b.as_slice()[span], x),
+            WeightData::BF16(b) => simd::dot_bf16(&b.as_slice()[span], x),
+            _ => simd::dot_f32(self.row(r, buf), x),
+        }
+    }
+}
+
+/// Rows `r0..r0 + 4` of `w` for the 4x4 kernel, decoding into `bufs` when the format needs it.
+fn rows4<'a>(w: &'a Matrix, r0: usize, bufs: &'a mut [Vec<f32>; 4]) -> Rows4<'a> {
+    let c = w.cols;
+    match &w.data {
+        WeightData::F32(b) => Rows4::F32(std::array::from_fn(|i| {
+            &b.as_slice()[(r0 + i) * c..(r0 + i + 1) * c]
+        })),
+        WeightData::BF16(b) => Rows4::Bf16(std::array::from_fn(|i| {
+            &b.as_slice()[(r0 + i) * c..(r0 + i + 1) * c]
+        })),
+        _ => {
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                w.row(r0 + i, buf);
+            }
+            let [a, b, cc, d] = bufs;
+            Rows4::F32([&a[..c], &b[..c], &cc[..c], &d[..c]])
+        }
+    }
+}
+
+/// Dots of weight rows `rows` with all `n_tok` activation rows, written W-row-major into `o`
+/// (`o[i * n_tok + t]`). Four rows by four tokens at a time so each load serves four products.
+fn rows_times_tokens(
+    w: &Matrix,
+    x: &[f32],
+    n_tok: usize,
+    rows: std::ops::Range<usize>,
+    o: &mut [f32],
+    bufs: &mut [Vec<f32>; 4],
+) {
+    let k = w.cols;
+    let tok = |t: usize| &x[t * k..(t + 1) * k];
+    let mut r = rows.start;
+    while r + 4 <= rows.end {
+        let i0 = r - rows.start;
+        let w4 = rows4(w, r, bufs);
+        let mut t = 0;
+        while t + 4 <= n_tok {
+            let y = simd::dot_4x4(w4, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
+            for (ri, yr) in y.iter().enumerate() {
+                o[(i0 + ri) * n_tok + t..][..4].copy_from_slice(yr);
+            }
+            t += 4;
+        }
+        for t in t..n_tok {
+            for ri in 0..4 {
+                o[(i0 + ri) * n_tok + t] = match w4 {
+                    Rows4::F32(rw) => simd::dot_f32(rw[ri], tok(t)),
+                    Rows4::Bf16(rw) => simd::dot_bf16(rw[ri], tok(t)),
+                };
+            }
+        }
+        r += 4;
+    }
+    for r in r..rows.end {
+        let i = r - rows.start;
+        for t in 0..n_tok {
+            o[i * n_tok + t] = w.row_dot(r, tok(t), &mut bufs[0]);
+        }
+    }
+}
+
 /// out[t, i] = sum_j x[t, j] * W[rows.start + i, j] for t < n_tok: the product of `n_tok`
 /// activation rows with a band of W's rows. Each weight row is read (and widened) once per call,
-/// however many activation rows there are.
+/// however many activation rows there are. Every output is one fixed-order dot product, so the
+/// result does not depend on the number of threads.
 pub fn matmul_rows(
     x: &[f32],
     n_tok: usize,
@@ -134,34 +211,25 @@ pub fn matmul_rows(
         n_tok * n,
         "output length does not match the row band"
     );
+    let bufs = || -> [Vec<f32>; 4] { std::array::from_fn(|_| vec![0f32; k]) };
     if n_tok == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each_init(
-            || vec![0f32; k],
-            |buf, (ci, chunk)| {
+        out.par_chunks_mut(ROWS_PER_TASK)
+            .enumerate()
+            .for_each_init(bufs, |bufs, (ci, chunk)| {
                 for (i, o) in chunk.iter_mut().enumerate() {
-                    let r = rows.start + ci * ROWS_PER_TASK + i;
-                    *o = dot(w.row(r, buf), x);
+                    *o = w.row_dot(rows.start + ci * ROWS_PER_TASK + i, x, &mut bufs[0]);
                 }
-            },
-        );
+            });
         return;
     }
     // Compute W-row-major ([n, n_tok]) so tasks write disjoint slices, then transpose.
     let mut tmp = vec![0f32; n * n_tok];
     tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
         .enumerate()
-        .for_each_init(
-            || vec![0f32; k],
-            |buf, (ci, chunk)| {
-                for (i, o) in chunk.chunks_mut(n_tok).enumerate() {
-                    let r = rows.start + ci * ROWS_PER_TASK + i;
-                    let row = w.row(r, buf);
-                    for (t, v) in o.iter_mut().enumerate() {
-                        *v = dot(row, &x[t * k..(t + 1) * k]);
-                    }
-                }
-            },
-        );
+        .for_each_init(bufs, |bufs, (ci, chunk)| {
+            let r0 = rows.start + ci * ROWS_PER_TASK;
+            rows_times_tokens(w, x, n_tok, r0..r0 + chunk.len() / n_tok, chunk, bufs);
+        });
     for i in 0..n {
         for t in 0..n_tok {
             out[t * n + i] = tmp[i * n_tok + t];
@@ -225,7 +293,7 @@ mod tests {
         let wb: Vec<f32> = bf.iter().map(|v| v.to_f32()).collect();
         let hf: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
         let wh: Vec<f32> = hf.iter().map(|v| v.to_f32()).collect();
-        for t in [1usize, 3] {
+        for t in [1usize, 3, 6] {
             let x = pseudo(t * k, 2 + t as u32);
             let cases = [
                 (Matrix::from_f32(n, k, w.clone()), w.clone()),
@@ -254,6 +322,28 @@ mod tests {
                     assert!((a - b).abs() < 1e-5, "{} {a} vs {b}", m.format_name());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let (n, k, t) = (301, 130, 7);
+        let w: Vec<bf16> = pseudo(n * k, 5).iter().map(|&v| bf16::from_f32(v)).collect();
+        let m = Matrix {
+            rows: n,
+            cols: k,
+            data: WeightData::BF16(Buf::owned(w)),
+        };
+        let x = pseudo(t * k, 6);
+        let run = |threads: usize, tok: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut y = vec![0f32; tok * n];
+            pool.install(|| matmul(&x[..tok * k], tok, &m, &mut y));
+            y
+        };
+        for tok in [1, t] {
+            assert_eq!(run(1, tok), run(2, tok));
+            assert_eq!(run(1, tok), run(3, tok));
         }
     }
 

@@ -1,0 +1,389 @@
+//! Dot products of f32 activations with f32 or bf16 weights, selected at runtime by CPU
+//! feature detection: AVX-512F, AVX2+FMA, or portable Rust. Every kernel reduces in a fixed
+//! order that does not depend on threads, so results are the same however work is split.
+
+use half::bf16;
+use std::sync::OnceLock;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+/// The best instruction set this CPU has; `WHALE_ISA=portable|avx2` caps it (tests, comparisons).
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let cap = std::env::var("WHALE_ISA").unwrap_or_default();
+        detect(&cap)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect(cap: &str) -> Isa {
+    if cap != "portable" && cap != "avx2" && is_x86_feature_detected!("avx512f") {
+        return Isa::Avx512;
+    }
+    if cap != "portable" && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return Isa::Avx2;
+    }
+    Isa::Portable
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect(_: &str) -> Isa {
+    Isa::Portable
+}
+
+#[inline]
+fn bf16_bits(w: &[bf16]) -> &[u16] {
+    bytemuck::cast_slice(w)
+}
+
+/// sum_i a[i] * b[i]
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    match isa() {
+        // SAFETY: the feature was detected at runtime; lengths are checked above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dot_f32_avx512(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::dot_f32_avx2(a, b) },
+        _ => portable::dot_f32(a, b),
+    }
+}
+
+/// sum_i f32(w[i]) * x[i]
+#[inline]
+pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len());
+    match isa() {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dot_bf16_avx512(bf16_bits(w), x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::dot_bf16_avx2(bf16_bits(w), x) },
+        _ => portable::dot_bf16(bf16_bits(w), x),
+    }
+}
+
+/// Weight rows in a form the 4x4 kernels read directly.
+#[derive(Clone, Copy)]
+pub enum Rows4<'a> {
+    F32([&'a [f32]; 4]),
+    Bf16([&'a [bf16]; 4]),
+}
+
+/// out[r][t] = dot(w[r], x[t]) for four weight rows and four activation rows of length k:
+/// every loaded weight vector serves four tokens and every activation vector four rows.
+#[inline]
+pub fn dot_4x4(w: Rows4, x: [&[f32]; 4]) -> [[f32; 4]; 4] {
+    let k = x[0].len();
+    assert!(x.iter().all(|r| r.len() == k));
+    match w {
+        Rows4::F32(w) => {
+            assert!(w.iter().all(|r| r.len() == k));
+            match isa() {
+                // SAFETY: feature detected; all rows have length k.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { x86::dot_4x4_f32_avx512(w, x) },
+                _ => std::array::from_fn(|r| std::array::from_fn(|t| dot_f32(w[r], x[t]))),
+            }
+        }
+        Rows4::Bf16(w) => {
+            assert!(w.iter().all(|r| r.len() == k));
+            match isa() {
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { x86::dot_4x4_bf16_avx512(w.map(bf16_bits), x) },
+                _ => std::array::from_fn(|r| std::array::from_fn(|t| dot_bf16(w[r], x[t]))),
+            }
+        }
+    }
+}
+
+mod portable {
+    #[inline]
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        crate::ops::dot(a, b)
+    }
+
+    #[inline]
+    pub fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
+        let mut acc = [0f32; 8];
+        let (cw, cx) = (w.chunks_exact(8), x.chunks_exact(8));
+        let (rw, rx) = (cw.remainder(), cx.remainder());
+        for (a, b) in cw.zip(cx) {
+            for i in 0..8 {
+                acc[i] += f32::from_bits((a[i] as u32) << 16) * b[i];
+            }
+        }
+        let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (a, b) in rw.iter().zip(rx) {
+            s += f32::from_bits((*a as u32) << 16) * b;
+        }
+        s
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn widen16(p: *const u16) -> __m512 {
+        _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)),
+            16,
+        ))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(pa.add(i + 16 * k)),
+                    _mm512_loadu_ps(pb.add(i + 16 * k)),
+                    *acc,
+                );
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i)),
+                _mm512_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 16;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_bf16_avx512(w: &[u16], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (pw, px) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(
+                    widen16(pw.add(i + 16 * k)),
+                    _mm512_loadu_ps(px.add(i + 16 * k)),
+                    *acc,
+                );
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(widen16(pw.add(i)), _mm512_loadu_ps(px.add(i)), acc[0]);
+            i += 16;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            s += f32::from_bits((w[i] as u32) << 16) * x[i];
+            i += 1;
+        }
+        s
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8 * k)),
+                    _mm256_loadu_ps(pb.add(i + 8 * k)),
+                    *acc,
+                );
+            }
+            i += 32;
+        }
+        let mut s = hsum256(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bf16_avx2(w: &[u16], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (pw, px) = (w.as_ptr(), x.as_ptr());
+        let widen8 = |p: *const u16| {
+            _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
+                16,
+            ))
+        };
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(
+                    widen8(pw.add(i + 8 * k)),
+                    _mm256_loadu_ps(px.add(i + 8 * k)),
+                    *acc,
+                );
+            }
+            i += 32;
+        }
+        let mut s = hsum256(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        while i < n {
+            s += f32::from_bits((w[i] as u32) << 16) * x[i];
+            i += 1;
+        }
+        s
+    }
+
+    /// 4 weight rows x 4 activation rows, 16 accumulators.
+    macro_rules! dot_4x4 {
+        ($name:ident, $wt:ty, $load_w:expr, $tail_w:expr) => {
+            #[target_feature(enable = "avx512f")]
+            pub unsafe fn $name(w: [&[$wt]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
+                let k = x[0].len();
+                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                let mut i = 0;
+                while i + 16 <= k {
+                    let xv = [
+                        _mm512_loadu_ps(x[0].as_ptr().add(i)),
+                        _mm512_loadu_ps(x[1].as_ptr().add(i)),
+                        _mm512_loadu_ps(x[2].as_ptr().add(i)),
+                        _mm512_loadu_ps(x[3].as_ptr().add(i)),
+                    ];
+                    for r in 0..4 {
+                        let wv = $load_w(w[r].as_ptr().add(i));
+                        for t in 0..4 {
+                            acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+                        }
+                    }
+                    i += 16;
+                }
+                let mut out = [[0f32; 4]; 4];
+                for r in 0..4 {
+                    for t in 0..4 {
+                        let mut s = _mm512_reduce_add_ps(acc[r][t]);
+                        for j in i..k {
+                            s += $tail_w(w[r][j]) * x[t][j];
+                        }
+                        out[r][t] = s;
+                    }
+                }
+                out
+            }
+        };
+    }
+
+    dot_4x4!(
+        dot_4x4_f32_avx512,
+        f32,
+        |p: *const f32| _mm512_loadu_ps(p),
+        |v: f32| v
+    );
+    dot_4x4!(
+        dot_4x4_bf16_avx512,
+        u16,
+        |p: *const u16| widen16(p),
+        |v: u16| f32::from_bits((v as u32) << 16)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(747796405).wrapping_add(2891336453);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 20001) as f32 / 10000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// f32 sums of n products of magnitude <= 1 in different orders differ by at most about
+    /// n * eps * sum|a_i b_i|; the bound below is that with eps = 2^-23.
+    fn close(a: f32, b: f32, n: usize) -> bool {
+        (a - b).abs() <= n as f32 * f32::EPSILON * (n as f32) + 1e-6
+    }
+
+    #[test]
+    fn simd_dots_agree_with_portable_ones_at_every_length() {
+        for n in [0usize, 1, 7, 15, 16, 17, 33, 63, 64, 65, 200, 2048] {
+            let a = seq(n, 1);
+            let b = seq(n, 2);
+            let wb: Vec<bf16> = a.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wf: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+            assert!(
+                close(dot_f32(&a, &b), portable::dot_f32(&a, &b), n),
+                "f32 n={n}"
+            );
+            assert!(
+                close(dot_bf16(&wb, &b), portable::dot_f32(&wf, &b), n),
+                "bf16 n={n}"
+            );
+            if n > 0 {
+                let xs: Vec<Vec<f32>> = (0..4).map(|t| seq(n, 10 + t)).collect();
+                let x = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
+                let ws: Vec<Vec<bf16>> = (0..4)
+                    .map(|r| seq(n, 20 + r).iter().map(|&v| bf16::from_f32(v)).collect())
+                    .collect();
+                let got = dot_4x4(
+                    Rows4::Bf16([&ws[0][..], &ws[1][..], &ws[2][..], &ws[3][..]]),
+                    x,
+                );
+                for r in 0..4 {
+                    for t in 0..4 {
+                        assert!(close(got[r][t], dot_bf16(&ws[r], x[t]), n), "4x4 n={n}");
+                    }
+                }
+            }
+        }
+    }
+}
