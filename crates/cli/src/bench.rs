@@ -6,7 +6,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 use whale_engine::sampler::argmax;
-use whale_model::{AttentionForm, Checkpoint, Logits, Model};
+use whale_model::{parse_dtype, AttentionForm, Checkpoint, Logits, Model};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -19,6 +19,9 @@ pub struct BenchArgs {
     /// repeat the measurement and report each run
     #[arg(long, default_value_t = 1)]
     repeats: usize,
+    /// weight format: auto (as stored), f32, bf16, f16, int8, int4
+    #[arg(long, default_value = "auto")]
+    dtype: String,
     #[arg(long)]
     json: bool,
 }
@@ -28,7 +31,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         bail!("--prompt-len, --gen-len and --repeats must be positive");
     }
     let t = Instant::now();
-    let model = Model::load(&Checkpoint::open(&a.model)?)?;
+    let mut ck = Checkpoint::open(&a.model)?;
+    ck.dtype = parse_dtype(&a.dtype)?;
+    let model = Model::load(&ck)?;
     let load_s = t.elapsed().as_secs_f64();
     let c = &model.config;
     if a.prompt_len + a.gen_len > c.max_position_embeddings {

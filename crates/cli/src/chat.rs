@@ -27,6 +27,9 @@ pub struct SamplingArgs {
     /// hide the reasoning, print only the answer
     #[arg(long)]
     no_reasoning: bool,
+    /// weight format: auto (as stored), f32, bf16, f16, int8, int4
+    #[arg(long, default_value = "auto")]
+    dtype: String,
 }
 
 impl SamplingArgs {
@@ -152,13 +155,13 @@ impl Printer {
     }
 }
 
-fn load(model: &Option<PathBuf>) -> Result<Engine> {
+fn load(model: &Option<PathBuf>, s: &SamplingArgs) -> Result<Engine> {
     let dir = model.clone().unwrap_or_else(crate::default_model);
-    Engine::load(&dir, true)
+    Engine::load_as(&dir, true, whale_model::parse_dtype(&s.dtype)?)
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    let engine = load(&a.model)?;
+    let engine = load(&a.model, &a.sampling)?;
     let mut messages = vec![];
     if let Some(s) = &a.system {
         messages.push(Message::new("system", s));
@@ -171,7 +174,7 @@ pub fn run(a: RunArgs) -> Result<()> {
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let engine = load(&a.model)?;
+    let engine = load(&a.model, &a.sampling)?;
     let mut history = vec![];
     if let Some(s) = &a.system {
         history.push(Message::new("system", s));

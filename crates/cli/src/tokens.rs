@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use safetensors::{serialize_to_file, tensor::TensorView, Dtype};
 use std::path::PathBuf;
 use whale_engine::{Engine, GenerateParams, SamplingParams};
-use whale_model::{AttentionForm, Logits};
+use whale_model::{parse_dtype, AttentionForm, Logits};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Form {
@@ -22,6 +22,9 @@ pub struct LogitsArgs {
     ids: String,
     #[arg(long)]
     out: PathBuf,
+    /// weight format: auto (as stored), f32, bf16, f16, int8, int4
+    #[arg(long, default_value = "auto")]
+    dtype: String,
     /// attention form for the prompt
     #[arg(long, value_enum, default_value = "plain")]
     attention: Form,
@@ -35,6 +38,9 @@ pub struct GenerateArgs {
     ids: String,
     #[arg(long, default_value_t = 16)]
     max_tokens: usize,
+    /// weight format: auto (as stored), f32, bf16, f16, int8, int4
+    #[arg(long, default_value = "auto")]
+    dtype: String,
     /// always take the most likely token (the default when no --temperature is given)
     #[arg(long)]
     greedy: bool,
@@ -69,7 +75,7 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let ids = parse_ids(&a.ids)?;
-    let engine = Engine::load(&a.model, false)?;
+    let engine = Engine::load_as(&a.model, false, parse_dtype(&a.dtype)?)?;
     let model = &engine.model;
     let form = match a.attention {
         Form::Plain => AttentionForm::Plain,
@@ -92,7 +98,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             a.temperature
         );
     }
-    let engine = Engine::load(&a.model, false)?;
+    let engine = Engine::load_as(&a.model, false, parse_dtype(&a.dtype)?)?;
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {

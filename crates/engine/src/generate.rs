@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use whale_model::{AttentionForm, Checkpoint, Logits, Model};
+use whale_model::{AttentionForm, Checkpoint, Format, Logits, Model};
 
 use crate::reasoning::{Part, ReasoningSplitter};
 use crate::sampler::{Sampler, SamplingParams};
@@ -86,7 +86,13 @@ fn generation_eos(dir: &Path) -> Vec<u32> {
 impl Engine {
     /// Loads the checkpoint; the tokenizer is optional (token-id commands do not need one).
     pub fn load(dir: &Path, need_tokenizer: bool) -> Result<Self> {
-        let ck = Checkpoint::open(dir)?;
+        Self::load_as(dir, need_tokenizer, None)
+    }
+
+    /// As `load`, with linear layers converted once to `dtype`.
+    pub fn load_as(dir: &Path, need_tokenizer: bool, dtype: Option<Format>) -> Result<Self> {
+        let mut ck = Checkpoint::open(dir)?;
+        ck.dtype = dtype;
         let model = Model::load(&ck)?;
         let tokenizer = if need_tokenizer || dir.join("tokenizer.json").exists() {
             Some(ChatTokenizer::load(dir)?)

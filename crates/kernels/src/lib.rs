@@ -12,7 +12,8 @@ pub mod buf;
 pub mod fp8;
 pub mod matrix;
 pub mod ops;
+pub mod quant;
 pub mod simd;
 
 pub use buf::Buf;
-pub use matrix::{matmul, Matrix, WeightData};
+pub use matrix::{matmul, Format, Matrix, WeightData};

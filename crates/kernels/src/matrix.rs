@@ -2,6 +2,8 @@
 //! and the product of a batch of f32 activation rows with it.
 
 use half::{bf16, f16};
+
+use crate::quant::{self, QK};
 use rayon::prelude::*;
 
 use crate::simd::{self, Rows4};
@@ -19,6 +21,43 @@ pub enum WeightData {
         block_rows: usize,
         block_cols: usize,
     },
+    /// int8 in blocks of 32 per row with an f16 scale each (see `quant`)
+    Q8_0 {
+        qs: Buf<i8>,
+        scales: Vec<f16>,
+    },
+    /// int4 in blocks of 32 per row with an f16 scale each (see `quant`)
+    Q4_0 {
+        qs: Buf<u8>,
+        scales: Vec<f16>,
+    },
+}
+
+/// Formats weights can be converted to at load (`--dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    F32,
+    Bf16,
+    F16,
+    Q8_0,
+    Q4_0,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "f32" => Format::F32,
+            "bf16" => Format::Bf16,
+            "f16" => Format::F16,
+            "int8" | "q8_0" => Format::Q8_0,
+            "int4" | "q4_0" => Format::Q4_0,
+            _ => return None,
+        })
+    }
+
+    fn is_block(self) -> bool {
+        matches!(self, Format::Q8_0 | Format::Q4_0)
+    }
 }
 
 pub struct Matrix {
@@ -44,6 +83,20 @@ impl Matrix {
             WeightData::F32(_) => 4 * n,
             WeightData::F16(_) | WeightData::BF16(_) => 2 * n,
             WeightData::Fp8Block { scale_inv, .. } => n + 4 * scale_inv.len(),
+            WeightData::Q8_0 { scales, .. } => n + 2 * scales.len(),
+            WeightData::Q4_0 { scales, .. } => n / 2 + 2 * scales.len(),
+        }
+    }
+
+    /// The format as a conversion target names it (None for FP8 blocks, which are load-only).
+    pub fn format(&self) -> Option<Format> {
+        match &self.data {
+            WeightData::F32(_) => Some(Format::F32),
+            WeightData::F16(_) => Some(Format::F16),
+            WeightData::BF16(_) => Some(Format::Bf16),
+            WeightData::Fp8Block { .. } => None,
+            WeightData::Q8_0 { .. } => Some(Format::Q8_0),
+            WeightData::Q4_0 { .. } => Some(Format::Q4_0),
         }
     }
 
@@ -53,6 +106,8 @@ impl Matrix {
             WeightData::F16(_) => "f16",
             WeightData::BF16(_) => "bf16",
             WeightData::Fp8Block { .. } => "fp8-e4m3-block",
+            WeightData::Q8_0 { .. } => "q8_0",
+            WeightData::Q4_0 { .. } => "q4_0",
         }
     }
 
@@ -94,7 +149,97 @@ impl Matrix {
                 }
                 &buf[..c]
             }
+            WeightData::Q8_0 { qs, scales } => {
+                let nb = c / QK;
+                quant::dequantize_q8_0(
+                    &qs.as_slice()[span],
+                    &scales[r * nb..(r + 1) * nb],
+                    &mut buf[..c],
+                );
+                &buf[..c]
+            }
+            WeightData::Q4_0 { qs, scales } => {
+                let nb = c / QK;
+                quant::dequantize_q4_0(
+                    &qs.as_slice()[r * c / 2..(r + 1) * c / 2],
+                    &scales[r * nb..(r + 1) * nb],
+                    &mut buf[..c],
+                );
+                &buf[..c]
+            }
         }
+    }
+
+    /// The same matrix in another format, converted once. Block formats need rows that are a
+    /// multiple of 32 long; other matrices stay as they are (returns None).
+    pub fn convert(&self, to: Format) -> Option<Matrix> {
+        if to.is_block() && !self.cols.is_multiple_of(QK) {
+            return None;
+        }
+        let data = match to {
+            Format::F32 => WeightData::F32(Buf::owned(
+                self.map_rows(|row, out: &mut Vec<f32>, _: &mut Vec<()>| {
+                    out.extend_from_slice(row)
+                })
+                .0,
+            )),
+            Format::Bf16 => WeightData::BF16(Buf::owned(
+                self.map_rows(|row, out: &mut Vec<bf16>, _: &mut Vec<()>| {
+                    out.extend(row.iter().map(|&x| bf16::from_f32(x)))
+                })
+                .0,
+            )),
+            Format::F16 => WeightData::F16(Buf::owned(
+                self.map_rows(|row, out: &mut Vec<f16>, _: &mut Vec<()>| {
+                    out.extend(row.iter().map(|&x| f16::from_f32(x)))
+                })
+                .0,
+            )),
+            Format::Q8_0 => {
+                let (qs, scales) = self.map_rows(quant::quantize_q8_0);
+                WeightData::Q8_0 {
+                    qs: Buf::owned(qs),
+                    scales,
+                }
+            }
+            Format::Q4_0 => {
+                let (qs, scales) = self.map_rows(quant::quantize_q4_0);
+                WeightData::Q4_0 {
+                    qs: Buf::owned(qs),
+                    scales,
+                }
+            }
+        };
+        Some(Matrix {
+            rows: self.rows,
+            cols: self.cols,
+            data,
+        })
+    }
+
+    /// Applies `f` to every row (widened to f32), in parallel over bands of rows, and
+    /// concatenates what it appends to its two outputs in row order.
+    fn map_rows<A: Send, B: Send>(
+        &self,
+        f: impl Fn(&[f32], &mut Vec<A>, &mut Vec<B>) + Sync,
+    ) -> (Vec<A>, Vec<B>) {
+        const BAND: usize = 64;
+        let parts: Vec<(Vec<A>, Vec<B>)> = (0..self.rows.div_ceil(BAND))
+            .into_par_iter()
+            .map(|band| {
+                let (mut a, mut b, mut buf) = (Vec::new(), Vec::new(), vec![0f32; self.cols]);
+                for r in band * BAND..((band + 1) * BAND).min(self.rows) {
+                    f(self.row(r, &mut buf), &mut a, &mut b);
+                }
+                (a, b)
+            })
+            .collect();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (pa, pb) in parts {
+            a.extend(pa);
+            b.extend(pb);
+        }
+        (a, b)
     }
 
     /// The whole matrix as f32, row-major.
@@ -120,6 +265,18 @@ impl Matrix {
         match &self.data {
             WeightData::F32(b) => simd::dot_f32(&b.as_slice()[span], x),
             WeightData::BF16(b) => simd::dot_bf16(&b.as_slice()[span], x),
+            WeightData::Q8_0 { qs, scales } => {
+                let nb = self.cols / QK;
+                simd::dot_q8_0(&qs.as_slice()[span], &scales[r * nb..(r + 1) * nb], x)
+            }
+            WeightData::Q4_0 { qs, scales } => {
+                let (nb, c) = (self.cols / QK, self.cols);
+                simd::dot_q4_0(
+                    &qs.as_slice()[r * c / 2..(r + 1) * c / 2],
+                    &scales[r * nb..(r + 1) * nb],
+                    x,
+                )
+            }
             _ => simd::dot_f32(self.row(r, buf), x),
         }
     }
@@ -328,7 +485,10 @@ mod tests {
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
         let (n, k, t) = (301, 130, 7);
-        let w: Vec<bf16> = pseudo(n * k, 5).iter().map(|&v| bf16::from_f32(v)).collect();
+        let w: Vec<bf16> = pseudo(n * k, 5)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
         let m = Matrix {
             rows: n,
             cols: k,
@@ -336,7 +496,10 @@ mod tests {
         };
         let x = pseudo(t * k, 6);
         let run = |threads: usize, tok: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let mut y = vec![0f32; tok * n];
             pool.install(|| matmul(&x[..tok * k], tok, &m, &mut y));
             y

@@ -2,7 +2,9 @@
 //! feature detection: AVX-512F, AVX2+FMA, or portable Rust. Every kernel reduces in a fixed
 //! order that does not depend on threads, so results are the same however work is split.
 
-use half::bf16;
+use half::{bf16, f16};
+
+use crate::quant::QK;
 use std::sync::OnceLock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +72,30 @@ pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     }
 }
 
+/// sum over Q8_0 blocks of d_b * (q_b . x_b)
+#[inline]
+pub fn dot_q8_0(qs: &[i8], scales: &[f16], x: &[f32]) -> f32 {
+    assert!(qs.len() == x.len() && scales.len() * QK == x.len());
+    match isa() {
+        // SAFETY: feature detected; lengths checked above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dot_q8_0_avx512(qs, scales, x) },
+        _ => portable::dot_q8_0(qs, scales, x),
+    }
+}
+
+/// sum over Q4_0 blocks of d_b * ((q_b - 8) . x_b)
+#[inline]
+pub fn dot_q4_0(qs: &[u8], scales: &[f16], x: &[f32]) -> f32 {
+    assert!(qs.len() * 2 == x.len() && scales.len() * QK == x.len());
+    match isa() {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dot_q4_0_avx512(qs, scales, x) },
+        _ => portable::dot_q4_0(qs, scales, x),
+    }
+}
+
 /// Weight rows in a form the 4x4 kernels read directly.
 #[derive(Clone, Copy)]
 pub enum Rows4<'a> {
@@ -106,6 +132,29 @@ pub fn dot_4x4(w: Rows4, x: [&[f32]; 4]) -> [[f32; 4]; 4] {
 }
 
 mod portable {
+    use super::{f16, QK};
+
+    pub fn dot_q8_0(qs: &[i8], scales: &[f16], x: &[f32]) -> f32 {
+        let mut s = 0f32;
+        for ((q, xb), d) in qs.chunks_exact(QK).zip(x.chunks_exact(QK)).zip(scales) {
+            let p: f32 = q.iter().zip(xb).map(|(&q, &x)| q as f32 * x).sum();
+            s += d.to_f32() * p;
+        }
+        s
+    }
+
+    pub fn dot_q4_0(qs: &[u8], scales: &[f16], x: &[f32]) -> f32 {
+        let mut s = 0f32;
+        for ((q, xb), d) in qs.chunks_exact(QK / 2).zip(x.chunks_exact(QK)).zip(scales) {
+            let mut p = 0f32;
+            for j in 0..QK / 2 {
+                p += ((q[j] & 0x0f) as i32 - 8) as f32 * xb[j]
+                    + ((q[j] >> 4) as i32 - 8) as f32 * xb[j + QK / 2];
+            }
+            s += d.to_f32() * p;
+        }
+        s
+    }
     #[inline]
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         crate::ops::dot(a, b)
@@ -131,7 +180,47 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{f16, QK};
     use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_q8_0_avx512(qs: &[i8], scales: &[f16], x: &[f32]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for (b, d) in scales.iter().enumerate() {
+            let q = qs.as_ptr().add(b * QK) as *const __m128i;
+            let xp = x.as_ptr().add(b * QK);
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q)));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(1))));
+            let p = _mm512_fmadd_ps(
+                hi,
+                _mm512_loadu_ps(xp.add(16)),
+                _mm512_mul_ps(lo, _mm512_loadu_ps(xp)),
+            );
+            acc[b & 1] = _mm512_fmadd_ps(p, _mm512_set1_ps(d.to_f32()), acc[b & 1]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_q4_0_avx512(qs: &[u8], scales: &[f16], x: &[f32]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let (mask, eight) = (_mm512_set1_epi32(0x0f), _mm512_set1_epi32(8));
+        for (b, d) in scales.iter().enumerate() {
+            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                qs.as_ptr().add(b * QK / 2) as *const __m128i
+            ));
+            let xp = x.as_ptr().add(b * QK);
+            let lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, mask), eight));
+            let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight));
+            let p = _mm512_fmadd_ps(
+                hi,
+                _mm512_loadu_ps(xp.add(16)),
+                _mm512_mul_ps(lo, _mm512_loadu_ps(xp)),
+            );
+            acc[b & 1] = _mm512_fmadd_ps(p, _mm512_set1_ps(d.to_f32()), acc[b & 1]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
 
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -368,6 +457,38 @@ mod tests {
                 close(dot_bf16(&wb, &b), portable::dot_f32(&wf, &b), n),
                 "bf16 n={n}"
             );
+            if n % QK == 0 {
+                let (mut q8, mut s8, mut q4, mut s4) = (vec![], vec![], vec![], vec![]);
+                crate::quant::quantize_q8_0(&a, &mut q8, &mut s8);
+                crate::quant::quantize_q4_0(&a, &mut q4, &mut s4);
+                let mut deq = vec![0f32; n];
+                crate::quant::dequantize_q8_0(&q8, &s8, &mut deq);
+                assert!(
+                    close(dot_q8_0(&q8, &s8, &b), portable::dot_f32(&deq, &b), n),
+                    "q8_0 n={n}"
+                );
+                assert!(
+                    close(
+                        portable::dot_q8_0(&q8, &s8, &b),
+                        portable::dot_f32(&deq, &b),
+                        n
+                    ),
+                    "q8_0 n={n}"
+                );
+                crate::quant::dequantize_q4_0(&q4, &s4, &mut deq);
+                assert!(
+                    close(dot_q4_0(&q4, &s4, &b), portable::dot_f32(&deq, &b), n),
+                    "q4_0 n={n}"
+                );
+                assert!(
+                    close(
+                        portable::dot_q4_0(&q4, &s4, &b),
+                        portable::dot_f32(&deq, &b),
+                        n
+                    ),
+                    "q4_0 n={n}"
+                );
+            }
             if n > 0 {
                 let xs: Vec<Vec<f32>> = (0..4).map(|t| seq(n, 10 + t)).collect();
                 let x = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];

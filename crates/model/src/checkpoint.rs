@@ -9,7 +9,7 @@ use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use whale_kernels::{buf::ByteOwner, Buf, Matrix, WeightData};
+use whale_kernels::{buf::ByteOwner, Buf, Format, Matrix, WeightData};
 
 use crate::config::ModelConfig;
 
@@ -34,6 +34,9 @@ pub struct TensorEntry {
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub config: ModelConfig,
+    /// Format that linear layers are converted to once at load (`--dtype`); None keeps the
+    /// stored format.
+    pub dtype: Option<Format>,
     files: Vec<(PathBuf, ByteOwner)>,
     tensors: BTreeMap<String, TensorEntry>,
 }
@@ -135,6 +138,7 @@ impl Checkpoint {
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
             config,
+            dtype: None,
             files,
             tensors,
         })
@@ -209,6 +213,16 @@ impl Checkpoint {
         let e = self.get(name)?;
         self.check_shape(name, e, &[len])?;
         self.to_f32_vec(name, e)
+    }
+
+    /// The weight of a linear layer: `matrix`, converted to `self.dtype` when one is set (rows
+    /// whose length the block formats cannot split stay as stored).
+    pub fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+        let m = self.matrix(name, rows, cols)?;
+        Ok(match self.dtype {
+            Some(f) if m.format() != Some(f) => m.convert(f).unwrap_or(m),
+            _ => m,
+        })
     }
 
     /// A 2-D weight [rows, cols] kept in its stored format. FP8 weights come with their

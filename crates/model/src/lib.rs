@@ -15,5 +15,18 @@ pub use checkpoint::Checkpoint;
 pub use config::ModelConfig;
 pub use mla::AttentionForm;
 pub use model::{Logits, Model};
+pub use whale_kernels::Format;
+
+/// `--dtype` values: the stored format, or one to convert linear layers to at load.
+pub fn parse_dtype(s: &str) -> anyhow::Result<Option<Format>> {
+    if s == "auto" {
+        return Ok(None);
+    }
+    Format::parse(s).map(Some).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--dtype: unknown format `{s}` (auto, f32, bf16, f16, int8/q8_0, int4/q4_0)"
+        )
+    })
+}
 pub mod params;
 pub mod synth;

@@ -56,28 +56,28 @@ impl Mla {
         let dqk = cfg.qk_head_dim();
         let q = match cfg.q_lora_rank {
             Some(r) => QueryProj::LowRank {
-                q_a_proj: ck.matrix(&format!("{p}q_a_proj.weight"), r, d)?,
+                q_a_proj: ck.linear(&format!("{p}q_a_proj.weight"), r, d)?,
                 q_a_layernorm: ck.vector(&format!("{p}q_a_layernorm.weight"), r)?,
-                q_b_proj: ck.matrix(&format!("{p}q_b_proj.weight"), h * dqk, r)?,
+                q_b_proj: ck.linear(&format!("{p}q_b_proj.weight"), h * dqk, r)?,
             },
             None => QueryProj::Full {
-                q_proj: ck.matrix(&format!("{p}q_proj.weight"), h * dqk, d)?,
+                q_proj: ck.linear(&format!("{p}q_proj.weight"), h * dqk, d)?,
             },
         };
         Ok(Mla {
             q,
-            kv_a_proj_with_mqa: ck.matrix(
+            kv_a_proj_with_mqa: ck.linear(
                 &format!("{p}kv_a_proj_with_mqa.weight"),
                 cfg.kv_lora_rank + cfg.qk_rope_head_dim,
                 d,
             )?,
             kv_a_layernorm: ck.vector(&format!("{p}kv_a_layernorm.weight"), cfg.kv_lora_rank)?,
-            kv_b_proj: ck.matrix(
+            kv_b_proj: ck.linear(
                 &format!("{p}kv_b_proj.weight"),
                 h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
                 cfg.kv_lora_rank,
             )?,
-            o_proj: ck.matrix(&format!("{p}o_proj.weight"), d, h * cfg.v_head_dim)?,
+            o_proj: ck.linear(&format!("{p}o_proj.weight"), d, h * cfg.v_head_dim)?,
             heads: h,
             nope: cfg.qk_nope_head_dim,
             rope_dim: cfg.qk_rope_head_dim,

@@ -121,7 +121,7 @@ impl Model {
         let lm_head = if cfg.tie_word_embeddings && !ck.has("lm_head.weight") {
             ck.matrix("model.embed_tokens.weight", v, d)?
         } else {
-            ck.matrix("lm_head.weight", v, d)?
+            ck.linear("lm_head.weight", v, d)?
         };
         let mut mtp = Vec::new();
         for k in 0..cfg.num_nextn_predict_layers {
@@ -135,11 +135,11 @@ impl Model {
             mtp.push(MtpLayer {
                 enorm: ck.vector(&format!("{p}enorm.weight"), d)?,
                 hnorm: ck.vector(&format!("{p}hnorm.weight"), d)?,
-                eh_proj: ck.matrix(&format!("{p}eh_proj.weight"), d, 2 * d)?,
+                eh_proj: ck.linear(&format!("{p}eh_proj.weight"), d, 2 * d)?,
                 layer: DecoderLayer::load(ck, i, cfg.moe.is_some(), scale)?,
                 shared_head_norm: ck.vector(&format!("{p}shared_head.norm.weight"), d)?,
                 shared_head: if ck.has(&head_name) {
-                    Some(ck.matrix(&head_name, v, d)?)
+                    Some(ck.linear(&head_name, v, d)?)
                 } else {
                     None
                 },

@@ -18,9 +18,9 @@ pub struct Mlp {
 impl Mlp {
     pub fn load(ck: &Checkpoint, p: &str, hidden: usize, inter: usize) -> Result<Self> {
         Ok(Mlp {
-            gate_proj: ck.matrix(&format!("{p}gate_proj.weight"), inter, hidden)?,
-            up_proj: ck.matrix(&format!("{p}up_proj.weight"), inter, hidden)?,
-            down_proj: ck.matrix(&format!("{p}down_proj.weight"), hidden, inter)?,
+            gate_proj: ck.linear(&format!("{p}gate_proj.weight"), inter, hidden)?,
+            up_proj: ck.linear(&format!("{p}up_proj.weight"), inter, hidden)?,
+            down_proj: ck.linear(&format!("{p}down_proj.weight"), hidden, inter)?,
         })
     }
 
