@@ -53,6 +53,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let active = model.active_weight_bytes_per_token();
     let threads = rayon::current_num_threads();
+    let bandwidth = whale_kernels::probe::read_bandwidth_gbs(1 << 30, 3);
+    let roofline = bandwidth * 1e9 / active as f64;
     let mut runs = vec![];
     for _ in 0..a.repeats {
         let mut cache = model.new_cache(a.prompt_len + a.gen_len);
@@ -70,31 +72,56 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.json {
         let v = serde_json::json!({
             "model": a.model, "threads": threads, "prompt_len": a.prompt_len, "gen_len": a.gen_len,
-            "load_s": load_s, "active_weight_bytes_per_token": active,
+            "load_s": load_s, "active_weight_bytes_per_token": active, "dtype": a.dtype,
+            "read_bandwidth_gb_s": bandwidth, "decode_roofline_tok_s": roofline,
+            "weight_bytes": model.weight_bytes(), "peak_rss_bytes": peak_rss(),
             "runs": runs.iter().map(|(p, d)| serde_json::json!({
-                "prefill_tok_s": p, "decode_tok_s": d, "decode_weight_gb_s": d * active as f64 / 1e9
+                "prefill_tok_s": p, "decode_tok_s": d, "decode_weight_gb_s": d * active as f64 / 1e9,
+                "decode_pct_roofline": 100.0 * d / roofline
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "model {} | {} threads | load {:.2}s | {:.3} GB of weights read per decoded token",
+        "model {} | {} | {} threads | load {:.2}s | {:.3} GB of weights read per decoded token",
         a.model.display(),
+        a.dtype,
         threads,
         load_s,
         active as f64 / 1e9
     );
+    println!(
+        "memory read bandwidth {:.1} GB/s (measured now) -> decode roofline {:.1} tok/s | weights {:.2} GB, peak RSS {:.2} GB",
+        bandwidth,
+        roofline,
+        model.weight_bytes() as f64 / 1e9,
+        peak_rss() as f64 / 1e9
+    );
     for (i, (p, d)) in runs.iter().enumerate() {
         println!(
-            "run {}: prefill {} tok: {:.1} tok/s | decode {} tok: {:.2} tok/s ({:.2} GB/s of weights)",
+            "run {}: prefill {} tok: {:.1} tok/s | decode {} tok: {:.2} tok/s ({:.2} GB/s of weights, {:.0}% of roofline)",
             i + 1,
             a.prompt_len,
             p,
             a.gen_len,
             d,
-            d * active as f64 / 1e9
+            d * active as f64 / 1e9,
+            100.0 * d / roofline
         );
     }
     Ok(())
+}
+
+/// Peak resident set size of this process (VmHWM), 0 where /proc is not there.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
 }

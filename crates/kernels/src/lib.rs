@@ -12,6 +12,7 @@ pub mod buf;
 pub mod fp8;
 pub mod matrix;
 pub mod ops;
+pub mod probe;
 pub mod quant;
 pub mod simd;
 
