@@ -1,6 +1,7 @@
 //! The DeepSeek V2/V3 model family as whale runs it: config and checkpoint loading, the
 //! model (MLA + DeepSeekMoE), its latent cache, parameter accounting, and synthetic checkpoints.
-//! The math follows docs in `../shared/docs/deepseek-spec.md`; kernels live in `whale-kernels`.
+//! The math follows the DeepSeek spec (shared/docs/deepseek-spec.md, next to the repository);
+//! kernels live in `whale-kernels`.
 
 pub mod cache;
 pub mod checkpoint;
