@@ -48,13 +48,13 @@ pub fn multi_head(
 
 /// Attention over one shared row per position (multi-query style): row j = [latent_j (dl);
 /// pos_j (dp)]. Score(t, h, j) = scale * (q_lat[t,h] . latent_j + q_pos[t,h] . pos_j); the value
-/// is latent_j. q_lat: [n_q, heads, dl], q_pos: [n_q, heads, dp], rows: [n_kv, dl + dp],
-/// out: [n_q, heads, dl].
+/// is latent_j. q_lat: [n_q, heads, dl], q_pos: [n_q, heads, dp], out: [n_q, heads, dl]. The rows
+/// come as consecutive runs of whole rows (`chunks`), so a paged cache is read in place.
 pub fn shared_latent(
     c: Causal,
     q_lat: &[f32],
     q_pos: &[f32],
-    rows: &[f32],
+    chunks: &[&[f32]],
     dl: usize,
     dp: usize,
     out: &mut [f32],
@@ -64,21 +64,20 @@ pub fn shared_latent(
     assert_eq!(q_lat.len(), c.n_q * h_n * dl);
     assert_eq!(q_pos.len(), c.n_q * h_n * dp);
     assert_eq!(out.len(), c.n_q * h_n * dl);
-    assert!(rows.len() >= (c.q_offset + c.n_q) * width);
+    assert!(chunks.iter().map(|ch| ch.len()).sum::<usize>() >= (c.q_offset + c.n_q) * width);
+    let rows = || chunks.iter().flat_map(|ch| ch.chunks_exact(width));
     out.par_chunks_mut(dl).enumerate().for_each(|(i, o)| {
         let ql = &q_lat[i * dl..][..dl];
         let qp = &q_pos[i * dp..][..dp];
         let ctx = c.q_offset + i / h_n + 1;
-        let mut p: Vec<f32> = (0..ctx)
-            .map(|j| {
-                let row = &rows[j * width..][..width];
-                c.scale * (dot(ql, &row[..dl]) + dot(qp, &row[dl..]))
-            })
+        let mut p: Vec<f32> = rows()
+            .take(ctx)
+            .map(|row| c.scale * (dot(ql, &row[..dl]) + dot(qp, &row[dl..])))
             .collect();
         softmax(&mut p);
         o.fill(0.0);
-        for (j, &pj) in p.iter().enumerate() {
-            axpy(pj, &rows[j * width..][..dl], o);
+        for (row, &pj) in rows().zip(&p) {
+            axpy(pj, &row[..dl], o);
         }
     });
 }

@@ -315,7 +315,10 @@ fn rows_times_tokens(
     let k = w.cols;
     let tok = |t: usize| &x[t * k..(t + 1) * k];
     let mut r = rows.start;
-    while r + 4 <= rows.end {
+    // Block-quantised rows scale per block in their single-row dot, which the 4x4 kernel does
+    // not reproduce: they go row by row so a token gets the same bits alone and in a batch.
+    let blocked = !matches!(w.data, WeightData::Q8_0 { .. } | WeightData::Q4_0 { .. });
+    while blocked && r + 4 <= rows.end {
         let i0 = r - rows.start;
         let w4 = rows4(w, r, bufs);
         let mut t = 0;

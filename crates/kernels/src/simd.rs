@@ -231,37 +231,26 @@ mod x86 {
         ))
     }
 
+    // The single-row dots below accumulate exactly like one cell of the 4x4 kernels (one
+    // 16-lane accumulator, then a fixed reduction, then the tail in order), so a token gets
+    // bit-identical results whether it is multiplied alone or inside a batch.
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len();
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc = _mm512_setzero_ps();
         let mut i = 0;
-        while i + 64 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(pa.add(i + 16 * k)),
-                    _mm512_loadu_ps(pb.add(i + 16 * k)),
-                    *acc,
-                );
-            }
-            i += 64;
-        }
         while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(
-                _mm512_loadu_ps(pa.add(i)),
-                _mm512_loadu_ps(pb.add(i)),
-                acc[0],
+            acc = _mm512_fmadd_ps(
+                _mm512_loadu_ps(a.as_ptr().add(i)),
+                _mm512_loadu_ps(b.as_ptr().add(i)),
+                acc,
             );
             i += 16;
         }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
-            _mm512_add_ps(acc[0], acc[1]),
-            _mm512_add_ps(acc[2], acc[3]),
-        ));
-        while i < n {
-            s += a[i] * b[i];
-            i += 1;
+        let mut s = _mm512_reduce_add_ps(acc);
+        for j in i..n {
+            s += a[j] * b[j];
         }
         s
     }
@@ -269,30 +258,19 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_bf16_avx512(w: &[u16], x: &[f32]) -> f32 {
         let n = w.len();
-        let (pw, px) = (w.as_ptr(), x.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc = _mm512_setzero_ps();
         let mut i = 0;
-        while i + 64 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_fmadd_ps(
-                    widen16(pw.add(i + 16 * k)),
-                    _mm512_loadu_ps(px.add(i + 16 * k)),
-                    *acc,
-                );
-            }
-            i += 64;
-        }
         while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(widen16(pw.add(i)), _mm512_loadu_ps(px.add(i)), acc[0]);
+            acc = _mm512_fmadd_ps(
+                widen16(w.as_ptr().add(i)),
+                _mm512_loadu_ps(x.as_ptr().add(i)),
+                acc,
+            );
             i += 16;
         }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
-            _mm512_add_ps(acc[0], acc[1]),
-            _mm512_add_ps(acc[2], acc[3]),
-        ));
-        while i < n {
-            s += f32::from_bits((w[i] as u32) << 16) * x[i];
-            i += 1;
+        let mut s = _mm512_reduce_add_ps(acc);
+        for j in i..n {
+            s += f32::from_bits((w[j] as u32) << 16) * x[j];
         }
         s
     }
@@ -440,6 +418,33 @@ mod tests {
     /// n * eps * sum|a_i b_i|; the bound below is that with eps = 2^-23.
     fn close(a: f32, b: f32, n: usize) -> bool {
         (a - b).abs() <= n as f32 * f32::EPSILON * (n as f32) + 1e-6
+    }
+
+    #[test]
+    fn four_by_four_cells_equal_single_dots_bit_for_bit() {
+        for n in [5usize, 16, 45, 130] {
+            let xs: Vec<Vec<f32>> = (0..4).map(|t| seq(n, 30 + t)).collect();
+            let x = [&xs[0][..], &xs[1][..], &xs[2][..], &xs[3][..]];
+            let wf: Vec<Vec<f32>> = (0..4).map(|r| seq(n, 40 + r)).collect();
+            let wb: Vec<Vec<bf16>> = wf
+                .iter()
+                .map(|r| r.iter().map(|&v| bf16::from_f32(v)).collect())
+                .collect();
+            let gf = dot_4x4(
+                Rows4::F32([&wf[0][..], &wf[1][..], &wf[2][..], &wf[3][..]]),
+                x,
+            );
+            let gb = dot_4x4(
+                Rows4::Bf16([&wb[0][..], &wb[1][..], &wb[2][..], &wb[3][..]]),
+                x,
+            );
+            for r in 0..4 {
+                for t in 0..4 {
+                    assert_eq!(gf[r][t].to_bits(), dot_f32(&wf[r], x[t]).to_bits());
+                    assert_eq!(gb[r][t].to_bits(), dot_bf16(&wb[r], x[t]).to_bits());
+                }
+            }
+        }
     }
 
     #[test]

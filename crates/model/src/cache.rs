@@ -4,6 +4,22 @@
 
 use crate::config::ModelConfig;
 
+/// Latent rows of the sequences of a batch, wherever they live (one contiguous buffer per
+/// sequence, or blocks of a shared pool). Sequence ids are positions in the batch.
+pub trait KvStore {
+    /// Tokens of `seq` committed before the current step.
+    fn seq_len(&self, seq: usize) -> usize;
+    /// Append rows of new tokens of `seq` to `layer`.
+    fn append(&mut self, seq: usize, layer: usize, rows: &[f32]);
+    /// All rows of `seq` in `layer` (committed and appended this step), as consecutive runs of
+    /// whole rows in token order.
+    fn chunks(&self, seq: usize, layer: usize) -> Vec<&[f32]>;
+    /// Mark `n` appended tokens of `seq` as part of the sequence.
+    fn commit(&mut self, seq: usize, n: usize);
+    /// Values per token per layer, and layers.
+    fn shape(&self) -> (usize, usize);
+}
+
 pub struct LatentCache {
     width: usize,
     layers: Vec<Vec<f32>>,
@@ -75,5 +91,48 @@ impl LatentCache {
     /// f32 values held in total (all layers, all tokens).
     pub fn values(&self) -> usize {
         self.layers.iter().map(|l| l.len()).sum()
+    }
+}
+
+impl KvStore for LatentCache {
+    fn seq_len(&self, seq: usize) -> usize {
+        assert_eq!(seq, 0, "a LatentCache holds one sequence");
+        self.len
+    }
+    fn append(&mut self, _seq: usize, layer: usize, rows: &[f32]) {
+        LatentCache::append(self, layer, rows)
+    }
+    fn chunks(&self, _seq: usize, layer: usize) -> Vec<&[f32]> {
+        vec![&self.layers[layer]]
+    }
+    fn commit(&mut self, _seq: usize, n: usize) {
+        LatentCache::commit(self, n)
+    }
+    fn shape(&self) -> (usize, usize) {
+        (self.width, self.layers.len())
+    }
+}
+
+/// A batch of sequences, each with its own contiguous cache.
+pub struct Caches<'a>(pub Vec<&'a mut LatentCache>);
+
+impl KvStore for Caches<'_> {
+    fn seq_len(&self, seq: usize) -> usize {
+        self.0[seq].len
+    }
+    fn append(&mut self, seq: usize, layer: usize, rows: &[f32]) {
+        self.0[seq].append(layer, rows)
+    }
+    fn chunks(&self, seq: usize, layer: usize) -> Vec<&[f32]> {
+        vec![&self.0[seq].layers[layer]]
+    }
+    fn commit(&mut self, seq: usize, n: usize) {
+        self.0[seq].commit(n)
+    }
+    fn shape(&self) -> (usize, usize) {
+        self.0
+            .first()
+            .map(|c| (c.width, c.layers.len()))
+            .unwrap_or((0, 0))
     }
 }

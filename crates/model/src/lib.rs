@@ -11,10 +11,10 @@ pub mod model;
 pub mod moe;
 pub mod rope;
 
-pub use cache::LatentCache;
+pub use cache::{Caches, KvStore, LatentCache};
 pub use checkpoint::Checkpoint;
 pub use config::ModelConfig;
-pub use mla::AttentionForm;
+pub use mla::{AttentionForm, Segment};
 pub use model::{Logits, Model};
 pub use whale_kernels::Format;
 

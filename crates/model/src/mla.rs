@@ -11,7 +11,7 @@ use whale_kernels::matrix::{accumulate_rows, matmul, matmul_rows};
 use whale_kernels::ops::rms_norm;
 use whale_kernels::Matrix;
 
-use crate::cache::LatentCache;
+use crate::cache::KvStore;
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::rope::Rope;
@@ -23,6 +23,17 @@ const LATENT_NORM_EPS: f32 = 1e-6;
 pub enum AttentionForm {
     Plain,
     Absorbed,
+    /// plain for segments of several tokens (prefill), absorbed for single tokens (decode)
+    Auto,
+}
+
+/// A run of consecutive new tokens of one sequence inside a batch: rows `start..start + len`
+/// of the batch's activations belong to sequence `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub seq: usize,
+    pub start: usize,
+    pub len: usize,
 }
 
 pub enum QueryProj {
@@ -98,14 +109,15 @@ impl Mla {
         m
     }
 
-    /// Attention for `n` new tokens at positions `cache.len()..`; appends their latent rows to
-    /// `cache` layer `layer` and returns [n, hidden] to add to the residual.
+    /// Attention for the tokens of a batch: `x` holds the normed hidden rows of every segment
+    /// back to back; each segment's tokens sit at positions `kv.seq_len(seg.seq)..` of its
+    /// sequence. Appends the new latent rows to `kv` and returns [tokens, hidden].
     pub fn forward(
         &self,
         x: &[f32],
-        n: usize,
+        segs: &[Segment],
         layer: usize,
-        cache: &mut LatentCache,
+        kv: &mut dyn KvStore,
         rope: &Rope,
         form: AttentionForm,
     ) -> Vec<f32> {
@@ -117,9 +129,10 @@ impl Mla {
             self.kv_lora,
         );
         let dqk = nope + dr;
-        let pos0 = cache.len();
+        let width = dc + dr;
+        let n: usize = segs.iter().map(|s| s.len).sum();
 
-        // Queries, with the rope part of every head rotated.
+        // Projections for every token of the batch at once (weights read once per step).
         let mut q = vec![0f32; n * h_n * dqk];
         match &self.q {
             QueryProj::LowRank {
@@ -135,93 +148,121 @@ impl Mla {
             }
             QueryProj::Full { q_proj } => matmul(x, n, q_proj, &mut q),
         }
-        for (i, head) in q.chunks_exact_mut(dqk).enumerate() {
-            rope.apply(&mut head[nope..], pos0 + i / h_n);
-        }
-
-        // New cache rows: [RMSNorm(latent) ; RoPE(k_rope)].
-        let width = dc + dr;
         let mut rows = vec![0f32; n * width];
         matmul(x, n, &self.kv_a_proj_with_mqa, &mut rows);
-        for (t, row) in rows.chunks_exact_mut(width).enumerate() {
-            let latent = row[..dc].to_vec();
-            rms_norm(
-                &latent,
-                &self.kv_a_layernorm,
-                LATENT_NORM_EPS,
-                &mut row[..dc],
-            );
-            rope.apply(&mut row[dc..], pos0 + t);
-        }
-        cache.append(layer, &rows);
-        let all = cache.rows(layer);
-        let s = pos0 + n;
-        let causal = Causal {
-            n_q: n,
-            heads: h_n,
-            q_offset: pos0,
-            scale: self.scale,
-        };
 
         let mut o = vec![0f32; n * h_n * dv];
-        match form {
-            AttentionForm::Plain => {
-                let latents: Vec<f32> = all
-                    .chunks_exact(width)
-                    .flat_map(|r| &r[..dc])
-                    .copied()
-                    .collect();
-                let kv_w = nope + dv;
-                let mut kv = vec![0f32; s * h_n * kv_w];
-                matmul(&latents, s, &self.kv_b_proj, &mut kv);
-                let mut k = vec![0f32; s * h_n * dqk];
-                let mut v = vec![0f32; s * h_n * dv];
-                for j in 0..s {
-                    let k_rope = &all[j * width + dc..(j + 1) * width];
-                    for h in 0..h_n {
-                        let src = &kv[(j * h_n + h) * kv_w..][..kv_w];
-                        let kd = &mut k[(j * h_n + h) * dqk..][..dqk];
-                        kd[..nope].copy_from_slice(&src[..nope]);
-                        kd[nope..].copy_from_slice(k_rope);
-                        v[(j * h_n + h) * dv..][..dv].copy_from_slice(&src[nope..]);
-                    }
-                }
-                multi_head(causal, &q, &k, &v, dqk, dv, &mut o);
+        for seg in segs {
+            let pos0 = kv.seq_len(seg.seq);
+            let qs = &mut q[seg.start * h_n * dqk..(seg.start + seg.len) * h_n * dqk];
+            for (i, head) in qs.chunks_exact_mut(dqk).enumerate() {
+                rope.apply(&mut head[nope..], pos0 + i / h_n);
             }
-            AttentionForm::Absorbed => {
-                // q_lat[t,h] = W^UK_h^T q_nope[t,h]
-                let mut q_lat = vec![0f32; n * h_n * dc];
-                let mut q_pos = vec![0f32; n * h_n * dr];
-                for i in 0..n * h_n {
-                    let h = i % h_n;
-                    let qh = &q[i * dqk..][..dqk];
-                    accumulate_rows(
-                        &qh[..nope],
-                        &self.kv_b_proj,
-                        h * (nope + dv),
-                        &mut q_lat[i * dc..][..dc],
-                    );
-                    q_pos[i * dr..][..dr].copy_from_slice(&qh[nope..]);
-                }
-                let mut lat_out = vec![0f32; n * h_n * dc];
-                shared_latent(causal, &q_lat, &q_pos, all, dc, dr, &mut lat_out);
-                // o[t,h] = W^UV_h lat_out[t,h]
-                let mut lat_h = vec![0f32; n * dc];
-                let mut o_h = vec![0f32; n * dv];
-                for h in 0..h_n {
-                    for t in 0..n {
-                        lat_h[t * dc..][..dc].copy_from_slice(&lat_out[(t * h_n + h) * dc..][..dc]);
-                    }
-                    let band = h * (nope + dv) + nope;
-                    matmul_rows(&lat_h, n, &self.kv_b_proj, band..band + dv, &mut o_h);
-                    for t in 0..n {
-                        o[(t * h_n + h) * dv..][..dv].copy_from_slice(&o_h[t * dv..][..dv]);
-                    }
-                }
+            // New cache rows: [RMSNorm(latent) ; RoPE(k_rope)].
+            let new_rows = &mut rows[seg.start * width..(seg.start + seg.len) * width];
+            for (t, row) in new_rows.chunks_exact_mut(width).enumerate() {
+                let latent = row[..dc].to_vec();
+                rms_norm(
+                    &latent,
+                    &self.kv_a_layernorm,
+                    LATENT_NORM_EPS,
+                    &mut row[..dc],
+                );
+                rope.apply(&mut row[dc..], pos0 + t);
+            }
+            kv.append(seg.seq, layer, new_rows);
+            let chunks = kv.chunks(seg.seq, layer);
+            let causal = Causal {
+                n_q: seg.len,
+                heads: h_n,
+                q_offset: pos0,
+                scale: self.scale,
+            };
+            let os = &mut o[seg.start * h_n * dv..(seg.start + seg.len) * h_n * dv];
+            let plain = match form {
+                AttentionForm::Plain => true,
+                AttentionForm::Absorbed => false,
+                AttentionForm::Auto => seg.len > 1,
+            };
+            if plain {
+                self.attend_plain(causal, qs, &chunks, os);
+            } else {
+                self.attend_absorbed(causal, qs, &chunks, os);
             }
         }
         let mut out = vec![0f32; n * self.o_proj.rows];
         matmul(&o, n, &self.o_proj, &mut out);
         out
+    }
+
+    /// Decompress every cached latent into per-head keys and values, then plain attention.
+    fn attend_plain(&self, causal: Causal, q: &[f32], chunks: &[&[f32]], o: &mut [f32]) {
+        let (h_n, nope, dr, dv, dc) = (
+            self.heads,
+            self.nope,
+            self.rope_dim,
+            self.v_dim,
+            self.kv_lora,
+        );
+        let (dqk, width, kv_w) = (nope + dr, dc + dr, nope + dv);
+        let all: Vec<&[f32]> = chunks.iter().flat_map(|c| c.chunks_exact(width)).collect();
+        let s = all.len();
+        let latents: Vec<f32> = all.iter().flat_map(|r| &r[..dc]).copied().collect();
+        let mut kv = vec![0f32; s * h_n * kv_w];
+        matmul(&latents, s, &self.kv_b_proj, &mut kv);
+        let mut k = vec![0f32; s * h_n * dqk];
+        let mut v = vec![0f32; s * h_n * dv];
+        for (j, row) in all.iter().enumerate() {
+            for h in 0..h_n {
+                let src = &kv[(j * h_n + h) * kv_w..][..kv_w];
+                let kd = &mut k[(j * h_n + h) * dqk..][..dqk];
+                kd[..nope].copy_from_slice(&src[..nope]);
+                kd[nope..].copy_from_slice(&row[dc..]);
+                v[(j * h_n + h) * dv..][..dv].copy_from_slice(&src[nope..]);
+            }
+        }
+        multi_head(causal, q, &k, &v, dqk, dv, o);
+    }
+
+    /// Fold W^UK into the query and W^UV into the output; attend over the latent rows in place.
+    fn attend_absorbed(&self, causal: Causal, q: &[f32], chunks: &[&[f32]], o: &mut [f32]) {
+        let (h_n, nope, dr, dv, dc) = (
+            self.heads,
+            self.nope,
+            self.rope_dim,
+            self.v_dim,
+            self.kv_lora,
+        );
+        let dqk = nope + dr;
+        let n = causal.n_q;
+        // q_lat[t,h] = W^UK_h^T q_nope[t,h]
+        let mut q_lat = vec![0f32; n * h_n * dc];
+        let mut q_pos = vec![0f32; n * h_n * dr];
+        for i in 0..n * h_n {
+            let h = i % h_n;
+            let qh = &q[i * dqk..][..dqk];
+            accumulate_rows(
+                &qh[..nope],
+                &self.kv_b_proj,
+                h * (nope + dv),
+                &mut q_lat[i * dc..][..dc],
+            );
+            q_pos[i * dr..][..dr].copy_from_slice(&qh[nope..]);
+        }
+        let mut lat_out = vec![0f32; n * h_n * dc];
+        shared_latent(causal, &q_lat, &q_pos, chunks, dc, dr, &mut lat_out);
+        // o[t,h] = W^UV_h lat_out[t,h]
+        let mut lat_h = vec![0f32; n * dc];
+        let mut o_h = vec![0f32; n * dv];
+        for h in 0..h_n {
+            for t in 0..n {
+                lat_h[t * dc..][..dc].copy_from_slice(&lat_out[(t * h_n + h) * dc..][..dc]);
+            }
+            let band = h * (nope + dv) + nope;
+            matmul_rows(&lat_h, n, &self.kv_b_proj, band..band + dv, &mut o_h);
+            for t in 0..n {
+                o[(t * h_n + h) * dv..][..dv].copy_from_slice(&o_h[t * dv..][..dv]);
+            }
+        }
     }
 }

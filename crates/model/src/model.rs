@@ -7,10 +7,10 @@ use whale_kernels::matrix::matmul;
 use whale_kernels::ops::rms_norm;
 use whale_kernels::Matrix;
 
-use crate::cache::LatentCache;
+use crate::cache::{KvStore, LatentCache};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
-use crate::mla::{AttentionForm, Mla};
+use crate::mla::{AttentionForm, Mla, Segment};
 use crate::moe::{Mlp, Moe};
 use crate::rope::{softmax_scale, Rope};
 
@@ -65,16 +65,17 @@ impl DecoderLayer {
     fn forward(
         &self,
         h: &mut [f32],
-        n: usize,
+        segs: &[Segment],
         eps: f32,
         layer: usize,
-        cache: &mut LatentCache,
+        kv: &mut dyn KvStore,
         rope: &Rope,
         form: AttentionForm,
     ) {
+        let n = h.len() / self.input_layernorm.len();
         let mut x = vec![0f32; h.len()];
         rms_norm(h, &self.input_layernorm, eps, &mut x);
-        let a = self.self_attn.forward(&x, n, layer, cache, rope, form);
+        let a = self.self_attn.forward(&x, segs, layer, kv, rope, form);
         h.iter_mut().zip(&a).for_each(|(h, a)| *h += a);
         rms_norm(h, &self.post_attention_layernorm, eps, &mut x);
         let f = self.mlp.forward(&x, n);
@@ -160,8 +161,9 @@ impl Model {
         LatentCache::new(&self.config, capacity)
     }
 
-    /// Checks a step before it runs: every failure here is the caller's input, not a bug.
-    pub fn check_step(&self, tokens: &[u32], cache: &LatentCache) -> Result<()> {
+    /// Checks one sequence's step before it runs: every failure here is the caller's input,
+    /// not a bug.
+    fn check_tokens(&self, tokens: &[u32], past: usize) -> Result<()> {
         let cfg = &self.config;
         if tokens.is_empty() {
             bail!("no tokens to process");
@@ -172,17 +174,55 @@ impl Model {
                 cfg.vocab_size
             );
         }
-        let total = cache.len() + tokens.len();
+        let total = past + tokens.len();
         if total > cfg.max_position_embeddings {
             bail!(
                 "sequence of {total} tokens is longer than max_position_embeddings ({})",
                 cfg.max_position_embeddings
             );
         }
-        if cache.num_layers() != self.layers.len() || cache.width() != cfg.latent_cache_width() {
+        Ok(())
+    }
+
+    /// One step for a batch: `tokens[i]` are the new tokens of sequence `i` of `kv`, at
+    /// positions `kv.seq_len(i)..`. Every sequence's tokens go through each weight matrix in one
+    /// product (weights are read once per step); attention reads each sequence's own rows.
+    /// Returns the final hidden states [all tokens, hidden] before the final norm, sequence by
+    /// sequence.
+    pub fn forward_batch(
+        &self,
+        tokens: &[&[u32]],
+        kv: &mut dyn KvStore,
+        form: AttentionForm,
+    ) -> Result<Vec<f32>> {
+        if kv.shape() != (self.config.latent_cache_width(), self.layers.len()) {
             bail!("the cache was made for a different model");
         }
-        Ok(())
+        let mut segs = Vec::with_capacity(tokens.len());
+        let mut start = 0;
+        for (seq, t) in tokens.iter().enumerate() {
+            self.check_tokens(t, kv.seq_len(seq))?;
+            segs.push(Segment {
+                seq,
+                start,
+                len: t.len(),
+            });
+            start += t.len();
+        }
+        let d = self.config.hidden_size;
+        let mut h = vec![0f32; start * d];
+        let mut buf = vec![0f32; d];
+        for (i, &id) in tokens.iter().flat_map(|t| t.iter()).enumerate() {
+            h[i * d..(i + 1) * d].copy_from_slice(self.embed_tokens.row(id as usize, &mut buf));
+        }
+        let eps = self.config.rms_norm_eps as f32;
+        for (l, layer) in self.layers.iter().enumerate() {
+            layer.forward(&mut h, &segs, eps, l, kv, &self.rope, form);
+        }
+        for s in &segs {
+            kv.commit(s.seq, s.len);
+        }
+        Ok(h)
     }
 
     /// Runs `tokens` (positions `cache.len()..`) through the model, appending to the cache.
@@ -193,20 +233,7 @@ impl Model {
         cache: &mut LatentCache,
         form: AttentionForm,
     ) -> Result<Vec<f32>> {
-        self.check_step(tokens, cache)?;
-        let n = tokens.len();
-        let d = self.config.hidden_size;
-        let mut h = vec![0f32; n * d];
-        let mut buf = vec![0f32; d];
-        for (t, &id) in tokens.iter().enumerate() {
-            h[t * d..(t + 1) * d].copy_from_slice(self.embed_tokens.row(id as usize, &mut buf));
-        }
-        let eps = self.config.rms_norm_eps as f32;
-        for (l, layer) in self.layers.iter().enumerate() {
-            layer.forward(&mut h, n, eps, l, cache, &self.rope, form);
-        }
-        cache.commit(n);
-        Ok(h)
+        self.forward_batch(&[tokens], cache, form)
     }
 
     /// Logits [rows, vocab] for hidden states [rows, hidden].

@@ -149,3 +149,56 @@ fn mtp_layers_are_kept_apart_from_main_layers() {
     let m = load("tiny-v2-lite");
     assert!(m.mtp.is_empty());
 }
+
+#[test]
+fn a_batch_gives_each_sequence_exactly_its_own_results() {
+    use whale_model::Caches;
+    for name in ["tiny-v3", "tiny-v2-lite", "tiny-v3-fp8"] {
+        let model = load(name);
+        let r = reference(name);
+        let v = model.config.vocab_size;
+        let d = model.config.hidden_size;
+        // alone: prefill, then 3 greedy steps each
+        let mut alone = Vec::new();
+        for p in &r.prompts {
+            let mut cache = model.new_cache(p.len() + 3);
+            let mut outs = vec![model
+                .forward(p, &mut cache, AttentionForm::Auto, Logits::Last)
+                .unwrap()];
+            for _ in 0..3 {
+                let next = argmax(outs.last().unwrap());
+                outs.push(
+                    model
+                        .forward(&[next], &mut cache, AttentionForm::Auto, Logits::Last)
+                        .unwrap(),
+                );
+            }
+            alone.push(outs);
+        }
+        // together: all prompts in one prefill step, then every decode step batched
+        let mut caches: Vec<_> = r
+            .prompts
+            .iter()
+            .map(|p| model.new_cache(p.len() + 3))
+            .collect();
+        let mut steps: Vec<Vec<u32>> = r.prompts.clone();
+        for step in 0..4 {
+            let toks: Vec<&[u32]> = steps.iter().map(|s| s.as_slice()).collect();
+            let h = model
+                .forward_batch(
+                    &toks,
+                    &mut Caches(caches.iter_mut().collect()),
+                    AttentionForm::Auto,
+                )
+                .unwrap();
+            let mut end = 0;
+            for (i, s) in steps.iter_mut().enumerate() {
+                end += s.len();
+                let logits = model.logits(&h[(end - 1) * d..end * d]);
+                assert_eq!(logits.len(), v);
+                assert_eq!(logits, alone[i][step], "{name} sequence {i} step {step}");
+                *s = vec![argmax(&logits)];
+            }
+        }
+    }
+}
