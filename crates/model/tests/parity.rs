@@ -182,6 +182,7 @@ fn a_batch_gives_each_sequence_exactly_its_own_results() {
             .map(|p| model.new_cache(p.len() + 3))
             .collect();
         let mut steps: Vec<Vec<u32>> = r.prompts.clone();
+        #[allow(clippy::needless_range_loop)] // `step` indexes the per-sequence histories
         for step in 0..4 {
             let toks: Vec<&[u32]> = steps.iter().map(|s| s.as_slice()).collect();
             let h = model
