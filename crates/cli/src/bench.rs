@@ -6,7 +6,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 use whale_engine::sampler::argmax;
-use whale_model::{parse_dtype, AttentionForm, Checkpoint, Logits, Model};
+use whale_model::{parse_dtype, AttentionForm, Caches, Checkpoint, LatentCache, Logits, Model};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -16,6 +16,9 @@ pub struct BenchArgs {
     prompt_len: usize,
     #[arg(long, default_value_t = 32)]
     gen_len: usize,
+    /// sequences decoded together in one batch (each step reads the weights once for all)
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// repeat the measurement and report each run
     #[arg(long, default_value_t = 1)]
     repeats: usize,
@@ -27,8 +30,8 @@ pub struct BenchArgs {
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
-    if a.prompt_len == 0 || a.gen_len == 0 || a.repeats == 0 {
-        bail!("--prompt-len, --gen-len and --repeats must be positive");
+    if a.prompt_len == 0 || a.gen_len == 0 || a.repeats == 0 || a.batch == 0 {
+        bail!("--prompt-len, --gen-len, --repeats and --batch must be positive");
     }
     let t = Instant::now();
     let mut ck = Checkpoint::open(&a.model)?;
@@ -42,41 +45,69 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             c.max_position_embeddings
         );
     }
-    // a fixed pseudo-random prompt
-    let prompt: Vec<u32> = (0..a.prompt_len as u64)
-        .map(|i| ((i * 2654435761 + 17) % c.vocab_size as u64) as u32)
+    // fixed pseudo-random prompts, one per sequence
+    let prompts: Vec<Vec<u32>> = (0..a.batch as u64)
+        .map(|b| {
+            (0..a.prompt_len as u64)
+                .map(|i| ((i * 2654435761 + 17 + b * 7919) % c.vocab_size as u64) as u32)
+                .collect()
+        })
         .collect();
     // touch every page of the weights once so the first timed run does not pay for page faults
     {
         let mut cache = model.new_cache(a.prompt_len + 1);
-        model.forward(&prompt, &mut cache, AttentionForm::Plain, Logits::Last)?;
+        model.forward(&prompts[0], &mut cache, AttentionForm::Plain, Logits::Last)?;
     }
-    let active = model.active_weight_bytes_per_token();
+    let active = model.weight_bytes_per_step(a.batch);
     let threads = rayon::current_num_threads();
     let bandwidth = whale_kernels::probe::read_bandwidth_gbs(1 << 30, 3);
-    let roofline = bandwidth * 1e9 / active as f64;
+    // tokens per second if a decode step cost only reading its weights once
+    let roofline = a.batch as f64 * bandwidth * 1e9 / active as f64;
+    let d = c.hidden_size;
     let mut runs = vec![];
     for _ in 0..a.repeats {
-        let mut cache = model.new_cache(a.prompt_len + a.gen_len);
+        let mut caches: Vec<LatentCache> = (0..a.batch)
+            .map(|_| model.new_cache(a.prompt_len + a.gen_len))
+            .collect();
         let t0 = Instant::now();
-        let mut logits = model.forward(&prompt, &mut cache, AttentionForm::Plain, Logits::Last)?;
+        let toks: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+        let h = model.forward_batch(
+            &toks,
+            &mut Caches(caches.iter_mut().collect()),
+            AttentionForm::Auto,
+        )?;
+        let mut next: Vec<u32> = (0..a.batch)
+            .map(|b| {
+                let end = (b + 1) * a.prompt_len;
+                argmax(&model.logits(&h[(end - 1) * d..end * d]))
+            })
+            .collect();
         let prefill = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         for _ in 0..a.gen_len {
-            let next = argmax(&logits);
-            logits = model.forward(&[next], &mut cache, AttentionForm::Absorbed, Logits::Last)?;
+            let toks: Vec<&[u32]> = next.iter().map(std::slice::from_ref).collect();
+            let h = model.forward_batch(
+                &toks,
+                &mut Caches(caches.iter_mut().collect()),
+                AttentionForm::Auto,
+            )?;
+            let logits = model.logits(&h);
+            next = logits.chunks_exact(c.vocab_size).map(argmax).collect();
         }
         let decode = t1.elapsed().as_secs_f64();
-        runs.push((a.prompt_len as f64 / prefill, a.gen_len as f64 / decode));
+        runs.push((
+            (a.batch * a.prompt_len) as f64 / prefill,
+            (a.batch * a.gen_len) as f64 / decode,
+        ));
     }
     if a.json {
         let v = serde_json::json!({
-            "model": a.model, "threads": threads, "prompt_len": a.prompt_len, "gen_len": a.gen_len,
-            "load_s": load_s, "active_weight_bytes_per_token": active, "dtype": a.dtype,
+            "model": a.model, "threads": threads, "prompt_len": a.prompt_len, "gen_len": a.gen_len, "batch": a.batch,
+            "load_s": load_s, "weight_bytes_per_decode_step": active, "dtype": a.dtype,
             "read_bandwidth_gb_s": bandwidth, "decode_roofline_tok_s": roofline,
             "weight_bytes": model.weight_bytes(), "peak_rss_bytes": peak_rss(),
             "runs": runs.iter().map(|(p, d)| serde_json::json!({
-                "prefill_tok_s": p, "decode_tok_s": d, "decode_weight_gb_s": d * active as f64 / 1e9,
+                "prefill_tok_s": p, "decode_tok_s": d, "decode_weight_gb_s": d / a.batch as f64 * active as f64 / 1e9,
                 "decode_pct_roofline": 100.0 * d / roofline
             })).collect::<Vec<_>>(),
         });
@@ -84,10 +115,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "model {} | {} | {} threads | load {:.2}s | {:.3} GB of weights read per decoded token",
+        "model {} | {} | {} threads | batch {} | load {:.2}s | {:.3} GB of weights read per decode step",
         a.model.display(),
         a.dtype,
         threads,
+        a.batch,
         load_s,
         active as f64 / 1e9
     );
@@ -100,13 +132,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     );
     for (i, (p, d)) in runs.iter().enumerate() {
         println!(
-            "run {}: prefill {} tok: {:.1} tok/s | decode {} tok: {:.2} tok/s ({:.2} GB/s of weights, {:.0}% of roofline)",
+            "run {}: prefill {}x{} tok: {:.1} tok/s | decode {}x{} tok: {:.2} tok/s ({:.2} GB/s of weights, {:.0}% of roofline)",
             i + 1,
+            a.batch,
             a.prompt_len,
             p,
+            a.batch,
             a.gen_len,
             d,
-            d * active as f64 / 1e9,
+            d / a.batch as f64 * active as f64 / 1e9,
             100.0 * d / roofline
         );
     }

@@ -322,20 +322,15 @@ fn rows_times_tokens(
         let i0 = r - rows.start;
         let w4 = rows4(w, r, bufs);
         let mut t = 0;
-        while t + 4 <= n_tok {
-            let y = simd::dot_4x4(w4, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
+        while t < n_tok {
+            // a last group of 1-3 tokens repeats its last token to fill the kernel; the
+            // repeated cells are dropped (each cell is independent, so the others are unchanged)
+            let m = (n_tok - t).min(4);
+            let y = simd::dot_4x4(w4, std::array::from_fn(|j| tok(t + j.min(m - 1))));
             for (ri, yr) in y.iter().enumerate() {
-                o[(i0 + ri) * n_tok + t..][..4].copy_from_slice(yr);
+                o[(i0 + ri) * n_tok + t..][..m].copy_from_slice(&yr[..m]);
             }
-            t += 4;
-        }
-        for t in t..n_tok {
-            for ri in 0..4 {
-                o[(i0 + ri) * n_tok + t] = match w4 {
-                    Rows4::F32(rw) => simd::dot_f32(rw[ri], tok(t)),
-                    Rows4::Bf16(rw) => simd::dot_bf16(rw[ri], tok(t)),
-                };
-            }
+            t += m;
         }
         r += 4;
     }
@@ -417,6 +412,25 @@ pub fn accumulate_rows(coef: &[f32], w: &Matrix, rows_start: usize, out: &mut [f
             *o += c * v;
         }
     }
+}
+
+/// `accumulate_rows` for many items in parallel: item i adds coef[i*k..(i+1)*k] times the k rows
+/// of W starting at `rows_start(i)` into out[i*W.cols..]. Each item is one fixed-order sum.
+pub fn accumulate_rows_each(
+    coef: &[f32],
+    k: usize,
+    w: &Matrix,
+    rows_start: impl Fn(usize) -> usize + Sync,
+    out: &mut [f32],
+) {
+    assert_eq!(
+        coef.len() / k.max(1) * w.cols,
+        out.len(),
+        "one output row per item"
+    );
+    out.par_chunks_mut(w.cols)
+        .enumerate()
+        .for_each(|(i, o)| accumulate_rows(&coef[i * k..(i + 1) * k], w, rows_start(i), o));
 }
 
 #[cfg(test)]

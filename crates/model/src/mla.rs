@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use whale_kernels::attention::{multi_head, shared_latent, Causal};
-use whale_kernels::matrix::{accumulate_rows, matmul, matmul_rows};
+use whale_kernels::matrix::{accumulate_rows_each, matmul, matmul_rows};
 use whale_kernels::ops::rms_norm;
 use whale_kernels::Matrix;
 
@@ -236,19 +236,20 @@ impl Mla {
         let dqk = nope + dr;
         let n = causal.n_q;
         // q_lat[t,h] = W^UK_h^T q_nope[t,h]
-        let mut q_lat = vec![0f32; n * h_n * dc];
+        let mut q_nope = vec![0f32; n * h_n * nope];
         let mut q_pos = vec![0f32; n * h_n * dr];
-        for i in 0..n * h_n {
-            let h = i % h_n;
-            let qh = &q[i * dqk..][..dqk];
-            accumulate_rows(
-                &qh[..nope],
-                &self.kv_b_proj,
-                h * (nope + dv),
-                &mut q_lat[i * dc..][..dc],
-            );
+        for (i, qh) in q.chunks_exact(dqk).enumerate() {
+            q_nope[i * nope..][..nope].copy_from_slice(&qh[..nope]);
             q_pos[i * dr..][..dr].copy_from_slice(&qh[nope..]);
         }
+        let mut q_lat = vec![0f32; n * h_n * dc];
+        accumulate_rows_each(
+            &q_nope,
+            nope,
+            &self.kv_b_proj,
+            |i| (i % h_n) * (nope + dv),
+            &mut q_lat,
+        );
         let mut lat_out = vec![0f32; n * h_n * dc];
         shared_latent(causal, &q_lat, &q_pos, chunks, dc, dr, &mut lat_out);
         // o[t,h] = W^UV_h lat_out[t,h]

@@ -267,34 +267,47 @@ impl Model {
     /// top-K share of the routed experts, the head, and one embedding row (the decode
     /// roofline's numerator).
     pub fn active_weight_bytes_per_token(&self) -> usize {
+        self.weight_bytes_per_step(1)
+    }
+
+    /// Expected weight bytes one decode step of `batch` sequences reads: every weight outside the
+    /// routed experts once, each routed expert if any of the batch's tokens picks it (uniform
+    /// routing: probability 1 - (1 - K/E)^batch), and one embedding row per token.
+    pub fn weight_bytes_per_step(&self, batch: usize) -> usize {
         let embed_row = self.embed_tokens.stored_bytes() / self.embed_tokens.rows;
-        let layers: usize = self.layers.iter().map(|l| l.stored_bytes(true)).sum();
-        self.lm_head.stored_bytes() + embed_row + layers
+        let layers: f64 = self
+            .layers
+            .iter()
+            .map(|l| l.stored_bytes(Some(batch)))
+            .sum();
+        self.lm_head.stored_bytes() + batch * embed_row + layers as usize
     }
 
     /// Bytes of every weight of the main model (layers, embedding, head), as stored.
     pub fn weight_bytes(&self) -> usize {
-        let layers: usize = self.layers.iter().map(|l| l.stored_bytes(false)).sum();
-        self.embed_tokens.stored_bytes() + self.lm_head.stored_bytes() + layers
+        let layers: f64 = self.layers.iter().map(|l| l.stored_bytes(None)).sum();
+        self.embed_tokens.stored_bytes() + self.lm_head.stored_bytes() + layers as usize
     }
 }
 
 impl DecoderLayer {
-    /// Stored bytes of this layer's matrices; with `active_only`, routed experts count as the
-    /// top-K share one token uses.
-    fn stored_bytes(&self, active_only: bool) -> usize {
-        let sum = |ms: &[&Matrix]| ms.iter().map(|m| m.stored_bytes()).sum::<usize>();
+    /// Stored bytes of this layer's matrices; with `Some(batch)`, routed experts count by the
+    /// chance that one of `batch` uniformly routed tokens picks them.
+    fn stored_bytes(&self, batch: Option<usize>) -> f64 {
+        let sum = |ms: &[&Matrix]| ms.iter().map(|m| m.stored_bytes()).sum::<usize>() as f64;
         let ffn = match &self.mlp {
             Ffn::Dense(m) => sum(&m.matrices()),
             Ffn::Moe(m) => {
-                let shared: usize = m.shared_experts.iter().map(|e| sum(&e.matrices())).sum();
-                let routed: usize = m.experts.iter().map(|e| sum(&e.matrices())).sum();
-                let routed = if active_only {
-                    routed * m.cfg.num_experts_per_tok / m.experts.len()
-                } else {
-                    routed
+                let shared: f64 = m.shared_experts.iter().map(|e| sum(&e.matrices())).sum();
+                let routed: f64 = m.experts.iter().map(|e| sum(&e.matrices())).sum();
+                let share = match batch {
+                    None => 1.0,
+                    Some(b) => {
+                        1.0 - (1.0 - m.cfg.num_experts_per_tok as f64 / m.experts.len() as f64)
+                            .powi(b as i32)
+                    }
                 };
-                shared + routed + m.gate.stored_bytes()
+                shared + routed * share + m.gate.stored_bytes() as f64
             }
         };
         sum(&self.self_attn.matrices()) + ffn
