@@ -29,5 +29,6 @@ pub fn parse_dtype(s: &str) -> anyhow::Result<Option<Format>> {
         )
     })
 }
+pub mod paged;
 pub mod params;
 pub mod synth;
