@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod inspect;
+mod serve;
 mod tokens;
 
 use anyhow::Result;
@@ -50,6 +51,8 @@ enum Command {
     Synth(inspect::SynthArgs),
     /// Measure prefill and decode speed
     Bench(bench::BenchArgs),
+    /// OpenAI/DeepSeek-compatible HTTP server with continuous batching
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -77,5 +80,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Synth(a) => inspect::synth(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
     }
 }

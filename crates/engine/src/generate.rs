@@ -99,15 +99,22 @@ impl Engine {
         } else {
             None
         };
-        let mut eos_token_ids = generation_eos(dir);
-        if eos_token_ids.is_empty() {
-            eos_token_ids = model.config.eos_token_ids.clone();
-        }
+        let eos_token_ids = Self::eos_for(dir, &model.config);
         Ok(Engine {
             model,
             tokenizer,
             eos_token_ids,
         })
+    }
+
+    /// End-of-sequence ids: generation_config.json's, else config.json's.
+    pub fn eos_for(dir: &Path, cfg: &whale_model::ModelConfig) -> Vec<u32> {
+        let e = generation_eos(dir);
+        if e.is_empty() {
+            cfg.eos_token_ids.clone()
+        } else {
+            e
+        }
     }
 
     pub fn tokenizer(&self) -> Result<&ChatTokenizer> {

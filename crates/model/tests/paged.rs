@@ -62,6 +62,7 @@ fn paged_batches_match_contiguous_caches_bit_for_bit() {
     let mut seqs: Vec<SeqBlocks> = prompts.iter().map(|_| SeqBlocks::default()).collect();
     let mut toks = prompts.clone();
     let want: Vec<Vec<Vec<f32>>> = prompts.iter().map(|p| alone(&m, p, 5)).collect();
+    #[allow(clippy::needless_range_loop)] // `s` indexes the per-sequence histories
     for s in 0..6 {
         let got = step(&m, &mut pool, &mut seqs, &toks);
         for i in 0..prompts.len() {

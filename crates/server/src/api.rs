@@ -1,0 +1,291 @@
+//! OpenAI request parsing and error bodies. Every malformed field is answered with the OpenAI
+//! error JSON `{"error": {"message", "type", "param", "code"}}` and a 4xx status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use whale_engine::{Message, SamplingParams};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: Some(param.to_string()),
+            code: None,
+        }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    pub fn status(mut self, s: StatusCode) -> Self {
+        self.status = s;
+        self
+    }
+
+    pub fn plain(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type R<T> = Result<T, ApiError>;
+
+fn num(o: &Map<String, Value>, k: &str, lo: f64, hi: f64) -> R<Option<f64>> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if x >= lo && x <= hi => Ok(Some(x)),
+            _ => Err(ApiError::invalid(
+                k,
+                format!("`{k}` must be a number in [{lo}, {hi}], got {v}"),
+            )),
+        },
+    }
+}
+
+fn int(o: &Map<String, Value>, k: &str, lo: u64, hi: u64) -> R<Option<u64>> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(x) if x >= lo && x <= hi => Ok(Some(x)),
+            _ => Err(ApiError::invalid(
+                k,
+                format!("`{k}` must be an integer in [{lo}, {hi}], got {v}"),
+            )),
+        },
+    }
+}
+
+fn boolean(o: &Map<String, Value>, k: &str) -> R<Option<bool>> {
+    match o.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(ApiError::invalid(
+            k,
+            format!("`{k}` must be true or false, got {v}"),
+        )),
+    }
+}
+
+/// Parameters shared by chat and text completions.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub model: Option<String>,
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub n: usize,
+    pub top_logprobs: Option<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub ignore_eos: bool,
+    /// extension: majority vote over the `n` final answers
+    pub vote: bool,
+}
+
+pub const MAX_N: u64 = 16;
+pub const MAX_TOP_LOGPROBS: u64 = 20;
+
+pub fn parse_body(bytes: &[u8]) -> R<Map<String, Value>> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid("body", format!("the body is not valid JSON: {e}")))?;
+    match v {
+        Value::Object(o) => Ok(o),
+        _ => Err(ApiError::invalid("body", "the body must be a JSON object")),
+    }
+}
+
+pub fn common(o: &Map<String, Value>, chat: bool) -> R<Common> {
+    let model = match o.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "model",
+                format!("`model` must be a string, got {v}"),
+            ))
+        }
+    };
+    let max_tokens = match int(o, "max_completion_tokens", 1, u32::MAX as u64)? {
+        Some(x) => Some(x as usize),
+        None => int(o, "max_tokens", 1, u32::MAX as u64)?.map(|x| x as usize),
+    };
+    let stop = match o.get("stop") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(|s| s.is_string()) => {
+            a.iter().map(|s| s.as_str().unwrap().to_string()).collect()
+        }
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "stop",
+                format!("`stop` must be a string or up to 4 strings, got {v}"),
+            ))
+        }
+    };
+    let logprobs = if chat {
+        boolean(o, "logprobs")?.unwrap_or(false)
+    } else {
+        // completions: `logprobs` is the number of top alternatives
+        int(o, "logprobs", 0, MAX_TOP_LOGPROBS)?.is_some()
+    };
+    let top = if chat {
+        int(o, "top_logprobs", 0, MAX_TOP_LOGPROBS)?
+    } else {
+        int(o, "logprobs", 0, MAX_TOP_LOGPROBS)?
+    };
+    if chat && top.is_some() && !logprobs {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`",
+        ));
+    }
+    let top_logprobs = if logprobs {
+        Some(top.unwrap_or(0) as usize)
+    } else {
+        None
+    };
+    let include_usage = match o.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(so)) => boolean(so, "include_usage")?.unwrap_or(false),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "stream_options",
+                format!("`stream_options` must be an object, got {v}"),
+            ))
+        }
+    };
+    Ok(Common {
+        model,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: num(o, "temperature", 0.0, 2.0)?.unwrap_or(1.0) as f32,
+            top_p: num(o, "top_p", 1e-9, 1.0)?.unwrap_or(1.0) as f32,
+            top_k: int(o, "top_k", 0, u32::MAX as u64)?.unwrap_or(0) as usize,
+            min_p: num(o, "min_p", 0.0, 1.0)?.unwrap_or(0.0) as f32,
+            seed: match o.get("seed") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_i64().ok_or_else(|| {
+                    ApiError::invalid("seed", format!("`seed` must be an integer, got {v}"))
+                })? as u64),
+            },
+        },
+        stop,
+        n: int(o, "n", 1, MAX_N)?.unwrap_or(1) as usize,
+        top_logprobs,
+        stream: boolean(o, "stream")?.unwrap_or(false),
+        include_usage,
+        ignore_eos: boolean(o, "ignore_eos")?.unwrap_or(false),
+        vote: boolean(o, "whale_vote")?.unwrap_or(false),
+    })
+}
+
+/// `messages` of a chat request: roles system, user, assistant (tool results are rendered as
+/// user text by templates that do not know tools); content a string or a list of text parts.
+pub fn messages(o: &Map<String, Value>) -> R<Vec<Message>> {
+    let Some(Value::Array(a)) = o.get("messages") else {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must be an array of messages",
+        ));
+    };
+    if a.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    let mut out = Vec::with_capacity(a.len());
+    for (i, m) in a.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let Some(m) = m.as_object() else {
+            return Err(ApiError::invalid(&param, "each message must be an object"));
+        };
+        let role = match m.get("role").and_then(|r| r.as_str()) {
+            Some(r @ ("system" | "user" | "assistant" | "developer" | "tool")) => r,
+            _ => {
+                return Err(ApiError::invalid(
+                    &format!("{param}.role"),
+                    "`role` must be system, user, assistant, developer or tool",
+                ))
+            }
+        };
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => {
+                let mut s = String::new();
+                for p in parts {
+                    match (
+                        p.get("type").and_then(|t| t.as_str()),
+                        p.get("text").and_then(|t| t.as_str()),
+                    ) {
+                        (Some("text"), Some(t)) => s.push_str(t),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                &format!("{param}.content"),
+                                "only text content parts are supported",
+                            ))
+                        }
+                    }
+                }
+                s
+            }
+            None | Some(Value::Null) if role == "assistant" => String::new(),
+            _ => {
+                return Err(ApiError::invalid(
+                    &format!("{param}.content"),
+                    "`content` must be a string or a list of text parts",
+                ))
+            }
+        };
+        let role = match role {
+            "developer" => "system",
+            "tool" => "user",
+            r => r,
+        };
+        out.push(Message::new(role, &content));
+    }
+    Ok(out)
+}
+
+/// Whether the request asks to skip thinking: `thinking: false`, or DeepSeek/vLLM style
+/// `chat_template_kwargs: {"thinking": false}` (also `enable_thinking`).
+pub fn thinking(o: &Map<String, Value>) -> R<Option<bool>> {
+    if let Some(b) = boolean(o, "thinking")? {
+        return Ok(Some(b));
+    }
+    match o.get("chat_template_kwargs") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(k)) => Ok(boolean(k, "thinking")?.or(boolean(k, "enable_thinking")?)),
+        Some(v) => Err(ApiError::invalid(
+            "chat_template_kwargs",
+            format!("`chat_template_kwargs` must be an object, got {v}"),
+        )),
+    }
+}

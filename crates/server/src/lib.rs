@@ -1,0 +1,655 @@
+//! `whale serve`: an OpenAI/DeepSeek-compatible HTTP server (axum + tokio) in front of one
+//! engine thread that batches every running sequence into each forward pass over a paged,
+//! prefix-cached latent cache.
+
+pub mod api;
+pub mod metrics;
+pub mod scheduler;
+mod vote;
+
+use anyhow::{Context, Result};
+use axum::body::to_bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use whale_engine::tokenizer::primes_reasoning;
+use whale_engine::{ChatTokenizer, FinishReason, GenerateParams};
+use whale_model::paged::BlockPool;
+use whale_model::{Checkpoint, Model};
+
+use api::{ApiError, Common};
+use metrics::Metrics;
+use scheduler::{Engine, EngineConfig, Event, Submit, TokenLogprob};
+
+pub struct Options {
+    pub model: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub max_batch: usize,
+    pub cache_mem: usize,
+    pub max_model_len: Option<usize>,
+    pub api_key: Option<String>,
+    pub dtype: Option<whale_model::Format>,
+    /// tokens per cache block
+    pub block_size: usize,
+    /// largest request body in bytes
+    pub body_limit: usize,
+}
+
+struct AppState {
+    submit: Mutex<Sender<Submit>>,
+    tokenizer: Arc<ChatTokenizer>,
+    name: String,
+    max_model_len: usize,
+    api_key: Option<String>,
+    metrics: Arc<Metrics>,
+    body_limit: usize,
+}
+
+type Shared = Arc<AppState>;
+
+/// Loads the model, starts the engine thread, and returns the router (tests serve it on a
+/// port of their own).
+pub fn app(o: &Options) -> Result<Router> {
+    let mut ck = Checkpoint::open(&o.model)?;
+    ck.dtype = o.dtype;
+    let model = Model::load(&ck)?;
+    let tokenizer = Arc::new(ChatTokenizer::load(&o.model)?);
+    let cfg = &model.config;
+    let max_model_len = o
+        .max_model_len
+        .unwrap_or(cfg.max_position_embeddings)
+        .min(cfg.max_position_embeddings);
+    let n_blocks = BlockPool::blocks_for_bytes(cfg, o.block_size, o.cache_mem);
+    if n_blocks * o.block_size < 16 {
+        anyhow::bail!(
+            "--cache-mem {} holds fewer than 16 tokens of this model's latent cache",
+            o.cache_mem
+        );
+    }
+    let pool = BlockPool::new(cfg, o.block_size, n_blocks);
+    let eos = whale_engine::Engine::eos_for(&o.model, cfg);
+    let metrics = Arc::new(Metrics::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = Engine {
+        model,
+        tokenizer: tokenizer.clone(),
+        eos,
+        pool,
+        cfg: EngineConfig {
+            max_batch: o.max_batch.max(1),
+            max_model_len,
+            prefill_chunk: 256,
+        },
+        metrics: metrics.clone(),
+    };
+    std::thread::Builder::new()
+        .name("whale-engine".into())
+        .spawn(move || engine.run(rx))
+        .context("cannot start the engine thread")?;
+    let name = o
+        .model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "whale".into());
+    let state = Arc::new(AppState {
+        submit: Mutex::new(tx),
+        tokenizer,
+        name,
+        max_model_len,
+        api_key: o.api_key.clone(),
+        metrics,
+        body_limit: o.body_limit,
+    });
+    Ok(Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async {
+            ApiError::plain(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "no such endpoint",
+            )
+        })
+        .with_state(state))
+}
+
+/// Serves until SIGINT or SIGTERM; then stops accepting and lets running streams finish.
+pub async fn serve(o: Options) -> Result<()> {
+    let router = app(&o)?;
+    let addr = format!("{}:{}", o.host, o.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    eprintln!(
+        "whale serve: listening on http://{addr} (model {})",
+        o.model.display()
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let term = async {
+                #[cfg(unix)]
+                if let Ok(mut s) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
+                    s.recv().await;
+                    return;
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term => {},
+            }
+            eprintln!("whale serve: shutting down, draining running requests");
+        })
+        .await?;
+    Ok(())
+}
+
+fn authorize(st: &AppState, req: &Request) -> Result<(), ApiError> {
+    let Some(key) = &st.api_key else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(key.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::plain(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "missing or wrong API key",
+        )
+        .with_code("invalid_api_key"))
+    }
+}
+
+async fn read_json(
+    st: &AppState,
+    req: Request,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    authorize(st, &req)?;
+    let bytes = to_bytes(req.into_body(), st.body_limit)
+        .await
+        .map_err(|_| {
+            ApiError::plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("the request body is larger than {} bytes", st.body_limit),
+            )
+        })?;
+    api::parse_body(&bytes)
+}
+
+async fn models(State(st): State<Shared>, req: Request) -> Response {
+    if let Err(e) = authorize(&st, &req) {
+        return e.into_response();
+    }
+    Json(json!({"object": "list", "data": [{"id": st.name, "object": "model", "created": 0, "owned_by": "whale", "max_model_len": st.max_model_len}]}))
+        .into_response()
+}
+
+async fn metrics_text(State(st): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+/// A request turned into engine work: the prompt, how many samples, their parameters.
+struct Job {
+    prompt: Vec<u32>,
+    primed: bool,
+    chat: bool,
+    common: Common,
+    max_tokens: usize,
+}
+
+fn check_model(st: &AppState, c: &Common) -> Result<(), ApiError> {
+    match &c.model {
+        Some(m) if *m != st.name => Err(ApiError::plain(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "the model `{m}` does not exist; this server serves `{}`",
+                st.name
+            ),
+        )
+        .with_code("model_not_found")),
+        _ => Ok(()),
+    }
+}
+
+fn budget(st: &AppState, prompt: usize, asked: Option<usize>) -> Result<usize, ApiError> {
+    if prompt >= st.max_model_len {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "the prompt has {prompt} tokens; the maximum context length is {} tokens",
+                st.max_model_len
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let room = st.max_model_len - prompt;
+    match asked {
+        Some(m) if m > room => Err(ApiError::invalid(
+            "max_tokens",
+            format!("max_tokens {m} exceeds the {room} tokens left in the context after a {prompt}-token prompt"),
+        )
+        .with_code("context_length_exceeded")),
+        Some(m) => Ok(m),
+        None => Ok(room),
+    }
+}
+
+async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
+    let job = async {
+        let o = read_json(&st, req).await?;
+        let common = api::common(&o, true)?;
+        check_model(&st, &common)?;
+        let messages = api::messages(&o)?;
+        let thinking = api::thinking(&o)?;
+        let extra = match thinking {
+            Some(t) => json!({"thinking": t, "enable_thinking": t}),
+            None => Value::Null,
+        };
+        let mut text = st
+            .tokenizer
+            .render_chat(&messages, true, &extra)
+            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        let mut primed = primes_reasoning(&text);
+        if thinking == Some(false) && primed {
+            // the template opened a think block it cannot skip: close it empty
+            text.push_str("</think>\n\n");
+            primed = false;
+        }
+        let prompt = st
+            .tokenizer
+            .encode(&text)
+            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        let max_tokens = budget(&st, prompt.len(), common.max_tokens)?;
+        Ok::<Job, ApiError>(Job {
+            prompt,
+            primed,
+            chat: true,
+            common,
+            max_tokens,
+        })
+    }
+    .await;
+    match job {
+        Ok(j) => run(st, j).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions(State(st): State<Shared>, req: Request) -> Response {
+    let job = async {
+        let o = read_json(&st, req).await?;
+        let common = api::common(&o, false)?;
+        check_model(&st, &common)?;
+        if common.vote {
+            return Err(ApiError::invalid(
+                "whale_vote",
+                "whale_vote is available on chat completions",
+            ));
+        }
+        let prompt = match o.get("prompt") {
+            Some(Value::String(s)) => st
+                .tokenizer
+                .encode_prompt(s)
+                .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?,
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => st
+                .tokenizer
+                .encode_prompt(a[0].as_str().unwrap())
+                .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?,
+            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|x| x.is_u64()) => {
+                a.iter().map(|x| x.as_u64().unwrap() as u32).collect()
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    "`prompt` must be a string or a list of token ids",
+                ))
+            }
+        };
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
+        }
+        let max_tokens = budget(
+            &st,
+            prompt.len(),
+            common
+                .max_tokens
+                .or(Some(16))
+                .map(|m| m.min(st.max_model_len)),
+        )
+        .or_else(|e| {
+            if e.param.as_deref() == Some("max_tokens") && common.max_tokens.is_none() {
+                budget(&st, prompt.len(), None)
+            } else {
+                Err(e)
+            }
+        })?;
+        Ok(Job {
+            prompt,
+            primed: false,
+            chat: false,
+            common,
+            max_tokens,
+        })
+    }
+    .await;
+    match job {
+        Ok(j) => run(st, j).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn request_id(chat: bool) -> String {
+    let r: u64 = rand::random();
+    format!("{}-{r:016x}", if chat { "chatcmpl" } else { "cmpl" })
+}
+
+/// Submits the job's `n` samples and answers, streamed or whole.
+async fn run(st: Shared, job: Job) -> Response {
+    let mut receivers = Vec::with_capacity(job.common.n);
+    {
+        let tx = st.submit.lock().unwrap();
+        for i in 0..job.common.n {
+            let (etx, erx) = unbounded_channel();
+            let mut sampling = job.common.sampling.clone();
+            sampling.seed = sampling.seed.map(|s| s.wrapping_add(i as u64));
+            let submit = Submit {
+                prompt: job.prompt.clone(),
+                primed: job.primed,
+                split_reasoning: job.chat,
+                params: GenerateParams {
+                    max_tokens: job.max_tokens,
+                    sampling,
+                    stop: job.common.stop.clone(),
+                    ignore_eos: job.common.ignore_eos,
+                },
+                top_logprobs: job.common.top_logprobs,
+                events: etx,
+            };
+            if tx.send(submit).is_err() {
+                return ApiError::plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "the engine has stopped",
+                )
+                .into_response();
+            }
+            receivers.push(erx);
+        }
+    }
+    st.metrics.requests.inc();
+    st.metrics.prompt_tokens.add(job.prompt.len() as u64);
+    if job.common.stream {
+        if job.common.vote {
+            return ApiError::invalid("whale_vote", "whale_vote needs `stream: false`")
+                .into_response();
+        }
+        stream_response(st, job, receivers).into_response()
+    } else {
+        whole_response(st, job, receivers).await
+    }
+}
+
+fn logprob_json(st: &AppState, lp: &TokenLogprob) -> Value {
+    let tok = |id: u32| st.tokenizer.decode(&[id]).unwrap_or_default();
+    json!({
+        "token": tok(lp.id),
+        "logprob": lp.logprob,
+        "bytes": tok(lp.id).into_bytes(),
+        "top_logprobs": lp.top.iter().map(|&(id, l)| json!({"token": tok(id), "logprob": l, "bytes": tok(id).into_bytes()})).collect::<Vec<_>>(),
+    })
+}
+
+#[derive(Default, Clone)]
+struct Choice {
+    reasoning: String,
+    content: String,
+    logprobs: Vec<Value>,
+    finish: Option<FinishReason>,
+    completion_tokens: usize,
+    cached: usize,
+    error: Option<String>,
+}
+
+fn usage(prompt: usize, choices: &[Choice]) -> Value {
+    let completion: usize = choices.iter().map(|c| c.completion_tokens).sum();
+    // prompt tokens are counted once; the cache hit is the first sample's
+    let cached = choices.first().map(|c| c.cached).unwrap_or(0);
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_cache_hit_tokens": cached,
+        "prompt_cache_miss_tokens": prompt - cached,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
+}
+
+async fn whole_response(
+    st: Shared,
+    job: Job,
+    receivers: Vec<UnboundedReceiver<Event>>,
+) -> Response {
+    let mut choices = vec![Choice::default(); receivers.len()];
+    for (c, mut rx) in choices.iter_mut().zip(receivers) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Delta {
+                    reasoning,
+                    content,
+                    logprob,
+                } => {
+                    c.reasoning.push_str(&reasoning);
+                    c.content.push_str(&content);
+                    if let Some(lp) = logprob {
+                        c.logprobs.push(logprob_json(&st, &lp));
+                    }
+                }
+                Event::Done {
+                    finish,
+                    completion_tokens,
+                    cached_tokens,
+                    ..
+                } => {
+                    c.finish = Some(finish);
+                    c.completion_tokens = completion_tokens;
+                    c.cached = cached_tokens;
+                    break;
+                }
+                Event::Error(e) => {
+                    c.error = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(e) = choices.iter().find_map(|c| c.error.clone()) {
+        return ApiError::plain(StatusCode::SERVICE_UNAVAILABLE, "server_error", e).into_response();
+    }
+    let id = request_id(job.chat);
+    let body_choices: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let finish = c.finish.map(|f| f.as_str()).unwrap_or("stop");
+            let logprobs = job.common.top_logprobs.map(|_| json!({"content": c.logprobs}));
+            if job.chat {
+                json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.content.trim_start(), "reasoning_content": if job.primed || !c.reasoning.is_empty() { Some(c.reasoning.trim()) } else { None }},
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                })
+            } else {
+                json!({"index": i, "text": c.content, "logprobs": logprobs, "finish_reason": finish})
+            }
+        })
+        .collect();
+    let mut body = json!({
+        "id": id,
+        "object": if job.chat { "chat.completion" } else { "text_completion" },
+        "created": now(),
+        "model": st.name,
+        "choices": body_choices,
+        "usage": usage(job.prompt.len(), &choices),
+    });
+    if job.common.vote {
+        let answers: Vec<&str> = choices.iter().map(|c| c.content.as_str()).collect();
+        body["whale_vote"] = vote::majority(&answers);
+    }
+    Json(body).into_response()
+}
+
+fn stream_response(
+    st: Shared,
+    job: Job,
+    receivers: Vec<UnboundedReceiver<Event>>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let n = receivers.len();
+    let merged = stream::select_all(
+        receivers
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |e| (i, e))),
+    );
+    let id = request_id(job.chat);
+    let created = now();
+    let object = if job.chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
+    let chunk = move |choices: Value, usage: Option<Value>| {
+        let mut v = json!({"id": id, "object": object, "created": created, "model": st.name, "choices": choices});
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        SseEvent::default().data(v.to_string())
+    };
+    struct S<M> {
+        merged: M,
+        choices: Vec<Choice>,
+        started: Vec<bool>,
+        finished: usize,
+        ended: bool,
+    }
+    let state = S {
+        merged,
+        choices: vec![Choice::default(); n],
+        started: vec![false; n],
+        finished: 0,
+        ended: false,
+    };
+    let chat = job.chat;
+    let include_usage = job.common.include_usage;
+    let prompt_len = job.prompt.len();
+    let st2 = job.common.top_logprobs.is_some();
+    let events = stream::unfold(state, move |mut s| {
+        let chunk = chunk.clone();
+        async move {
+            if s.ended {
+                return None;
+            }
+            let mut out: Vec<SseEvent> = Vec::new();
+            loop {
+                let Some((i, ev)) = s.merged.next().await else {
+                    // every sample ended (or the engine went away)
+                    if include_usage {
+                        out.push(chunk(json!([]), Some(usage(prompt_len, &s.choices))));
+                    }
+                    out.push(SseEvent::default().data("[DONE]"));
+                    s.ended = true;
+                    break;
+                };
+                match ev {
+                    Event::Delta {
+                        reasoning,
+                        content,
+                        logprob,
+                    } => {
+                        if reasoning.is_empty() && content.is_empty() && logprob.is_none() {
+                            continue;
+                        }
+                        let lp = if st2 { logprob.map(|l| vec![l]) } else { None };
+                        let choice = if chat {
+                            let mut delta = json!({});
+                            if !s.started[i] {
+                                delta["role"] = json!("assistant");
+                                s.started[i] = true;
+                            }
+                            if !reasoning.is_empty() {
+                                delta["reasoning_content"] = json!(reasoning);
+                            }
+                            if !content.is_empty() {
+                                delta["content"] = json!(content);
+                            }
+                            json!({"index": i, "delta": delta, "logprobs": lp.map(|l| json!({"content": l.iter().map(|x| json!({"token_id": x.id, "logprob": x.logprob})).collect::<Vec<_>>()})), "finish_reason": null})
+                        } else {
+                            json!({"index": i, "text": content, "logprobs": null, "finish_reason": null})
+                        };
+                        out.push(chunk(json!([choice]), None));
+                        break;
+                    }
+                    Event::Done {
+                        finish,
+                        completion_tokens,
+                        cached_tokens,
+                        ..
+                    } => {
+                        s.choices[i].completion_tokens = completion_tokens;
+                        s.choices[i].cached = cached_tokens;
+                        s.finished += 1;
+                        let choice = if chat {
+                            json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": finish.as_str()})
+                        } else {
+                            json!({"index": i, "text": "", "logprobs": null, "finish_reason": finish.as_str()})
+                        };
+                        out.push(chunk(json!([choice]), None));
+                        break;
+                    }
+                    Event::Error(e) => {
+                        out.push(SseEvent::default().data(json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}}).to_string()));
+                        break;
+                    }
+                }
+            }
+            Some((stream::iter(out.into_iter().map(Ok::<_, Infallible>)), s))
+        }
+    })
+    .flatten();
+    Sse::new(events)
+}

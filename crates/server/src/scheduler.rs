@@ -1,0 +1,424 @@
+//! The engine loop: one thread owns the model and the block pool. Between steps it admits
+//! waiting requests; every step runs all running sequences through one batched forward pass
+//! (decode tokens plus chunks of prompts being prefilled), samples, and streams events back.
+//! When the pool is full, new requests wait; a decode that cannot get a block preempts the
+//! newest running sequence, which is recomputed later.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+use whale_engine::reasoning::{Part, ReasoningSplitter};
+use whale_engine::sampler::Sampler;
+use whale_engine::stream::{StopMatcher, StreamDecoder};
+use whale_engine::{ChatTokenizer, FinishReason, GenerateParams};
+use whale_model::paged::{BlockPool, PagedBatch, SeqBlocks};
+use whale_model::{AttentionForm, Model};
+
+use crate::metrics::Metrics;
+
+/// What the HTTP side hands the engine.
+pub struct Submit {
+    pub prompt: Vec<u32>,
+    /// the rendered prompt opens a `<think>` block
+    pub primed: bool,
+    /// split the output at `</think>` into reasoning and content (chat); false: all content
+    pub split_reasoning: bool,
+    pub params: GenerateParams,
+    pub top_logprobs: Option<usize>,
+    pub events: UnboundedSender<Event>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// text released by one step, split into reasoning and answer
+    Delta {
+        reasoning: String,
+        content: String,
+        logprob: Option<TokenLogprob>,
+    },
+    Done {
+        finish: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        cached_tokens: usize,
+    },
+    Error(String),
+}
+
+pub struct EngineConfig {
+    pub max_batch: usize,
+    pub max_model_len: usize,
+    /// prompt tokens prefilled per step across all sequences (chunked prefill)
+    pub prefill_chunk: usize,
+}
+
+struct Seq {
+    /// tokens that must be in the cache before `pending` (prompt, then fed generations)
+    ctx: Vec<u32>,
+    prompt_len: usize,
+    /// sampled but not yet fed through the model
+    pending: Option<u32>,
+    blocks: SeqBlocks,
+    generated: usize,
+    cached_tokens: usize,
+    sampler: Sampler,
+    params: GenerateParams,
+    top_logprobs: Option<usize>,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    splitter: Option<ReasoningSplitter>,
+    events: UnboundedSender<Event>,
+    started: Instant,
+    last_token: Option<Instant>,
+    admitted_once: bool,
+}
+
+impl Seq {
+    fn new(s: Submit) -> Self {
+        Seq {
+            prompt_len: s.prompt.len(),
+            ctx: s.prompt,
+            pending: None,
+            blocks: SeqBlocks::default(),
+            generated: 0,
+            cached_tokens: 0,
+            sampler: Sampler::new(s.params.sampling.clone()),
+            stops: StopMatcher::new(s.params.stop.clone()),
+            splitter: s.split_reasoning.then(|| ReasoningSplitter::new(s.primed)),
+            params: s.params,
+            top_logprobs: s.top_logprobs,
+            decoder: StreamDecoder::default(),
+            events: s.events,
+            started: Instant::now(),
+            last_token: None,
+            admitted_once: false,
+        }
+    }
+
+    fn split(&mut self, text: &str) -> Vec<Part> {
+        match &mut self.splitter {
+            Some(sp) => sp.push(text),
+            None if text.is_empty() => vec![],
+            None => vec![Part::Answer(text.to_string())],
+        }
+    }
+
+    fn split_finish(&mut self) -> Vec<Part> {
+        self.splitter
+            .as_mut()
+            .map(|sp| sp.finish())
+            .unwrap_or_default()
+    }
+
+    /// Tokens of `ctx` already in the cache.
+    fn in_cache(&self) -> usize {
+        self.blocks.len
+    }
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z = logits.iter().map(|&x| (x - m).exp()).sum::<f32>().ln() + m;
+    logits.iter().map(|&x| x - z).collect()
+}
+
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: Arc<ChatTokenizer>,
+    pub eos: Vec<u32>,
+    pub pool: BlockPool,
+    pub cfg: EngineConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    /// Runs until every sender of `rx` is gone and no sequence is left.
+    pub fn run(mut self, rx: Receiver<Submit>) {
+        let mut waiting: VecDeque<Seq> = VecDeque::new();
+        let mut running: Vec<Seq> = Vec::new();
+        let mut open = true;
+        loop {
+            // take new requests; block only when there is nothing to do
+            loop {
+                let next = if running.is_empty() && waiting.is_empty() {
+                    if !open {
+                        return;
+                    }
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(s) => Some(s),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            open = false;
+                            None
+                        }
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(s) => Some(s),
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                };
+                match next {
+                    Some(s) => waiting.push_back(Seq::new(s)),
+                    None => break,
+                }
+            }
+            // cancelled requests leave at once and free their blocks
+            running.retain_mut(|s| {
+                let gone = s.events.is_closed();
+                if gone {
+                    self.pool.finish(&mut s.blocks);
+                    self.metrics.cancelled.inc();
+                }
+                !gone
+            });
+            waiting.retain(|s| !s.events.is_closed());
+            // admit in arrival order while there is room in the batch and the pool
+            while running.len() < self.cfg.max_batch {
+                let Some(mut s) = waiting.pop_front() else {
+                    break;
+                };
+                let (blocks, hit) = self.pool.start(&s.ctx);
+                s.blocks = blocks;
+                if !s.admitted_once {
+                    s.cached_tokens = hit;
+                    s.admitted_once = true;
+                    self.metrics.prefix_lookup(s.ctx.len(), hit);
+                }
+                // the first chunk must fit; otherwise wait for blocks to come back
+                let first = (s.ctx.len() - s.in_cache())
+                    .min(self.cfg.prefill_chunk)
+                    .max(1);
+                if !self.pool.reserve(&mut s.blocks, first) {
+                    self.pool.finish(&mut s.blocks);
+                    if running.is_empty() {
+                        let _ = s.events.send(Event::Error(
+                            "the prompt does not fit in the cache pool (raise --cache-mem)".into(),
+                        ));
+                    } else {
+                        waiting.push_front(s);
+                    }
+                    break;
+                }
+                running.push(s);
+            }
+            self.metrics.set_queue(
+                running.len(),
+                waiting.len(),
+                self.pool.used(),
+                self.pool.available(),
+            );
+            if running.is_empty() {
+                continue;
+            }
+            self.step(&mut running, &mut waiting);
+        }
+    }
+
+    /// One batched forward pass over every running sequence.
+    fn step(&mut self, running: &mut Vec<Seq>, waiting: &mut VecDeque<Seq>) {
+        // what each sequence feeds this step
+        let mut budget = self.cfg.prefill_chunk;
+        let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(running.len());
+        let mut i = 0;
+        while i < running.len() {
+            let s = &running[i];
+            let feed: Vec<u32> = if s.in_cache() < s.ctx.len() {
+                let n = (s.ctx.len() - s.in_cache()).min(budget.max(1));
+                budget = budget.saturating_sub(n);
+                s.ctx[s.in_cache()..s.in_cache() + n].to_vec()
+            } else {
+                vec![s
+                    .pending
+                    .expect("a sequence with its context cached has a pending token")]
+            };
+            if !self.pool.reserve(&mut running[i].blocks, feed.len()) {
+                // preempt the newest other sequence and retry; alone and still short: give up
+                if running.len() > 1 {
+                    let victim = if i == running.len() - 1 {
+                        i - 1
+                    } else {
+                        running.len() - 1
+                    };
+                    let mut v = running.remove(victim);
+                    self.pool.finish(&mut v.blocks);
+                    self.metrics.preempted.inc();
+                    waiting.push_front(v);
+                    if victim < i {
+                        feeds.remove(victim);
+                        i -= 1;
+                    }
+                    continue;
+                }
+                let mut s = running.remove(i);
+                self.pool.finish(&mut s.blocks);
+                let _ = s.events.send(Event::Error(
+                    "the sequence no longer fits in the cache pool".into(),
+                ));
+                continue;
+            }
+            feeds.push(feed);
+            i += 1;
+        }
+        if running.is_empty() {
+            return;
+        }
+        let d = self.model.config.hidden_size;
+        let feed_refs: Vec<&[u32]> = feeds.iter().map(|f| f.as_slice()).collect();
+        let result = {
+            let mut batch = PagedBatch::new(
+                &mut self.pool,
+                running.iter_mut().map(|s| &mut s.blocks).collect(),
+                feed_refs.clone(),
+            );
+            self.model
+                .forward_batch(&feed_refs, &mut batch, AttentionForm::Auto)
+        };
+        let h = match result {
+            Ok(h) => h,
+            Err(e) => {
+                for mut s in running.drain(..) {
+                    self.pool.finish(&mut s.blocks);
+                    let _ = s.events.send(Event::Error(format!("{e:#}")));
+                }
+                return;
+            }
+        };
+        // sequences whose context is now complete get logits and a new token
+        let mut end = 0;
+        let mut rows = Vec::new();
+        let mut who = Vec::new();
+        for (i, (s, f)) in running.iter_mut().zip(&feeds).enumerate() {
+            end += f.len();
+            if s.pending.is_some() && s.in_cache() == s.ctx.len() + 1 {
+                // the pending token went in: it joins the context
+                let t = s.pending.take().unwrap();
+                s.ctx.push(t);
+            }
+            if s.in_cache() == s.ctx.len() && s.pending.is_none() {
+                rows.extend_from_slice(&h[(end - 1) * d..end * d]);
+                who.push(i);
+            }
+        }
+        if !who.is_empty() {
+            let logits = self.model.logits(&rows);
+            let v = self.model.config.vocab_size;
+            let mut done = vec![false; running.len()];
+            for (k, &i) in who.iter().enumerate() {
+                done[i] = self.emit(&mut running[i], &logits[k * v..(k + 1) * v]);
+            }
+            let mut i = 0;
+            running.retain_mut(|s| {
+                let keep = !done[i];
+                i += 1;
+                if !keep {
+                    self.pool.finish(&mut s.blocks);
+                }
+                keep
+            });
+        }
+    }
+
+    /// Samples the next token of `s` and streams what it releases; true when `s` is finished.
+    fn emit(&mut self, s: &mut Seq, logits: &[f32]) -> bool {
+        let tok = s.sampler.sample(logits);
+        let now = Instant::now();
+        match s.last_token {
+            None => self
+                .metrics
+                .ttft
+                .observe(now.duration_since(s.started).as_secs_f64()),
+            Some(t) => self
+                .metrics
+                .itl
+                .observe(now.duration_since(t).as_secs_f64()),
+        }
+        s.last_token = Some(now);
+        let finish = |s: &mut Seq, m: &Metrics, reason: FinishReason, events: &mut Vec<Event>| {
+            let rest = s.stops.finish();
+            let mut parts = s.split(&rest);
+            parts.extend(s.split_finish());
+            events.push(delta(parts, None));
+            events.push(Event::Done {
+                finish: reason,
+                prompt_tokens: s.prompt_len,
+                completion_tokens: s.generated,
+                cached_tokens: s.cached_tokens,
+            });
+            m.requests_done.inc();
+        };
+        let mut events = Vec::new();
+        let mut finished = false;
+        if !s.params.ignore_eos && self.eos.contains(&tok) {
+            finish(s, &self.metrics, FinishReason::Stop, &mut events);
+            finished = true;
+        } else {
+            s.generated += 1;
+            self.metrics.generated_tokens.inc();
+            let logprob = s.top_logprobs.map(|k| {
+                let lp = log_softmax(logits);
+                let mut top: Vec<(u32, f32)> =
+                    lp.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+                top.sort_by(|a, b| b.1.total_cmp(&a.1));
+                top.truncate(k);
+                TokenLogprob {
+                    id: tok,
+                    logprob: lp[tok as usize],
+                    top,
+                }
+            });
+            let text = s.decoder.push(&self.tokenizer, tok).unwrap_or_default();
+            let (safe, hit) = s.stops.push(&text);
+            let parts = s.split(&safe);
+            events.push(delta(parts, logprob));
+            let total = s.ctx.len() + 1;
+            if hit {
+                finish(s, &self.metrics, FinishReason::Stop, &mut events);
+                finished = true;
+            } else if s.generated >= s.params.max_tokens || total >= self.cfg.max_model_len {
+                finish(s, &self.metrics, FinishReason::Length, &mut events);
+                finished = true;
+            } else {
+                s.pending = Some(tok);
+            }
+        }
+        for e in events {
+            if s.events.send(e).is_err() {
+                // the client is gone
+                if !finished {
+                    self.metrics.cancelled.inc();
+                }
+                return true;
+            }
+        }
+        finished
+    }
+}
+
+fn delta(parts: Vec<Part>, logprob: Option<TokenLogprob>) -> Event {
+    let (mut reasoning, mut content) = (String::new(), String::new());
+    for p in parts {
+        match p {
+            Part::Reasoning(t) => reasoning.push_str(&t),
+            Part::Answer(t) => content.push_str(&t),
+        }
+    }
+    Event::Delta {
+        reasoning,
+        content,
+        logprob,
+    }
+}

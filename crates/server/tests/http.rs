@@ -1,0 +1,376 @@
+//! The real server on a loopback port, driven over raw HTTP: OpenAI shapes, streaming,
+//! batching that never changes greedy results, prefix-cache hits, cancellation that frees
+//! blocks, and every bad input answered with the OpenAI error JSON and a 4xx status.
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fixtures/tiny-v3")
+}
+
+/// Starts a server on a free port in a background runtime; returns its address.
+fn start(api_key: Option<&str>, max_model_len: Option<usize>, cache_mem: usize) -> String {
+    let opts = whale_server::Options {
+        model: fixture(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        max_batch: 8,
+        cache_mem,
+        max_model_len,
+        api_key: api_key.map(String::from),
+        dtype: None,
+        block_size: 4,
+        body_limit: 64 << 10,
+    };
+    let router = whale_server::app(&opts).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap().to_string()).unwrap();
+            axum::serve(l, router).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + size]);
+        b = &b[nl + 2 + size + 2..];
+    }
+}
+
+/// (status, body) of one request.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+fn post(addr: &str, path: &str, v: &Value) -> (u16, Value) {
+    let (s, b) = http(addr, "POST", path, v.to_string().as_bytes(), &[]);
+    (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+}
+
+fn chat(q: &str, max: usize) -> Value {
+    json!({"model": "tiny-v3", "messages": [{"role": "user", "content": q}], "max_tokens": max, "temperature": 0})
+}
+
+/// What the engine alone gives for the same chat, greedy.
+fn solo(q: &str, max: usize) -> (String, String) {
+    let e = whale_engine::Engine::load(&fixture(), true).unwrap();
+    let p = whale_engine::GenerateParams {
+        max_tokens: max,
+        ..Default::default()
+    };
+    let g = e
+        .chat(&[whale_engine::Message::new("user", q)], &p, |_| {})
+        .unwrap();
+    (g.reasoning, g.answer)
+}
+
+#[test]
+fn chat_completion_shape_and_greedy_text_match_the_engine() {
+    let addr = start(None, None, 8 << 20);
+    let (s, v) = post(&addr, "/v1/chat/completions", &chat("What is 12 + 30?", 12));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    let m = &v["choices"][0]["message"];
+    let (r, a) = solo("What is 12 + 30?", 12);
+    assert_eq!(m["reasoning_content"].as_str().unwrap(), r.trim());
+    assert_eq!(m["content"].as_str().unwrap(), a.trim_start());
+    let u = &v["usage"];
+    assert_eq!(u["completion_tokens"], 12);
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["prompt_tokens"].as_u64().unwrap() + 12)
+    );
+    assert_eq!(
+        u["prompt_cache_hit_tokens"].as_u64().unwrap()
+            + u["prompt_cache_miss_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap()
+    );
+    let (s, v) = http(&addr, "GET", "/v1/models", b"", &[]);
+    assert_eq!(s, 200);
+    assert!(v.contains("tiny-v3"));
+    let (s, _) = http(&addr, "GET", "/health", b"", &[]);
+    assert_eq!(s, 200);
+}
+
+#[test]
+fn streaming_carries_the_same_text_and_ends_with_done() {
+    let addr = start(None, None, 8 << 20);
+    let mut req = chat("Tell me about latent attention", 16);
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let (s, body) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        req.to_string().as_bytes(),
+        &[],
+    );
+    assert_eq!(s, 200);
+    let datas: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(*datas.last().unwrap(), "[DONE]");
+    let (mut r, mut a) = (String::new(), String::new());
+    let mut finish = None;
+    let mut usage = None;
+    for d in &datas[..datas.len() - 1] {
+        let v: Value = serde_json::from_str(d).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+        if let Some(c) = v["choices"].get(0) {
+            r += c["delta"]["reasoning_content"].as_str().unwrap_or("");
+            a += c["delta"]["content"].as_str().unwrap_or("");
+            if !c["finish_reason"].is_null() {
+                finish = Some(c["finish_reason"].clone());
+            }
+        } else {
+            usage = Some(v["usage"].clone());
+        }
+    }
+    let (sr, sa) = solo("Tell me about latent attention", 16);
+    assert_eq!((r, a), (sr, sa));
+    assert_eq!(finish, Some(json!("length")));
+    assert_eq!(usage.unwrap()["completion_tokens"], 16);
+}
+
+#[test]
+fn concurrent_requests_get_exactly_their_solo_results() {
+    let addr = start(None, None, 8 << 20);
+    let qs: Vec<String> = (0..8)
+        .map(|i| format!("Question number {i}: what is {} + {}?", i * 7, 30 - i))
+        .collect();
+    let handles: Vec<_> = qs
+        .iter()
+        .map(|q| {
+            let (addr, q) = (addr.clone(), q.clone());
+            std::thread::spawn(move || {
+                post(&addr, "/v1/chat/completions", &chat(&q, 10 + q.len() % 5))
+            })
+        })
+        .collect();
+    for (q, h) in qs.iter().zip(handles) {
+        let (s, v) = h.join().unwrap();
+        assert_eq!(s, 200);
+        let (r, a) = solo(q, 10 + q.len() % 5);
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["reasoning_content"].as_str().unwrap(), r.trim(), "{q}");
+        assert_eq!(m["content"].as_str().unwrap(), a.trim_start(), "{q}");
+    }
+}
+
+#[test]
+fn a_repeated_system_prompt_hits_the_prefix_cache() {
+    let addr = start(None, None, 8 << 20);
+    let system = "You are whale, a careful assistant. Think step by step about every question and answer briefly. ".repeat(3);
+    let ask = |q: &str| json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}], "max_tokens": 2, "temperature": 0});
+    let (_, a) = post(&addr, "/v1/chat/completions", &ask("What is 1 + 1?"));
+    assert_eq!(a["usage"]["prompt_cache_hit_tokens"], 0);
+    let (_, b) = post(&addr, "/v1/chat/completions", &ask("What is 2 + 2?"));
+    let hit = b["usage"]["prompt_cache_hit_tokens"].as_u64().unwrap();
+    assert!(hit > 40, "{b}");
+    assert_eq!(hit % 4, 0, "whole blocks only");
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let (_, m) = http(addr, "GET", "/metrics", b"", &[]);
+    m.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_disconnects_frees_its_blocks() {
+    let addr = start(None, None, 8 << 20);
+    let mut req = chat("Write a long story", 200);
+    req["stream"] = json!(true);
+    req["ignore_eos"] = json!(true);
+    let body = req.to_string();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut buf = [0u8; 512];
+    let _ = s.read(&mut buf).unwrap(); // the stream has started
+    drop(s);
+    let t = Instant::now();
+    while metric(&addr, "whale_cache_blocks_used") > 0.0
+        || metric(&addr, "whale_running_sequences") > 0.0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "blocks were not freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(&addr, "whale_requests_cancelled_total"), 1.0);
+    // it stopped early rather than running to its 200 tokens
+    assert!(metric(&addr, "whale_generation_tokens_total") < 200.0);
+    assert_eq!(metric(&addr, "whale_requests_finished_total"), 0.0);
+}
+
+#[test]
+fn completions_and_the_vote_extension() {
+    let addr = start(None, None, 8 << 20);
+    let (s, v) = post(
+        &addr,
+        "/v1/completions",
+        &json!({"prompt": "What is 12 + 30?", "max_tokens": 5, "temperature": 0}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    let mut req = chat("What is 12 + 30?", 6);
+    req["n"] = json!(3);
+    req["temperature"] = json!(0.9);
+    req["seed"] = json!(1);
+    req["whale_vote"] = json!(true);
+    let (s, v) = post(&addr, "/v1/chat/completions", &req);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 3);
+    let counts: u64 = v["whale_vote"]["votes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counts, 3);
+}
+
+fn assert_error(r: (u16, Value), status: u16, param: &str) {
+    assert_eq!(r.0, status, "{}", r.1);
+    let e = &r.1["error"];
+    assert!(e["message"].is_string() && e["type"].is_string(), "{}", r.1);
+    if !param.is_empty() {
+        assert_eq!(e["param"], param, "{}", r.1);
+    }
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let addr = start(Some("sesame"), Some(64), 8 << 20);
+    let auth = [("Authorization", "Bearer sesame")];
+    let send = |v: &Value| {
+        let (s, b) = http(
+            &addr,
+            "POST",
+            "/v1/chat/completions",
+            v.to_string().as_bytes(),
+            &auth,
+        );
+        (s, serde_json::from_str::<Value>(&b).unwrap())
+    };
+    // authentication
+    let (s, b) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        chat("hi", 2).to_string().as_bytes(),
+        &[],
+    );
+    assert_error((s, serde_json::from_str(&b).unwrap()), 401, "");
+    let (s, b) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        chat("hi", 2).to_string().as_bytes(),
+        &[("Authorization", "Bearer nope")],
+    );
+    assert_error((s, serde_json::from_str(&b).unwrap()), 401, "");
+    assert_eq!(send(&chat("hi", 2)).0, 200);
+    // malformed JSON and wrong types
+    let (s, b) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        b"{\"messages\": [",
+        &auth,
+    );
+    assert_error((s, serde_json::from_str(&b).unwrap()), 400, "body");
+    let mut v = chat("hi", 2);
+    v["temperature"] = json!("hot");
+    assert_error(send(&v), 400, "temperature");
+    let mut v = chat("hi", 2);
+    v["messages"] = json!("hello");
+    assert_error(send(&v), 400, "messages");
+    let mut v = chat("hi", 2);
+    v["messages"] = json!([]);
+    assert_error(send(&v), 400, "messages");
+    let mut v = chat("hi", 2);
+    v["messages"] = json!([{"role": "wizard", "content": "x"}]);
+    assert_error(send(&v), 400, "messages[0].role");
+    let mut v = chat("hi", 2);
+    v["model"] = json!("gpt-17");
+    assert_error(send(&v), 404, "");
+    // limits
+    let long = "word ".repeat(100);
+    assert_error(send(&chat(&long, 2)), 400, "messages");
+    assert_error(send(&chat("hi", 60)), 400, "max_tokens");
+    let mut v = chat("hi", 2);
+    v["n"] = json!(99);
+    assert_error(send(&v), 400, "n");
+    let mut v = chat("hi", 2);
+    v["logprobs"] = json!(true);
+    v["top_logprobs"] = json!(50);
+    assert_error(send(&v), 400, "top_logprobs");
+    let big = json!({"messages": [{"role": "user", "content": "x".repeat(100_000)}]});
+    let (s, b) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        big.to_string().as_bytes(),
+        &auth,
+    );
+    assert_error((s, serde_json::from_str(&b).unwrap()), 413, "");
+    // and the server is still fine
+    let (s, v) = send(&chat("hi", 3));
+    assert_eq!(s, 200, "{v}");
+}
