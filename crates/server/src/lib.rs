@@ -381,6 +381,7 @@ fn request_id(chat: bool) -> String {
 /// Submits the job's `n` samples and answers, streamed or whole.
 async fn run(st: Shared, job: Job) -> Response {
     let mut receivers = Vec::with_capacity(job.common.n);
+    let group: u64 = rand::random();
     {
         let tx = st.submit.lock().unwrap();
         for i in 0..job.common.n {
@@ -399,6 +400,7 @@ async fn run(st: Shared, job: Job) -> Response {
                 },
                 top_logprobs: job.common.top_logprobs,
                 events: etx,
+                group,
             };
             if tx.send(submit).is_err() {
                 return ApiError::plain(

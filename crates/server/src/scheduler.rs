@@ -28,6 +28,9 @@ pub struct Submit {
     pub params: GenerateParams,
     pub top_logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
+    /// samples of one request share a group: later ones start once the first has its prompt
+    /// in the cache, so they reuse its full prefix blocks instead of recomputing them
+    pub group: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +83,7 @@ struct Seq {
     started: Instant,
     last_token: Option<Instant>,
     admitted_once: bool,
+    group: u64,
 }
 
 impl Seq {
@@ -101,6 +105,7 @@ impl Seq {
             started: Instant::now(),
             last_token: None,
             admitted_once: false,
+            group: s.group,
         }
     }
 
@@ -188,9 +193,16 @@ impl Engine {
             waiting.retain(|s| !s.events.is_closed());
             // admit in arrival order while there is room in the batch and the pool
             while running.len() < self.cfg.max_batch {
-                let Some(mut s) = waiting.pop_front() else {
+                // a sibling still prefilling the same prompt: wait for its blocks
+                let sibling_busy = |w: &Seq| {
+                    running
+                        .iter()
+                        .any(|r| r.group == w.group && r.in_cache() < r.prompt_len)
+                };
+                let Some(pos) = waiting.iter().position(|w| !sibling_busy(w)) else {
                     break;
                 };
+                let mut s = waiting.remove(pos).expect("position is in range");
                 let (blocks, hit) = self.pool.start(&s.ctx);
                 s.blocks = blocks;
                 if !s.admitted_once {

@@ -14,11 +14,20 @@ fn fixture() -> PathBuf {
 
 /// Starts a server on a free port in a background runtime; returns its address.
 fn start(api_key: Option<&str>, max_model_len: Option<usize>, cache_mem: usize) -> String {
+    start_with(api_key, max_model_len, cache_mem, 8)
+}
+
+fn start_with(
+    api_key: Option<&str>,
+    max_model_len: Option<usize>,
+    cache_mem: usize,
+    max_batch: usize,
+) -> String {
     let opts = whale_server::Options {
         model: fixture(),
         host: "127.0.0.1".into(),
         port: 0,
-        max_batch: 8,
+        max_batch,
         cache_mem,
         max_model_len,
         api_key: api_key.map(String::from),
@@ -276,6 +285,11 @@ fn completions_and_the_vote_extension() {
     let (s, v) = post(&addr, "/v1/chat/completions", &req);
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["choices"].as_array().unwrap().len(), 3);
+    // the three samples share the prompt: the later two reuse its full blocks
+    assert!(
+        metric(&addr, "whale_prefix_cache_hit_tokens_total") >= 8.0,
+        "samples did not share the prefix"
+    );
     let counts: u64 = v["whale_vote"]["votes"]
         .as_array()
         .unwrap()
@@ -373,4 +387,108 @@ fn bad_requests_get_openai_errors() {
     // and the server is still fine
     let (s, v) = send(&chat("hi", 3));
     assert_eq!(s, 200, "{v}");
+}
+
+/// Reads a streamed chat response and returns (reasoning, content, finish_reason, saw [DONE]).
+fn read_stream(body: &str) -> (String, String, Option<String>, bool) {
+    let (mut r, mut a, mut f, mut done) = (String::new(), String::new(), None, false);
+    for d in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if d == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(d).unwrap();
+        if let Some(c) = v["choices"].get(0) {
+            r += c["delta"]["reasoning_content"].as_str().unwrap_or("");
+            a += c["delta"]["content"].as_str().unwrap_or("");
+            if let Some(x) = c["finish_reason"].as_str() {
+                f = Some(x.to_string());
+            }
+        }
+    }
+    (r, a, f, done)
+}
+
+#[test]
+fn sixty_four_streaming_clients_under_a_small_cache() {
+    // ~400 tokens of cache for 64 clients: requests wait, sequences get preempted and recomputed
+    let addr = start_with(None, None, 200_000, 16);
+    let prompts: Vec<String> = (0..16)
+        .map(|i| {
+            format!(
+                "{} question {i}?",
+                "Tell me more about mixture of experts and latent attention. ".repeat(i % 4)
+            )
+        })
+        .collect();
+    let max_for = |i: usize| 6 + (i * 5) % 17;
+    let engine = whale_engine::Engine::load(&fixture(), true).unwrap();
+    let want: Vec<(String, String)> = (0..64)
+        .map(|i| {
+            let p = whale_engine::GenerateParams {
+                max_tokens: max_for(i),
+                ..Default::default()
+            };
+            let g = engine
+                .chat(
+                    &[whale_engine::Message::new("user", &prompts[i % 16])],
+                    &p,
+                    |_| {},
+                )
+                .unwrap();
+            (g.reasoning, g.answer)
+        })
+        .collect();
+    let handles: Vec<_> = (0..64)
+        .map(|i| {
+            let addr = addr.clone();
+            let mut req = chat(&prompts[i % 16], max_for(i));
+            req["stream"] = json!(true);
+            std::thread::spawn(move || {
+                let body = req.to_string();
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+                write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+                if i % 7 == 3 {
+                    // an impatient client: leaves after the headers
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf);
+                    return None;
+                }
+                let mut raw = Vec::new();
+                s.read_to_end(&mut raw).unwrap();
+                let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                Some(String::from_utf8_lossy(&dechunk(&raw[split + 4..])).to_string())
+            })
+        })
+        .collect();
+    let mut complete = 0;
+    for (i, h) in handles.into_iter().enumerate() {
+        let Some(body) = h.join().unwrap() else {
+            continue;
+        };
+        let (r, a, f, done) = read_stream(&body);
+        assert!(done, "client {i} did not get [DONE]");
+        assert!(f.is_some(), "client {i} got no finish_reason");
+        assert_eq!(
+            (r, a),
+            want[i],
+            "client {i} got another stream's text or a changed result"
+        );
+        complete += 1;
+    }
+    assert_eq!(complete, 64 - (0..64).filter(|i| i % 7 == 3).count());
+    let t = Instant::now();
+    while metric(&addr, "whale_cache_blocks_used") > 0.0
+        || metric(&addr, "whale_running_sequences") > 0.0
+        || metric(&addr, "whale_waiting_sequences") > 0.0
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the pool was not freed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // the small pool really did force preemption and recomputation
+    assert!(metric(&addr, "whale_preemptions_total") >= 1.0);
 }
