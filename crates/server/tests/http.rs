@@ -8,6 +8,14 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// One server test at a time: each starts its own engine, and timing-sensitive checks (a
+/// disconnect noticed before a 200-token generation ends) should not compete for two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fixtures/tiny-v3")
 }
@@ -124,6 +132,7 @@ fn solo(q: &str, max: usize) -> (String, String) {
 
 #[test]
 fn chat_completion_shape_and_greedy_text_match_the_engine() {
+    let _serial = serial();
     let addr = start(None, None, 8 << 20);
     let (s, v) = post(&addr, "/v1/chat/completions", &chat("What is 12 + 30?", 12));
     assert_eq!(s, 200, "{v}");
@@ -152,6 +161,7 @@ fn chat_completion_shape_and_greedy_text_match_the_engine() {
 
 #[test]
 fn streaming_carries_the_same_text_and_ends_with_done() {
+    let _serial = serial();
     let addr = start(None, None, 8 << 20);
     let mut req = chat("Tell me about latent attention", 16);
     req["stream"] = json!(true);
@@ -193,6 +203,7 @@ fn streaming_carries_the_same_text_and_ends_with_done() {
 
 #[test]
 fn concurrent_requests_get_exactly_their_solo_results() {
+    let _serial = serial();
     let addr = start(None, None, 8 << 20);
     let qs: Vec<String> = (0..8)
         .map(|i| format!("Question number {i}: what is {} + {}?", i * 7, 30 - i))
@@ -218,6 +229,7 @@ fn concurrent_requests_get_exactly_their_solo_results() {
 
 #[test]
 fn a_repeated_system_prompt_hits_the_prefix_cache() {
+    let _serial = serial();
     let addr = start(None, None, 8 << 20);
     let system = "You are whale, a careful assistant. Think step by step about every question and answer briefly. ".repeat(3);
     let ask = |q: &str| json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}], "max_tokens": 2, "temperature": 0});
@@ -240,6 +252,7 @@ fn metric(addr: &str, name: &str) -> f64 {
 
 #[test]
 fn a_client_that_disconnects_frees_its_blocks() {
+    let _serial = serial();
     let addr = start(None, None, 8 << 20);
     let mut req = chat("Write a long story", 200);
     req["stream"] = json!(true);
@@ -268,6 +281,7 @@ fn a_client_that_disconnects_frees_its_blocks() {
 
 #[test]
 fn completions_and_the_vote_extension() {
+    let _serial = serial();
     let addr = start(None, None, 8 << 20);
     let (s, v) = post(
         &addr,
@@ -310,6 +324,7 @@ fn assert_error(r: (u16, Value), status: u16, param: &str) {
 
 #[test]
 fn bad_requests_get_openai_errors() {
+    let _serial = serial();
     let addr = start(Some("sesame"), Some(64), 8 << 20);
     let auth = [("Authorization", "Bearer sesame")];
     let send = |v: &Value| {
@@ -411,6 +426,7 @@ fn read_stream(body: &str) -> (String, String, Option<String>, bool) {
 
 #[test]
 fn sixty_four_streaming_clients_under_a_small_cache() {
+    let _serial = serial();
     // ~400 tokens of cache for 64 clients: requests wait, sequences get preempted and recomputed
     let addr = start_with(None, None, 200_000, 16);
     let prompts: Vec<String> = (0..16)
