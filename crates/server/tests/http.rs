@@ -508,3 +508,95 @@ fn sixty_four_streaming_clients_under_a_small_cache() {
     // the small pool really did force preemption and recomputation
     assert!(metric(&addr, "whale_preemptions_total") >= 1.0);
 }
+
+/// Milliseconds from sending a streamed chat request to its first data line, and the usage.
+fn timed_first_token(addr: &str, req: &Value) -> (f64, Value) {
+    let mut req = req.clone();
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let body = req.to_string();
+    let mut s = TcpStream::connect(addr).unwrap();
+    let t = Instant::now();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut raw = Vec::new();
+    let mut first = None;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if first.is_none() && raw.windows(6).any(|w| w == b"data: ") {
+            first = Some(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let text = String::from_utf8_lossy(&dechunk(&raw[split + 4..])).to_string();
+    let usage = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .map(|v| v["usage"].clone())
+        .unwrap();
+    (first.unwrap(), usage)
+}
+
+#[test]
+fn a_cached_system_prompt_cuts_time_to_first_token() {
+    let _serial = serial();
+    // a model big enough that prefilling ~400 tokens takes visible time
+    let dir = std::env::temp_dir().join(format!("whale-ttft-{}", std::process::id()));
+    let cfg = whale_model::synth::shaped_config(
+        whale_model::synth::Preset::V2Lite,
+        &whale_model::synth::Overrides {
+            layers: Some(2),
+            experts: Some(8),
+            vocab: Some(512),
+            hidden: Some(512),
+            mtp: None,
+        },
+    )
+    .unwrap();
+    whale_model::synth::write_checkpoint(&cfg, &dir, 1, 1 << 30, false).unwrap();
+    let opts = whale_server::Options {
+        model: dir.clone(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        max_batch: 4,
+        cache_mem: 64 << 20,
+        max_model_len: Some(2048),
+        api_key: None,
+        dtype: None,
+        block_size: 16,
+        body_limit: 1 << 20,
+    };
+    let router = whale_server::app(&opts).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap().to_string()).unwrap();
+            axum::serve(l, router).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let system =
+        "You are a meticulous assistant that explains mixture-of-experts models. ".repeat(8);
+    let ask = |q: &str| json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}], "max_tokens": 2, "temperature": 0});
+    let (cold, u1) = timed_first_token(&addr, &ask("What is a router?"));
+    let (warm, u2) = timed_first_token(&addr, &ask("What is a shared expert?"));
+    assert_eq!(u1["prompt_cache_hit_tokens"], 0);
+    let hit = u2["prompt_cache_hit_tokens"].as_u64().unwrap();
+    let prompt = u2["prompt_tokens"].as_u64().unwrap();
+    assert!(hit * 10 >= prompt * 8, "hit {hit} of {prompt}");
+    eprintln!("time to first token: cold {cold:.1} ms, with {hit}/{prompt} prompt tokens cached {warm:.1} ms");
+    assert!(warm < cold, "cold {cold} ms, warm {warm} ms");
+    std::fs::remove_dir_all(&dir).ok();
+}
