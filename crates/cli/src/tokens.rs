@@ -55,6 +55,9 @@ pub struct GenerateArgs {
     /// keep going past end-of-sequence tokens
     #[arg(long)]
     ignore_eos: bool,
+    /// draft with the checkpoint's MTP module and verify (greedy only; same ids as without)
+    #[arg(long, value_parser = ["mtp"])]
+    speculative: Option<String>,
 }
 
 pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -111,7 +114,21 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         stop: vec![],
         ignore_eos: a.ignore_eos,
     };
-    let (out, _, _, _) = engine.generate_ids(&ids, &params, |_| Ok(true))?;
+    let out = if a.speculative.is_some() {
+        let t = std::time::Instant::now();
+        let (out, _, stats) = engine.generate_ids_speculative(&ids, &params, |_| Ok(true))?;
+        eprintln!(
+            "mtp speculative decoding: {} of {} drafts accepted ({:.0}%), {} tokens in {:.2}s",
+            stats.accepted,
+            stats.drafted,
+            100.0 * stats.acceptance(),
+            out.len(),
+            t.elapsed().as_secs_f64()
+        );
+        out
+    } else {
+        engine.generate_ids(&ids, &params, |_| Ok(true))?.0
+    };
     println!("{}", serde_json::json!({ "ids": out }));
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use whale_model::{AttentionForm, Checkpoint, Format, Logits, Model};
 
 use crate::reasoning::{Part, ReasoningSplitter};
-use crate::sampler::{Sampler, SamplingParams};
+use crate::sampler::{argmax, Sampler, SamplingParams};
 use crate::stream::{StopMatcher, StreamDecoder};
 use crate::tokenizer::{primes_reasoning, ChatTokenizer, Message};
 
@@ -44,6 +44,43 @@ impl FinishReason {
         match self {
             FinishReason::Length => "length",
             FinishReason::Stop => "stop",
+        }
+    }
+}
+
+/// Proposes the token after next. `draft(hidden, follow)` is called with main-model hidden
+/// rows (pre-norm) of consecutive confirmed positions p_i and the confirmed token at each p_i + 1,
+/// in order and never repeated; it returns its guess for the token after the last of them.
+pub trait Drafter {
+    fn draft(&mut self, hidden: &[f32], follow: &[u32]) -> Result<u32>;
+}
+
+/// The checkpoint's own MTP module as a drafter.
+pub struct MtpDrafter<'a> {
+    pub model: &'a Model,
+    pub cache: whale_model::LatentCache,
+}
+
+impl Drafter for MtpDrafter<'_> {
+    fn draft(&mut self, hidden: &[f32], follow: &[u32]) -> Result<u32> {
+        let l = self.model.mtp_logits(hidden, follow, &mut self.cache)?;
+        Ok(argmax(&l[l.len() - self.model.config.vocab_size..]))
+    }
+}
+
+/// Drafts proposed by the MTP module and how many the main model confirmed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpecStats {
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+impl SpecStats {
+    pub fn acceptance(&self) -> f64 {
+        if self.drafted == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.drafted as f64
         }
     }
 }
@@ -168,6 +205,99 @@ impl Engine {
                     .forward(&[tok], &mut cache, AttentionForm::Absorbed, Logits::Last)?;
         };
         Ok((out, finish, prefill, t1.elapsed()))
+    }
+
+    /// Greedy generation with MTP speculative decoding: the checkpoint's MTP module drafts one
+    /// token, the next main step verifies it together with the current token. The verification
+    /// runs the absorbed form, whose every product sums in the same order as a one-token step,
+    /// so the ids are exactly those of `generate_ids` with greedy sampling.
+    pub fn generate_ids_speculative(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_token: impl FnMut(u32) -> Result<bool>,
+    ) -> Result<(Vec<u32>, FinishReason, SpecStats)> {
+        let cap = prompt.len()
+            + params
+                .max_tokens
+                .min(self.model.config.max_position_embeddings)
+            + 2;
+        let mut drafter = MtpDrafter {
+            model: &self.model,
+            cache: self.model.new_mtp_cache(cap).ok_or_else(|| {
+                anyhow::anyhow!("this checkpoint has no MTP module to draft with")
+            })?,
+        };
+        self.generate_ids_drafted(prompt, params, &mut drafter, on_token)
+    }
+
+    /// Greedy speculative decoding with any drafter of one token per step.
+    pub fn generate_ids_drafted(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        drafter: &mut dyn Drafter,
+        mut on_token: impl FnMut(u32) -> Result<bool>,
+    ) -> Result<(Vec<u32>, FinishReason, SpecStats)> {
+        if params.sampling.temperature != 0.0 {
+            bail!("--speculative mtp is greedy only for now: use --temperature 0 (or --greedy)");
+        }
+        let m = &self.model;
+        let max_pos = m.config.max_position_embeddings;
+        if prompt.len() + 1 >= max_pos {
+            bail!(
+                "prompt of {} tokens leaves no room to generate within max_position_embeddings ({max_pos})",
+                prompt.len()
+            );
+        }
+        // verification feeds two tokens, so keep one position spare
+        let budget = params.max_tokens.min(max_pos - prompt.len() - 1);
+        let mut stats = SpecStats::default();
+        let mut out = Vec::with_capacity(budget);
+        if budget == 0 {
+            return Ok((out, FinishReason::Length, stats));
+        }
+        let mut cache = m.new_cache(prompt.len() + budget + 2);
+        let (d, v) = (m.config.hidden_size, m.config.vocab_size);
+        let h = m.forward_hidden(prompt, &mut cache, AttentionForm::Plain)?;
+        let mut next = argmax(&m.logits(&h[h.len() - d..]));
+        // the drafter sees (h_i, x_{i+1}) for every prompt position
+        let mut follow: Vec<u32> = prompt[1..].to_vec();
+        follow.push(next);
+        let mut draft = drafter.draft(&h, &follow)?;
+        // emits one token; Some(reason) when generation ends
+        let mut emit = |tok: u32, out: &mut Vec<u32>| -> Result<Option<FinishReason>> {
+            if !params.ignore_eos && self.eos_token_ids.contains(&tok) {
+                return Ok(Some(FinishReason::Stop));
+            }
+            out.push(tok);
+            if !on_token(tok)? {
+                return Ok(Some(FinishReason::Stop));
+            }
+            Ok((out.len() >= budget).then_some(FinishReason::Length))
+        };
+        loop {
+            if let Some(f) = emit(next, &mut out)? {
+                return Ok((out, f, stats));
+            }
+            let hv = m.forward_hidden(&[next, draft], &mut cache, AttentionForm::Absorbed)?;
+            let l = m.logits(&hv);
+            let truth = argmax(&l[..v]);
+            stats.drafted += 1;
+            if truth == draft {
+                stats.accepted += 1;
+                if let Some(f) = emit(draft, &mut out)? {
+                    return Ok((out, f, stats));
+                }
+                let after = argmax(&l[v..]);
+                draft = drafter.draft(&hv, &[draft, after])?;
+                next = after;
+            } else {
+                cache.truncate(cache.len() - 1);
+                draft = drafter.draft(&hv[..d], &[truth])?;
+                next = truth;
+            }
+        }
     }
 
     /// Text generation from a rendered prompt, streaming reasoning and answer parts.

@@ -8,7 +8,9 @@ pub mod sampler;
 pub mod stream;
 pub mod tokenizer;
 
-pub use generate::{Engine, FinishReason, GenerateParams, Generation};
+pub use generate::{
+    Drafter, Engine, FinishReason, GenerateParams, Generation, MtpDrafter, SpecStats,
+};
 pub use reasoning::{Part, ReasoningSplitter};
 pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::{ChatTokenizer, Message};

@@ -161,3 +161,111 @@ fn an_end_of_sequence_token_ends_generation_unless_ignored() {
         .unwrap();
     assert_eq!(ids, free);
 }
+
+#[test]
+fn mtp_speculative_decoding_gives_exactly_the_greedy_tokens() {
+    for name in ["tiny-v3", "tiny-v3-fp8"] {
+        let engine = Engine::load(&fixture(name), false).unwrap();
+        let p = GenerateParams {
+            max_tokens: 20,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut drafted = 0;
+        for prompt in [
+            vec![0u32, 3],
+            (5..40).collect::<Vec<u32>>(),
+            vec![0, 63, 85, 91, 264],
+        ] {
+            let (plain, _, _, _) = engine.generate_ids(&prompt, &p, |_| Ok(true)).unwrap();
+            let mut streamed = Vec::new();
+            let (spec, finish, stats) = engine
+                .generate_ids_speculative(&prompt, &p, |t| {
+                    streamed.push(t);
+                    Ok(true)
+                })
+                .unwrap();
+            assert_eq!(spec, plain, "{name} {prompt:?}");
+            assert_eq!(streamed, plain);
+            assert_eq!(finish, whale_engine::FinishReason::Length);
+            assert!(stats.accepted <= stats.drafted);
+            drafted += stats.drafted;
+            eprintln!(
+                "{name}: {} of {} drafts accepted",
+                stats.accepted, stats.drafted
+            );
+        }
+        assert!(drafted > 0);
+    }
+    // a checkpoint without an MTP module says so
+    let engine = Engine::load(&fixture("tiny-v2-lite"), false).unwrap();
+    let err = engine
+        .generate_ids_speculative(&[0, 3], &GenerateParams::default(), |_| Ok(true))
+        .unwrap_err();
+    assert!(err.to_string().contains("MTP"), "{err}");
+}
+
+/// Knows the greedy continuation and drafts it, except on every `wrong_every`-th call.
+struct Oracle {
+    truth: Vec<u32>,
+    prompt_len: usize,
+    fed: usize,
+    calls: usize,
+    wrong_every: usize,
+}
+
+impl whale_engine::Drafter for Oracle {
+    fn draft(&mut self, hidden: &[f32], follow: &[u32]) -> anyhow::Result<u32> {
+        assert_eq!(hidden.len() % follow.len(), 0);
+        self.calls += 1;
+        self.fed += follow.len();
+        // every confirmed generated token is fed exactly once, after the prompt's own
+        let generated_fed = self.fed - (self.prompt_len - 1);
+        assert_eq!(
+            follow.last(),
+            self.truth.get(generated_fed - 1),
+            "fed tokens are the confirmed ones"
+        );
+        let right = self.truth.get(generated_fed).copied().unwrap_or(0);
+        Ok(if self.calls % self.wrong_every == 0 {
+            (right + 1) % 384
+        } else {
+            right
+        })
+    }
+}
+
+#[test]
+fn speculative_verification_accepts_and_rejects_without_changing_tokens() {
+    let engine = Engine::load(&fixture("tiny-v2-lite"), false).unwrap();
+    let p = GenerateParams {
+        max_tokens: 24,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let prompt: Vec<u32> = (5..30).collect();
+    let (plain, _, _, _) = engine.generate_ids(&prompt, &p, |_| Ok(true)).unwrap();
+    for wrong_every in [1usize, 2, 3, 1000] {
+        let mut oracle = Oracle {
+            truth: plain.clone(),
+            prompt_len: prompt.len(),
+            fed: 0,
+            calls: 0,
+            wrong_every,
+        };
+        let (ids, _, stats) = engine
+            .generate_ids_drafted(&prompt, &p, &mut oracle, |_| Ok(true))
+            .unwrap();
+        assert_eq!(ids, plain, "wrong every {wrong_every}");
+        if wrong_every == 1 {
+            assert_eq!(stats.accepted, 0);
+        } else {
+            assert!(stats.accepted > 0 && stats.accepted < stats.drafted || wrong_every == 1000);
+        }
+        if wrong_every == 1000 {
+            // a perfect drafter: two tokens per main step
+            assert_eq!(stats.accepted, stats.drafted);
+            assert!(stats.drafted <= plain.len() / 2 + 1);
+        }
+    }
+}

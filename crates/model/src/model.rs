@@ -247,6 +247,79 @@ impl Model {
         out
     }
 
+    /// The MTP module's own latent cache (one layer), when the checkpoint has one.
+    pub fn new_mtp_cache(&self, capacity: usize) -> Option<LatentCache> {
+        (!self.mtp.is_empty()).then(|| LatentCache::with_layers(&self.config, 1, capacity))
+    }
+
+    /// Multi-token prediction with the first MTP module (spec §4.3): row i combines the main
+    /// model's final-normed hidden state at some position p_i with the embedding of the token
+    /// at p_i + 1, as eh_proj([enorm(embedding); hnorm(hidden)]), runs the module's decoder layer
+    /// at MTP positions `cache.len()..`, and returns logits [n, vocab] for the token at p_i + 2.
+    /// `hidden` holds pre-norm rows as `forward_hidden` returns them.
+    pub fn mtp_logits(
+        &self,
+        hidden: &[f32],
+        next_tokens: &[u32],
+        cache: &mut LatentCache,
+    ) -> Result<Vec<f32>> {
+        let Some(m) = self.mtp.first() else {
+            bail!("this checkpoint has no MTP module (num_nextn_predict_layers is 0 or its tensors are absent)");
+        };
+        let d = self.config.hidden_size;
+        let n = next_tokens.len();
+        if hidden.len() != n * d {
+            bail!(
+                "mtp_logits: {} hidden rows for {n} tokens",
+                hidden.len() / d
+            );
+        }
+        self.check_tokens(next_tokens, cache.len())?;
+        let eps = self.config.rms_norm_eps as f32;
+        let mut normed = vec![0f32; n * d];
+        rms_norm(hidden, &self.norm, eps, &mut normed);
+        let mut x = vec![0f32; n * 2 * d];
+        let (mut e, mut buf) = (vec![0f32; d], vec![0f32; d]);
+        for (i, &t) in next_tokens.iter().enumerate() {
+            rms_norm(
+                self.embed_tokens.row(t as usize, &mut buf),
+                &m.enorm,
+                eps,
+                &mut e,
+            );
+            x[i * 2 * d..i * 2 * d + d].copy_from_slice(&e);
+            rms_norm(
+                &normed[i * d..(i + 1) * d],
+                &m.hnorm,
+                eps,
+                &mut x[i * 2 * d + d..(i + 1) * 2 * d],
+            );
+        }
+        let mut h = vec![0f32; n * d];
+        matmul(&x, n, &m.eh_proj, &mut h);
+        let seg = [Segment {
+            seq: 0,
+            start: 0,
+            len: n,
+        }];
+        m.layer.forward(
+            &mut h,
+            &seg,
+            eps,
+            0,
+            cache,
+            &self.rope,
+            AttentionForm::Absorbed,
+        );
+        cache.commit(n);
+        let mut y = vec![0f32; n * d];
+        rms_norm(&h, &m.shared_head_norm, eps, &mut y);
+        let head = m.shared_head.as_ref().unwrap_or(&self.lm_head);
+        let mut out = vec![0f32; n * self.config.vocab_size];
+        matmul(&y, n, head, &mut out);
+        Ok(out)
+    }
+
     /// Forward pass returning logits of every position ([n, vocab]) or of the last one ([vocab]).
     pub fn forward(
         &self,
