@@ -227,7 +227,7 @@ impl whale_engine::Drafter for Oracle {
             "fed tokens are the confirmed ones"
         );
         let right = self.truth.get(generated_fed).copied().unwrap_or(0);
-        Ok(if self.calls % self.wrong_every == 0 {
+        Ok(if self.calls.is_multiple_of(self.wrong_every) {
             (right + 1) % 384
         } else {
             right

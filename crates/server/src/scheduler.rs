@@ -258,21 +258,16 @@ impl Engine {
                     .expect("a sequence with its context cached has a pending token")]
             };
             if !self.pool.reserve(&mut running[i].blocks, feed.len()) {
-                // preempt the newest other sequence and retry; alone and still short: give up
+                // the newest running sequence yields its blocks (it may be this one) and is
+                // recomputed later; alone and still short: give up on it
                 if running.len() > 1 {
-                    let victim = if i == running.len() - 1 {
-                        i - 1
-                    } else {
-                        running.len() - 1
-                    };
+                    let victim = running.len() - 1;
                     let mut v = running.remove(victim);
                     self.pool.finish(&mut v.blocks);
                     self.metrics.preempted.inc();
                     waiting.push_front(v);
-                    if victim < i {
-                        feeds.remove(victim);
-                        i -= 1;
-                    }
+                    // the victim comes after every sequence already given a feed (it is the
+                    // last), so `feeds` is unchanged; retry `i` unless it was the victim
                     continue;
                 }
                 let mut s = running.remove(i);
