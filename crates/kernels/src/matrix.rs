@@ -260,8 +260,23 @@ const ROWS_PER_TASK: usize = 16;
 impl Matrix {
     /// dot(W[r], x), reading bf16 and f32 rows in place and decoding other formats into `buf`.
     #[inline]
-    fn row_dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+    fn row_dot(&self, r: usize, x: &[f32], xq: Option<&simd::Q8Row>, buf: &mut [f32]) -> f32 {
         let span = r * self.cols..(r + 1) * self.cols;
+        let nb = self.cols / QK;
+        match (&self.data, xq) {
+            (WeightData::Q8_0 { qs, scales }, Some(xq)) => {
+                return simd::dot_q8_0_q8(&qs.as_slice()[span], &scales[r * nb..(r + 1) * nb], xq)
+            }
+            (WeightData::Q4_0 { qs, scales }, Some(xq)) => {
+                let c = self.cols;
+                return simd::dot_q4_0_q8(
+                    &qs.as_slice()[r * c / 2..(r + 1) * c / 2],
+                    &scales[r * nb..(r + 1) * nb],
+                    xq,
+                );
+            }
+            _ => {}
+        }
         match &self.data {
             WeightData::F32(b) => simd::dot_f32(&b.as_slice()[span], x),
             WeightData::BF16(b) => simd::dot_bf16(&b.as_slice()[span], x),
@@ -307,6 +322,7 @@ fn rows4<'a>(w: &'a Matrix, r0: usize, bufs: &'a mut [Vec<f32>; 4]) -> Rows4<'a>
 fn rows_times_tokens(
     w: &Matrix,
     x: &[f32],
+    xq: Option<&[simd::Q8Row]>,
     n_tok: usize,
     rows: std::ops::Range<usize>,
     o: &mut [f32],
@@ -337,7 +353,7 @@ fn rows_times_tokens(
     for r in r..rows.end {
         let i = r - rows.start;
         for t in 0..n_tok {
-            o[i * n_tok + t] = w.row_dot(r, tok(t), &mut bufs[0]);
+            o[i * n_tok + t] = w.row_dot(r, tok(t), xq.map(|q| &q[t]), &mut bufs[0]);
         }
     }
 }
@@ -367,12 +383,23 @@ pub fn matmul_rows(
         "output length does not match the row band"
     );
     let bufs = || -> [Vec<f32>; 4] { std::array::from_fn(|_| vec![0f32; k]) };
+    // block-quantised weights meet int8 activations on integer units where the CPU has them;
+    // each token is quantised once per product, so alone or in a batch it gives the same bits
+    let quantised = matches!(w.data, WeightData::Q8_0 { .. } | WeightData::Q4_0 { .. });
+    let xq: Option<Vec<simd::Q8Row>> = (quantised && simd::has_int8_dot())
+        .then(|| x.chunks_exact(k).map(simd::quantize_activation).collect());
+    let xq = xq.as_deref();
     if n_tok == 1 {
         out.par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
             .for_each_init(bufs, |bufs, (ci, chunk)| {
                 for (i, o) in chunk.iter_mut().enumerate() {
-                    *o = w.row_dot(rows.start + ci * ROWS_PER_TASK + i, x, &mut bufs[0]);
+                    *o = w.row_dot(
+                        rows.start + ci * ROWS_PER_TASK + i,
+                        x,
+                        xq.map(|q| &q[0]),
+                        &mut bufs[0],
+                    );
                 }
             });
         return;
@@ -383,7 +410,7 @@ pub fn matmul_rows(
         .enumerate()
         .for_each_init(bufs, |bufs, (ci, chunk)| {
             let r0 = rows.start + ci * ROWS_PER_TASK;
-            rows_times_tokens(w, x, n_tok, r0..r0 + chunk.len() / n_tok, chunk, bufs);
+            rows_times_tokens(w, x, xq, n_tok, r0..r0 + chunk.len() / n_tok, chunk, bufs);
         });
     for i in 0..n {
         for t in 0..n_tok {
