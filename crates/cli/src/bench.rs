@@ -33,6 +33,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.prompt_len == 0 || a.gen_len == 0 || a.repeats == 0 || a.batch == 0 {
         bail!("--prompt-len, --gen-len, --repeats and --batch must be positive");
     }
+    // the probe's buffer is freed before the model loads, so it does not count in peak RSS
+    let bandwidth = whale_kernels::probe::read_bandwidth_gbs(1 << 30, 3);
     let t = Instant::now();
     let mut ck = Checkpoint::open(&a.model)?;
     ck.dtype = parse_dtype(&a.dtype)?;
@@ -60,7 +62,6 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     let active = model.weight_bytes_per_step(a.batch);
     let threads = rayon::current_num_threads();
-    let bandwidth = whale_kernels::probe::read_bandwidth_gbs(1 << 30, 3);
     // tokens per second if a decode step cost only reading its weights once
     let roofline = a.batch as f64 * bandwidth * 1e9 / active as f64;
     let d = c.hidden_size;

@@ -38,10 +38,12 @@ pub struct Checkpoint {
     /// stored format.
     pub dtype: Option<Format>,
     files: Vec<(PathBuf, ByteOwner)>,
+    /// the same mappings, for dropping pages whole tensors no longer need
+    maps: Vec<Arc<MappedFile>>,
     tensors: BTreeMap<String, TensorEntry>,
 }
 
-fn map_file(path: &Path) -> Result<ByteOwner> {
+fn map_file(path: &Path) -> Result<Arc<MappedFile>> {
     let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: the file is opened read-only; whale never writes to a checkpoint it has mapped.
     let m = unsafe { Mmap::map(&f) }
@@ -93,6 +95,7 @@ impl Checkpoint {
         }
 
         let mut files = Vec::new();
+        let mut maps = Vec::new();
         let mut tensors = BTreeMap::new();
         for (file_name, names) in wanted {
             let path = dir.join(&file_name);
@@ -102,7 +105,8 @@ impl Checkpoint {
                     path.display()
                 );
             }
-            let owner = map_file(&path)?;
+            let map = map_file(&path)?;
+            let owner: ByteOwner = map.clone();
             let bytes: &[u8] = (*owner).as_ref();
             let st = SafeTensors::deserialize(bytes).map_err(|e| {
                 anyhow!("{} is not a valid safetensors file: {e:?}", path.display())
@@ -134,12 +138,14 @@ impl Checkpoint {
                 }
             }
             files.push((path, owner));
+            maps.push(map);
         }
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
             config,
             dtype: None,
             files,
+            maps,
             tensors,
         })
     }
@@ -220,9 +226,40 @@ impl Checkpoint {
     pub fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
         let m = self.matrix(name, rows, cols)?;
         Ok(match self.dtype {
-            Some(f) if m.format() != Some(f) => m.convert(f).unwrap_or(m),
+            Some(f) if m.format() != Some(f) => match m.convert(f) {
+                Some(converted) => {
+                    // the stored bytes are not read again: let the kernel drop their pages so a
+                    // converted model does not also keep the original resident
+                    self.release(name);
+                    converted
+                }
+                None => m,
+            },
             _ => m,
         })
+    }
+
+    /// Drops the resident pages of a tensor's bytes (whole pages inside it only). They are
+    /// read back from the file if anything touches them again.
+    fn release(&self, name: &str) {
+        let Some(e) = self.tensors.get(name) else {
+            return;
+        };
+        const PAGE: usize = 4096;
+        let start = e.start.div_ceil(PAGE) * PAGE;
+        let end = (e.start + e.len) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the mapping is read-only and file-backed; MADV_DONTNEED only discards
+            // clean pages, which later reads fetch again from the file. Borrowed views of these
+            // bytes (none remain for a converted tensor) would still read the same contents.
+            let _ = unsafe {
+                self.maps[e.file].0.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
     }
 
     /// A 2-D weight [rows, cols] kept in its stored format. FP8 weights come with their
