@@ -152,6 +152,8 @@ impl Mla {
         matmul(x, n, &self.kv_a_proj_with_mqa, &mut rows);
 
         let mut o = vec![0f32; n * h_n * dv];
+        // (segment, its first position) of the segments that take the absorbed form
+        let mut absorbed: Vec<(Segment, usize)> = Vec::new();
         for seg in segs {
             let pos0 = kv.seq_len(seg.seq);
             let qs = &mut q[seg.start * h_n * dqk..(seg.start + seg.len) * h_n * dqk];
@@ -171,24 +173,26 @@ impl Mla {
                 rope.apply(&mut row[dc..], pos0 + t);
             }
             kv.append(seg.seq, layer, new_rows);
-            let chunks = kv.chunks(seg.seq, layer);
-            let causal = Causal {
-                n_q: seg.len,
-                heads: h_n,
-                q_offset: pos0,
-                scale: self.scale,
-            };
-            let os = &mut o[seg.start * h_n * dv..(seg.start + seg.len) * h_n * dv];
             let plain = match form {
                 AttentionForm::Plain => true,
                 AttentionForm::Absorbed => false,
                 AttentionForm::Auto => seg.len > 1,
             };
             if plain {
-                self.attend_plain(causal, qs, &chunks, os);
+                let causal = Causal {
+                    n_q: seg.len,
+                    heads: h_n,
+                    q_offset: pos0,
+                    scale: self.scale,
+                };
+                let os = &mut o[seg.start * h_n * dv..(seg.start + seg.len) * h_n * dv];
+                self.attend_plain(causal, qs, &kv.chunks(seg.seq, layer), os);
             } else {
-                self.attend_absorbed(causal, qs, &chunks, os);
+                absorbed.push((*seg, pos0));
             }
+        }
+        if !absorbed.is_empty() {
+            self.attend_absorbed(&q, &absorbed, layer, kv, &mut o);
         }
         let mut out = vec![0f32; n * self.o_proj.rows];
         matmul(&o, n, &self.o_proj, &mut out);
@@ -225,7 +229,16 @@ impl Mla {
     }
 
     /// Fold W^UK into the query and W^UV into the output; attend over the latent rows in place.
-    fn attend_absorbed(&self, causal: Causal, q: &[f32], chunks: &[&[f32]], o: &mut [f32]) {
+    /// The two folds are per-token products, so they run once over the tokens of every absorbed
+    /// segment together; only the attention itself is per sequence.
+    fn attend_absorbed(
+        &self,
+        q: &[f32],
+        segs: &[(Segment, usize)],
+        layer: usize,
+        kv: &dyn KvStore,
+        o: &mut [f32],
+    ) {
         let (h_n, nope, dr, dv, dc) = (
             self.heads,
             self.nope,
@@ -234,15 +247,18 @@ impl Mla {
             self.kv_lora,
         );
         let dqk = nope + dr;
-        let n = causal.n_q;
+        let m: usize = segs.iter().map(|(s, _)| s.len).sum();
         // q_lat[t,h] = W^UK_h^T q_nope[t,h]
-        let mut q_nope = vec![0f32; n * h_n * nope];
-        let mut q_pos = vec![0f32; n * h_n * dr];
-        for (i, qh) in q.chunks_exact(dqk).enumerate() {
-            q_nope[i * nope..][..nope].copy_from_slice(&qh[..nope]);
-            q_pos[i * dr..][..dr].copy_from_slice(&qh[nope..]);
+        let mut q_nope = Vec::with_capacity(m * h_n * nope);
+        let mut q_pos = Vec::with_capacity(m * h_n * dr);
+        for (seg, _) in segs {
+            for qh in q[seg.start * h_n * dqk..(seg.start + seg.len) * h_n * dqk].chunks_exact(dqk)
+            {
+                q_nope.extend_from_slice(&qh[..nope]);
+                q_pos.extend_from_slice(&qh[nope..]);
+            }
         }
-        let mut q_lat = vec![0f32; n * h_n * dc];
+        let mut q_lat = vec![0f32; m * h_n * dc];
         accumulate_rows_each(
             &q_nope,
             nope,
@@ -250,19 +266,43 @@ impl Mla {
             |i| (i % h_n) * (nope + dv),
             &mut q_lat,
         );
-        let mut lat_out = vec![0f32; n * h_n * dc];
-        shared_latent(causal, &q_lat, &q_pos, chunks, dc, dr, &mut lat_out);
+        let mut lat_out = vec![0f32; m * h_n * dc];
+        let mut at = 0;
+        for (seg, pos0) in segs {
+            let causal = Causal {
+                n_q: seg.len,
+                heads: h_n,
+                q_offset: *pos0,
+                scale: self.scale,
+            };
+            let span = at * h_n..(at + seg.len) * h_n;
+            shared_latent(
+                causal,
+                &q_lat[span.start * dc..span.end * dc],
+                &q_pos[span.start * dr..span.end * dr],
+                &kv.chunks(seg.seq, layer),
+                dc,
+                dr,
+                &mut lat_out[span.start * dc..span.end * dc],
+            );
+            at += seg.len;
+        }
         // o[t,h] = W^UV_h lat_out[t,h]
-        let mut lat_h = vec![0f32; n * dc];
-        let mut o_h = vec![0f32; n * dv];
+        let mut lat_h = vec![0f32; m * dc];
+        let mut o_h = vec![0f32; m * dv];
         for h in 0..h_n {
-            for t in 0..n {
+            for t in 0..m {
                 lat_h[t * dc..][..dc].copy_from_slice(&lat_out[(t * h_n + h) * dc..][..dc]);
             }
             let band = h * (nope + dv) + nope;
-            matmul_rows(&lat_h, n, &self.kv_b_proj, band..band + dv, &mut o_h);
-            for t in 0..n {
-                o[(t * h_n + h) * dv..][..dv].copy_from_slice(&o_h[t * dv..][..dv]);
+            matmul_rows(&lat_h, m, &self.kv_b_proj, band..band + dv, &mut o_h);
+            let mut t = 0;
+            for (seg, _) in segs {
+                for j in 0..seg.len {
+                    o[((seg.start + j) * h_n + h) * dv..][..dv]
+                        .copy_from_slice(&o_h[t * dv..][..dv]);
+                    t += 1;
+                }
             }
         }
     }
