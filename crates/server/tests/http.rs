@@ -43,7 +43,12 @@ fn start_with(
         block_size: 4,
         body_limit: 64 << 10,
     };
-    let router = whale_server::app(&opts).unwrap();
+    serve(&opts)
+}
+
+/// Serves `opts` on a free loopback port from a background runtime; returns the address.
+fn serve(opts: &whale_server::Options) -> String {
+    let router = whale_server::app(opts).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -573,21 +578,7 @@ fn a_cached_system_prompt_cuts_time_to_first_token() {
         block_size: 16,
         body_limit: 1 << 20,
     };
-    let router = whale_server::app(&opts).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap().to_string()).unwrap();
-            axum::serve(l, router).await.unwrap();
-        });
-    });
-    let addr = rx.recv().unwrap();
+    let addr = serve(&opts);
     let system =
         "You are a meticulous assistant that explains mixture-of-experts models. ".repeat(8);
     let ask = |q: &str| json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}], "max_tokens": 2, "temperature": 0});
