@@ -239,10 +239,17 @@ fn check_model(st: &AppState, c: &Common) -> Result<(), ApiError> {
     }
 }
 
-fn budget(st: &AppState, prompt: usize, asked: Option<usize>) -> Result<usize, ApiError> {
+/// Completion tokens a request may have: what it asked for, or what is left of the context.
+/// `prompt_param` names the field that holds the prompt in errors.
+fn budget(
+    st: &AppState,
+    prompt_param: &str,
+    prompt: usize,
+    asked: Option<usize>,
+) -> Result<usize, ApiError> {
     if prompt >= st.max_model_len {
         return Err(ApiError::invalid(
-            "messages",
+            prompt_param,
             format!(
                 "the prompt has {prompt} tokens; the maximum context length is {} tokens",
                 st.max_model_len
@@ -287,7 +294,7 @@ async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
             .tokenizer
             .encode(&text)
             .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-        let max_tokens = budget(&st, prompt.len(), common.max_tokens)?;
+        let max_tokens = budget(&st, "messages", prompt.len(), common.max_tokens)?;
         Ok::<Job, ApiError>(Job {
             prompt,
             primed,
@@ -336,21 +343,10 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
         if prompt.is_empty() {
             return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
         }
-        let max_tokens = budget(
-            &st,
-            prompt.len(),
-            common
-                .max_tokens
-                .or(Some(16))
-                .map(|m| m.min(st.max_model_len)),
-        )
-        .or_else(|e| {
-            if e.param.as_deref() == Some("max_tokens") && common.max_tokens.is_none() {
-                budget(&st, prompt.len(), None)
-            } else {
-                Err(e)
-            }
-        })?;
+        // OpenAI's default for completions is 16 tokens, less where the context is shorter
+        let room = st.max_model_len.saturating_sub(prompt.len());
+        let asked = common.max_tokens.or(Some(16.min(room.max(1))));
+        let max_tokens = budget(&st, "prompt", prompt.len(), asked)?;
         Ok(Job {
             prompt,
             primed: false,
@@ -497,6 +493,11 @@ async fn whole_response(
                     break;
                 }
             }
+        }
+    }
+    for c in choices.iter_mut() {
+        if c.finish.is_none() && c.error.is_none() {
+            c.error = Some("the engine stopped before the request finished".into());
         }
     }
     if let Some(e) = choices.iter().find_map(|c| c.error.clone()) {
