@@ -26,7 +26,11 @@ fn prompts(name: &str) -> Vec<Vec<u32>> {
 }
 
 fn load(name: &str, dtype: Option<Format>) -> Model {
-    let mut ck = Checkpoint::open(&fixture(name)).unwrap();
+    load_dir(&fixture(name), dtype)
+}
+
+fn load_dir(dir: &std::path::Path, dtype: Option<Format>) -> Model {
+    let mut ck = Checkpoint::open(dir).unwrap();
     ck.dtype = dtype;
     Model::load(&ck).unwrap()
 }
@@ -39,16 +43,19 @@ fn log_softmax(l: &[f32]) -> Vec<f64> {
 
 /// Mean over every position of every prompt of KL(p_reference || p_quantised).
 fn mean_kl(name: &str, dtype: Format) -> f64 {
-    let (base, quant) = (load(name, None), load(name, Some(dtype)));
+    mean_kl_of(&load(name, None), &load(name, Some(dtype)), &prompts(name))
+}
+
+fn mean_kl_of(base: &Model, quant: &Model, prompts: &[Vec<u32>]) -> f64 {
     let v = base.config.vocab_size;
     let (mut sum, mut n) = (0f64, 0usize);
-    for p in prompts(name) {
+    for p in prompts {
         let run = |m: &Model| {
             let mut cache = m.new_cache(p.len());
             m.forward(&p, &mut cache, AttentionForm::Plain, Logits::All)
                 .unwrap()
         };
-        let (a, b) = (run(&base), run(&quant));
+        let (a, b) = (run(base), run(quant));
         for t in 0..p.len() {
             let (la, lb) = (
                 log_softmax(&a[t * v..(t + 1) * v]),
@@ -87,4 +94,35 @@ fn conversion_covers_the_linear_layers() {
     assert_eq!(m.lm_head.format(), Some(Format::Q4_0));
     // the embedding is looked up, not multiplied: it stays as stored
     assert_eq!(m.embed_tokens.format(), Some(Format::Bf16));
+}
+
+/// The bar, on rows as wide as DeepSeek-V2-Lite's (hidden 2048, experts 1408 wide):
+/// a 2-layer synthetic checkpoint of that shape, the fixture prompts.
+#[test]
+fn quantised_distributions_stay_close_at_v2_lite_width() {
+    use whale_model::synth::{shaped_config, write_checkpoint, Overrides, Preset};
+    let dir = std::env::temp_dir().join(format!("whale-kl-{}", std::process::id()));
+    let o = Overrides {
+        layers: Some(2),
+        experts: Some(8),
+        vocab: Some(2048),
+        hidden: None,
+        mtp: None,
+    };
+    write_checkpoint(
+        &shaped_config(Preset::V2Lite, &o).unwrap(),
+        &dir,
+        3,
+        1 << 30,
+        false,
+    )
+    .unwrap();
+    let base = load_dir(&dir, None);
+    let ps = prompts("tiny-v3");
+    let q8 = mean_kl_of(&base, &load_dir(&dir, Some(Format::Q8_0)), &ps);
+    let q4 = mean_kl_of(&base, &load_dir(&dir, Some(Format::Q4_0)), &ps);
+    eprintln!("v2-lite width: mean KL int8 {q8:.5}, int4 {q4:.5}");
+    assert!(q8 < 0.01, "int8 {q8}");
+    assert!(q4 < 0.05, "int4 {q4}");
+    std::fs::remove_dir_all(&dir).ok();
 }
