@@ -52,7 +52,7 @@ fn mean_kl_of(base: &Model, quant: &Model, prompts: &[Vec<u32>]) -> f64 {
     for p in prompts {
         let run = |m: &Model| {
             let mut cache = m.new_cache(p.len());
-            m.forward(&p, &mut cache, AttentionForm::Plain, Logits::All)
+            m.forward(p, &mut cache, AttentionForm::Plain, Logits::All)
                 .unwrap()
         };
         let (a, b) = (run(base), run(quant));
