@@ -204,3 +204,34 @@ pub fn synth(a: SynthArgs) -> Result<()> {
     write_checkpoint(&cfg, &a.out, a.seed, a.shard_mib << 20, true)?;
     Ok(())
 }
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// int8 (q8_0) or int4 (q4_0)
+    #[arg(long)]
+    dtype: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn quantize(a: QuantizeArgs) -> Result<()> {
+    let format = match whale_model::parse_dtype(&a.dtype)? {
+        Some(f @ (whale_model::Format::Q8_0 | whale_model::Format::Q4_0)) => f,
+        _ => bail!("--dtype: whale quantize writes int8 or int4"),
+    };
+    if a.out.exists() && a.out.canonicalize()? == a.model.canonicalize()? {
+        bail!("--out must differ from --model");
+    }
+    let ck = Checkpoint::open(&a.model)?;
+    let t = std::time::Instant::now();
+    whale_model::quantize::save_quantized(&ck, format, &a.out)?;
+    eprintln!(
+        "wrote {} ({:.1}s); load it with --model {} (no --dtype needed)",
+        a.out.display(),
+        t.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}

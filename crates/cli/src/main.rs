@@ -49,6 +49,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Write a random-weight checkpoint of a real model's shape in the hub layout
     Synth(inspect::SynthArgs),
+    /// Save a checkpoint with its linear layers quantised (int8 or int4), to load without converting
+    Quantize(inspect::QuantizeArgs),
     /// Measure prefill and decode speed
     Bench(bench::BenchArgs),
     /// OpenAI/DeepSeek-compatible HTTP server with continuous batching
@@ -80,6 +82,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Synth(a) => inspect::synth(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Quantize(a) => inspect::quantize(a),
         Command::Serve(a) => serve::serve(a),
     }
 }

@@ -37,10 +37,28 @@ pub struct Checkpoint {
     /// Format that linear layers are converted to once at load (`--dtype`); None keeps the
     /// stored format.
     pub dtype: Option<Format>,
+    /// Block format of a checkpoint written by `whale quantize` (config.json
+    /// `whale_quantization.format`), whose int8/uint8 linear weights carry `<name>_whale_scale`.
+    pub whale_quant: Option<Format>,
     files: Vec<(PathBuf, ByteOwner)>,
     /// the same mappings, for dropping pages whole tensors no longer need
     maps: Vec<Arc<MappedFile>>,
     tensors: BTreeMap<String, TensorEntry>,
+}
+
+/// `whale_quantization.format` of a config written by `whale quantize`.
+fn read_whale_quant(path: &Path) -> Result<Option<Format>> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    match v.get("whale_quantization").and_then(|q| q.get("format")) {
+        None => Ok(None),
+        Some(f) => match f.as_str().and_then(Format::parse) {
+            Some(fmt @ (Format::Q8_0 | Format::Q4_0)) => Ok(Some(fmt)),
+            _ => bail!(
+                "{}: unsupported whale_quantization.format {f}",
+                path.display()
+            ),
+        },
+    }
 }
 
 fn map_file(path: &Path) -> Result<Arc<MappedFile>> {
@@ -57,6 +75,7 @@ impl Checkpoint {
             bail!("model directory {} does not exist", dir.display());
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let whale_quant = read_whale_quant(&dir.join("config.json"))?;
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         // file name -> tensor names the index promises in it
@@ -144,6 +163,7 @@ impl Checkpoint {
             dir: dir.to_path_buf(),
             config,
             dtype: None,
+            whale_quant,
             files,
             maps,
             tensors,
@@ -214,6 +234,57 @@ impl Checkpoint {
         })
     }
 
+    /// A Q8_0 (int8 [rows, cols]) or Q4_0 (uint8 [rows, cols / 2]) weight saved by
+    /// `whale quantize`, with its f16 block scales `<name>_whale_scale` [rows, cols / 32].
+    fn whale_block_matrix(
+        &self,
+        name: &str,
+        e: &TensorEntry,
+        q: Format,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix> {
+        use whale_kernels::quant::QK;
+        let owner = self.files[e.file].1.clone();
+        let scale_name = format!("{name}_whale_scale");
+        let se = self.get(&scale_name)?;
+        if se.dtype != Dtype::F16 {
+            bail!("tensor {scale_name} must be F16, found {:?}", se.dtype);
+        }
+        self.check_shape(&scale_name, se, &[rows, cols / QK])?;
+        let scales: Vec<half::f16> =
+            Buf::<half::f16>::shared(self.files[se.file].1.clone(), se.start, rows * cols / QK)
+                .as_slice()
+                .to_vec();
+        let data = match (q, e.dtype) {
+            (Format::Q8_0, Dtype::I8) => {
+                self.check_shape(name, e, &[rows, cols])?;
+                WeightData::Q8_0 {
+                    qs: Buf::shared(owner, e.start, rows * cols),
+                    scales,
+                }
+            }
+            (Format::Q4_0, Dtype::U8) => {
+                self.check_shape(name, e, &[rows, cols / 2])?;
+                WeightData::Q4_0 {
+                    qs: Buf::shared(owner, e.start, rows * cols / 2),
+                    scales,
+                }
+            }
+            _ => bail!(
+                "tensor {name} has dtype {:?}, which does not hold {q:?} blocks",
+                e.dtype
+            ),
+        };
+        Ok(Matrix { rows, cols, data })
+    }
+
+    /// Raw bytes of a tensor as stored.
+    pub fn bytes(&self, name: &str) -> Result<&[u8]> {
+        let e = self.get(name)?;
+        Ok(&(*self.files[e.file].1).as_ref()[e.start..e.start + e.len])
+    }
+
     /// A 1-D tensor of length `len`, as f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let e = self.get(name)?;
@@ -266,6 +337,9 @@ impl Checkpoint {
     /// `<name>_scale_inv` block multipliers.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
         let e = self.get(name)?;
+        if let (Some(q), Dtype::I8 | Dtype::U8) = (self.whale_quant, e.dtype) {
+            return self.whale_block_matrix(name, e, q, rows, cols);
+        }
         self.check_shape(name, e, &[rows, cols])?;
         let owner = self.files[e.file].1.clone();
         let n = rows * cols;

@@ -31,4 +31,5 @@ pub fn parse_dtype(s: &str) -> anyhow::Result<Option<Format>> {
 }
 pub mod paged;
 pub mod params;
+pub mod quantize;
 pub mod synth;

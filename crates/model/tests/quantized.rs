@@ -126,3 +126,34 @@ fn quantised_distributions_stay_close_at_v2_lite_width() {
     assert!(q4 < 0.05, "int4 {q4}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `whale quantize` output loads to exactly what converting at load gives, FP8 sources and
+/// rows that stay unquantised included.
+#[test]
+fn saved_quantised_checkpoints_equal_conversion_at_load() {
+    for (name, fmt) in [
+        ("tiny-v3", Format::Q4_0),
+        ("tiny-v2-lite", Format::Q8_0),
+        ("tiny-v3-fp8", Format::Q8_0),
+    ] {
+        let dir =
+            std::env::temp_dir().join(format!("whale-quantize-{name}-{}", std::process::id()));
+        let src = Checkpoint::open(&fixture(name)).unwrap();
+        whale_model::quantize::save_quantized(&src, fmt, &dir).unwrap();
+        let saved = load_dir(&dir, None);
+        let converted = load(name, Some(fmt));
+        for p in prompts(name) {
+            let run = |m: &Model| {
+                let mut cache = m.new_cache(p.len());
+                m.forward(&p, &mut cache, AttentionForm::Plain, Logits::All)
+                    .unwrap()
+            };
+            assert_eq!(run(&saved), run(&converted), "{name}");
+        }
+        assert_eq!(saved.layers[0].self_attn.o_proj.format(), Some(fmt));
+        // quantising a quantised checkpoint again is refused
+        let again = Checkpoint::open(&dir).unwrap();
+        assert!(whale_model::quantize::save_quantized(&again, fmt, &dir.join("x")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
