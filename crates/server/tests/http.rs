@@ -258,8 +258,10 @@ fn metric(addr: &str, name: &str) -> f64 {
 #[test]
 fn a_client_that_disconnects_frees_its_blocks() {
     let _serial = serial();
-    let addr = start(None, None, 8 << 20);
+    // a model slow enough that 200 tokens take far longer than noticing the disconnect
+    let addr = start_synthetic();
     let mut req = chat("Write a long story", 200);
+    req.as_object_mut().unwrap().remove("model"); // served under its directory name
     req["stream"] = json!(true);
     req["ignore_eos"] = json!(true);
     let body = req.to_string();
@@ -515,6 +517,44 @@ fn sixty_four_streaming_clients_under_a_small_cache() {
     assert!(metric(&addr, "whale_preemptions_total") >= 1.0);
 }
 
+/// A server on a synthetic V2-Lite-shaped model (2 layers, hidden 512) that is slow enough for
+/// timing checks: ~400 prompt tokens take visible time, 200 generated tokens take seconds.
+fn start_synthetic() -> String {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        // under target/tmp, written once and reused by later runs
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("whale-synthetic");
+        if dir.join("config.json").exists() {
+            return dir;
+        }
+        let cfg = whale_model::synth::shaped_config(
+            whale_model::synth::Preset::V2Lite,
+            &whale_model::synth::Overrides {
+                layers: Some(2),
+                experts: Some(8),
+                vocab: Some(512),
+                hidden: Some(512),
+                mtp: None,
+            },
+        )
+        .unwrap();
+        whale_model::synth::write_checkpoint(&cfg, &dir, 1, 1 << 30, false).unwrap();
+        dir
+    });
+    serve(&whale_server::Options {
+        model: dir.clone(),
+        host: "127.0.0.1".into(),
+        port: 0,
+        max_batch: 4,
+        cache_mem: 64 << 20,
+        max_model_len: Some(2048),
+        api_key: None,
+        dtype: None,
+        block_size: 16,
+        body_limit: 1 << 20,
+    })
+}
+
 /// Milliseconds from sending a streamed chat request to its first data line, and the usage.
 fn timed_first_token(addr: &str, req: &Value) -> (f64, Value) {
     let mut req = req.clone();
@@ -553,32 +593,7 @@ fn timed_first_token(addr: &str, req: &Value) -> (f64, Value) {
 fn a_cached_system_prompt_cuts_time_to_first_token() {
     let _serial = serial();
     // a model big enough that prefilling ~400 tokens takes visible time
-    let dir = std::env::temp_dir().join(format!("whale-ttft-{}", std::process::id()));
-    let cfg = whale_model::synth::shaped_config(
-        whale_model::synth::Preset::V2Lite,
-        &whale_model::synth::Overrides {
-            layers: Some(2),
-            experts: Some(8),
-            vocab: Some(512),
-            hidden: Some(512),
-            mtp: None,
-        },
-    )
-    .unwrap();
-    whale_model::synth::write_checkpoint(&cfg, &dir, 1, 1 << 30, false).unwrap();
-    let opts = whale_server::Options {
-        model: dir.clone(),
-        host: "127.0.0.1".into(),
-        port: 0,
-        max_batch: 4,
-        cache_mem: 64 << 20,
-        max_model_len: Some(2048),
-        api_key: None,
-        dtype: None,
-        block_size: 16,
-        body_limit: 1 << 20,
-    };
-    let addr = serve(&opts);
+    let addr = start_synthetic();
     let system =
         "You are a meticulous assistant that explains mixture-of-experts models. ".repeat(8);
     let ask = |q: &str| json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}], "max_tokens": 2, "temperature": 0});
@@ -590,5 +605,4 @@ fn a_cached_system_prompt_cuts_time_to_first_token() {
     assert!(hit * 10 >= prompt * 8, "hit {hit} of {prompt}");
     eprintln!("time to first token: cold {cold:.1} ms, with {hit}/{prompt} prompt tokens cached {warm:.1} ms");
     assert!(warm < cold, "cold {cold} ms, warm {warm} ms");
-    std::fs::remove_dir_all(&dir).ok();
 }
