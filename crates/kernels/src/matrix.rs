@@ -331,38 +331,9 @@ fn rows_times_tokens(
     let k = w.cols;
     let tok = |t: usize| &x[t * k..(t + 1) * k];
     let mut r = rows.start;
-    let quantised = matches!(w.data, WeightData::Q8_0 { .. } | WeightData::Q4_0 { .. });
-    if let (true, Some(xq)) = (quantised, xq) {
-        // integer 4x4 blocks that sum each cell exactly like the single-row integer dot
-        let nb = w.cols / QK;
-        while r + 4 <= rows.end {
-            let i0 = r - rows.start;
-            let w4 = match &w.data {
-                WeightData::Q8_0 { qs, scales } => simd::QRows4::Q8(
-                    std::array::from_fn(|j| &qs.as_slice()[(r + j) * k..(r + j + 1) * k]),
-                    std::array::from_fn(|j| &scales[(r + j) * nb..(r + j + 1) * nb]),
-                ),
-                WeightData::Q4_0 { qs, scales } => simd::QRows4::Q4(
-                    std::array::from_fn(|j| &qs.as_slice()[(r + j) * k / 2..(r + j + 1) * k / 2]),
-                    std::array::from_fn(|j| &scales[(r + j) * nb..(r + j + 1) * nb]),
-                ),
-                _ => unreachable!("checked above"),
-            };
-            let mut t = 0;
-            while t < n_tok {
-                let m = (n_tok - t).min(4);
-                let y = simd::dot_4x4_q(w4, std::array::from_fn(|j| &xq[t + j.min(m - 1)]));
-                for (ri, yr) in y.iter().enumerate() {
-                    o[(i0 + ri) * n_tok + t..][..m].copy_from_slice(&yr[..m]);
-                }
-                t += m;
-            }
-            r += 4;
-        }
-    }
-    // Block-quantised rows with f32 activations scale per block in their single-row dot, which
-    // the float 4x4 kernel does not reproduce: they go row by row.
-    let blocked = !quantised;
+    // Block-quantised rows scale per block in their single-row dot, which the 4x4 kernel does
+    // not reproduce: they go row by row so a token gets the same bits alone and in a batch.
+    let blocked = !matches!(w.data, WeightData::Q8_0 { .. } | WeightData::Q4_0 { .. });
     while blocked && r + 4 <= rows.end {
         let i0 = r - rows.start;
         let w4 = rows4(w, r, bufs);

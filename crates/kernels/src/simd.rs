@@ -159,30 +159,6 @@ pub fn dot_q4_0_q8(qs: &[u8], scales: &[f16], x: &Q8Row) -> f32 {
     portable::dot_q4_0_q8(qs, scales, x)
 }
 
-/// Four block-quantised weight rows (codes and f16 block scales) for `dot_4x4_q`.
-#[derive(Clone, Copy)]
-pub enum QRows4<'a> {
-    Q8([&'a [i8]; 4], [&'a [f16]; 4]),
-    Q4([&'a [u8]; 4], [&'a [f16]; 4]),
-}
-
-/// out[r][t] = the single-row integer dot of weight row r with activation t, each cell summed
-/// exactly as `dot_q8_0_q8` / `dot_q4_0_q8` sum it (so a token's bits do not depend on its batch),
-/// with every unpacked weight block serving four tokens.
-pub fn dot_4x4_q(w: QRows4, x: [&Q8Row; 4]) -> [[f32; 4]; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if has_int8_dot() {
-        // SAFETY: features detected; row and activation lengths are checked inside.
-        return unsafe { x86::dot_4x4_q_vnni(w, x) };
-    }
-    std::array::from_fn(|r| {
-        std::array::from_fn(|t| match w {
-            QRows4::Q8(q, s) => dot_q8_0_q8(q[r], s[r], x[t]),
-            QRows4::Q4(q, s) => dot_q4_0_q8(q[r], s[r], x[t]),
-        })
-    })
-}
-
 /// Weight rows in a form the 4x4 kernels read directly.
 #[derive(Clone, Copy)]
 pub enum Rows4<'a> {
@@ -314,55 +290,6 @@ mod x86 {
             out[j] = scales[j].to_f32() * dx[j];
         }
         nb
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[allow(clippy::needless_range_loop)] // `b` indexes four rows' codes and scales at once
-    pub unsafe fn dot_4x4_q_vnni(w: super::QRows4, x: [&Q8Row; 4]) -> [[f32; 4]; 4] {
-        let nb = x[0].d.len();
-        let scales = match w {
-            super::QRows4::Q8(q, s) => {
-                assert!((0..4).all(|r| q[r].len() == nb * QK && s[r].len() == nb));
-                s
-            }
-            super::QRows4::Q4(q, s) => {
-                assert!((0..4).all(|r| q[r].len() == nb * QK / 2 && s[r].len() == nb));
-                s
-            }
-        };
-        assert!(x.iter().all(|t| t.d.len() == nb && t.q.len() == nb * QK));
-        let (mask, eight) = (_mm256_set1_epi16(0x0f), _mm256_set1_epi16(8));
-        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-        for b in 0..nb {
-            let wv: [__m512i; 4] = std::array::from_fn(|r| match w {
-                super::QRows4::Q8(q, _) => _mm512_cvtepi8_epi16(_mm256_loadu_si256(
-                    q[r].as_ptr().add(b * QK) as *const __m256i,
-                )),
-                super::QRows4::Q4(q, _) => {
-                    let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                        q[r].as_ptr().add(b * QK / 2) as *const __m128i
-                    ));
-                    let lo = _mm256_sub_epi16(_mm256_and_si256(v, mask), eight);
-                    let hi = _mm256_sub_epi16(_mm256_srli_epi16(v, 4), eight);
-                    _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
-                }
-            });
-            let dw: [f32; 4] = std::array::from_fn(|r| scales[r][b].to_f32());
-            for t in 0..4 {
-                let xv = _mm512_loadu_si512(x[t].q.as_ptr().add(b * QK) as *const __m512i);
-                let dx = x[t].d[b];
-                for r in 0..4 {
-                    let p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), wv[r], xv);
-                    // the same product of the same two f32 values as the single-row dot's scales
-                    acc[r][t] = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(p),
-                        _mm512_set1_ps(dw[r] * dx),
-                        acc[r][t],
-                    );
-                }
-            }
-        }
-        std::array::from_fn(|r| std::array::from_fn(|t| _mm512_reduce_add_ps(acc[r][t])))
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -668,55 +595,6 @@ mod tests {
                 for t in 0..4 {
                     assert_eq!(gf[r][t].to_bits(), dot_f32(&wf[r], x[t]).to_bits());
                     assert_eq!(gb[r][t].to_bits(), dot_bf16(&wb[r], x[t]).to_bits());
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn quantised_4x4_cells_equal_single_integer_dots_bit_for_bit() {
-        for n in [32usize, 64, 2048, 4160] {
-            let rows: Vec<Vec<f32>> = (0..4).map(|r| seq(n, 50 + r)).collect();
-            let xs: Vec<Q8Row> = (0..4)
-                .map(|t| quantize_activation(&seq(n, 60 + t)))
-                .collect();
-            let x = [&xs[0], &xs[1], &xs[2], &xs[3]];
-            let (mut q8, mut s8, mut q4, mut s4) = (vec![], vec![], vec![], vec![]);
-            for r in &rows {
-                let (mut a, mut b, mut c, mut d) = (vec![], vec![], vec![], vec![]);
-                crate::quant::quantize_q8_0(r, &mut a, &mut b);
-                crate::quant::quantize_q4_0(r, &mut c, &mut d);
-                q8.push(a);
-                s8.push(b);
-                q4.push(c);
-                s4.push(d);
-            }
-            let g8 = dot_4x4_q(
-                QRows4::Q8(
-                    std::array::from_fn(|r| &q8[r][..]),
-                    std::array::from_fn(|r| &s8[r][..]),
-                ),
-                x,
-            );
-            let g4 = dot_4x4_q(
-                QRows4::Q4(
-                    std::array::from_fn(|r| &q4[r][..]),
-                    std::array::from_fn(|r| &s4[r][..]),
-                ),
-                x,
-            );
-            for r in 0..4 {
-                for t in 0..4 {
-                    assert_eq!(
-                        g8[r][t].to_bits(),
-                        dot_q8_0_q8(&q8[r], &s8[r], x[t]).to_bits(),
-                        "q8 n={n}"
-                    );
-                    assert_eq!(
-                        g4[r][t].to_bits(),
-                        dot_q4_0_q8(&q4[r], &s4[r], x[t]).to_bits(),
-                        "q4 n={n}"
-                    );
                 }
             }
         }
