@@ -556,6 +556,7 @@ fn stream_response(
     } else {
         "text_completion"
     };
+    let st_logprobs = st.clone();
     let chunk = move |choices: Value, usage: Option<Value>| {
         let mut v = json!({"id": id, "object": object, "created": created, "model": st.name, "choices": choices});
         if let Some(u) = usage {
@@ -580,9 +581,10 @@ fn stream_response(
     let chat = job.chat;
     let include_usage = job.common.include_usage;
     let prompt_len = job.prompt.len();
-    let st2 = job.common.top_logprobs.is_some();
+    let want_logprobs = job.common.top_logprobs.is_some();
     let events = stream::unfold(state, move |mut s| {
         let chunk = chunk.clone();
+        let st_logprobs = st_logprobs.clone();
         async move {
             if s.ended {
                 return None;
@@ -607,7 +609,9 @@ fn stream_response(
                         if reasoning.is_empty() && content.is_empty() && logprob.is_none() {
                             continue;
                         }
-                        let lp = if st2 { logprob.map(|l| vec![l]) } else { None };
+                        let lp = logprob
+                            .filter(|_| want_logprobs)
+                            .map(|l| json!({"content": [logprob_json(&st_logprobs, &l)]}));
                         let choice = if chat {
                             let mut delta = json!({});
                             if !s.started[i] {
@@ -620,7 +624,7 @@ fn stream_response(
                             if !content.is_empty() {
                                 delta["content"] = json!(content);
                             }
-                            json!({"index": i, "delta": delta, "logprobs": lp.map(|l| json!({"content": l.iter().map(|x| json!({"token_id": x.id, "logprob": x.logprob})).collect::<Vec<_>>()})), "finish_reason": null})
+                            json!({"index": i, "delta": delta, "logprobs": lp, "finish_reason": null})
                         } else {
                             json!({"index": i, "text": content, "logprobs": null, "finish_reason": null})
                         };

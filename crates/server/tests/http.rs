@@ -606,3 +606,43 @@ fn a_cached_system_prompt_cuts_time_to_first_token() {
     eprintln!("time to first token: cold {cold:.1} ms, with {hit}/{prompt} prompt tokens cached {warm:.1} ms");
     assert!(warm < cold, "cold {cold} ms, warm {warm} ms");
 }
+
+#[test]
+fn logprobs_come_per_token_streamed_or_not() {
+    let _serial = serial();
+    let addr = start(None, None, 8 << 20);
+    let mut req = chat("What is 12 + 30?", 6);
+    req["logprobs"] = json!(true);
+    req["top_logprobs"] = json!(3);
+    let (s, v) = post(&addr, "/v1/chat/completions", &req);
+    assert_eq!(s, 200, "{v}");
+    let whole = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(whole.len(), 6);
+    for e in &whole {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // the chosen token is greedy: it is the most likely one
+        assert_eq!(e["logprob"], top[0]["logprob"]);
+        assert!(e["logprob"].as_f64().unwrap() <= 0.0);
+    }
+    req["stream"] = json!(true);
+    let (_, body) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        req.to_string().as_bytes(),
+        &[],
+    );
+    let streamed: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|v| v["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(streamed, whole);
+}
