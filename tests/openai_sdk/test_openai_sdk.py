@@ -118,3 +118,33 @@ def test_n_samples_and_vote(server):
     assert len(r.choices) == 4
     vote = r.model_extra["whale_vote"]
     assert sum(v["count"] for v in vote["votes"]) == 4
+
+
+def test_context_cache_survives_a_restart(tmp_path):
+    cache_dir = tmp_path / "ctx"
+    system = "You are a careful assistant who explains latent attention in detail. " * 4
+
+    def serve_once(question):
+        port = free_port()
+        proc = subprocess.Popen(
+            [WHALE, "serve", "--model", MODEL, "--port", str(port), "--cache-mem", "16MiB",
+             "--context-cache-dir", str(cache_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(base + "/health", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.05)
+        r = client(base, key="none").chat.completions.create(
+            model="tiny-v3", messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            max_tokens=2, temperature=0)
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        return r.usage.model_extra["prompt_cache_hit_tokens"]
+
+    assert serve_once("What is a latent?") == 0
+    assert (cache_dir / "prefix-cache.bin").exists()
+    # a fresh process: the first request already finds the system prompt's blocks
+    assert serve_once("What is a head?") > 32

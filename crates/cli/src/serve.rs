@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// tokens per cache block
     #[arg(long, default_value_t = 16)]
     block_size: usize,
+    /// keep cached prefixes in this directory across restarts (written at shutdown)
+    #[arg(long)]
+    context_cache_dir: Option<PathBuf>,
 }
 
 /// "4GiB", "512MiB", "100MB", "1e9", "123456" -> bytes
@@ -73,6 +76,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         dtype: whale_model::parse_dtype(&a.dtype)?,
         block_size: a.block_size,
         body_limit: 4 << 20,
+        context_cache_dir: a.context_cache_dir,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -9,6 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use crate::cache::KvStore;
 use crate::config::ModelConfig;
 
+const PREFIX_MAGIC: &[u8; 8] = b"WHALEPC1";
+
 pub struct BlockPool {
     pub block_size: usize,
     layers: usize,
@@ -179,6 +181,77 @@ impl BlockPool {
                 self.hash_of[b] = Some(h);
             }
         }
+    }
+
+    /// Writes every block that caches a prefix (its key and rows) to `path`; `fingerprint`
+    /// names the model and layout, so a different model never reads them back. Returns the
+    /// number of blocks written.
+    pub fn save_prefixes(
+        &self,
+        path: &std::path::Path,
+        fingerprint: u64,
+    ) -> std::io::Result<usize> {
+        use std::io::Write;
+        let keyed: Vec<(u64, usize)> = self.by_hash.iter().map(|(&h, &b)| (h, b)).collect();
+        let tmp = path.with_extension("tmp");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        f.write_all(PREFIX_MAGIC)?;
+        for v in [fingerprint, self.block_size as u64, keyed.len() as u64] {
+            f.write_all(&v.to_le_bytes())?;
+        }
+        let size = self.layers * self.block_size * self.width;
+        for (h, b) in &keyed {
+            f.write_all(&h.to_le_bytes())?;
+            f.write_all(bytemuck::cast_slice(&self.data[b * size..(b + 1) * size]))?;
+        }
+        f.flush()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        Ok(keyed.len())
+    }
+
+    /// Reads prefixes written by `save_prefixes` into free blocks (as many as fit). A file of
+    /// another model or layout, or a damaged one, is ignored: Ok(0).
+    pub fn load_prefixes(
+        &mut self,
+        path: &std::path::Path,
+        fingerprint: u64,
+    ) -> std::io::Result<usize> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let word = |i: usize| {
+            bytes
+                .get(8 + i * 8..16 + i * 8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+        };
+        if bytes.get(..8) != Some(PREFIX_MAGIC)
+            || word(0) != Some(fingerprint)
+            || word(1) != Some(self.block_size as u64)
+        {
+            return Ok(0);
+        }
+        let n = word(2).unwrap_or(0) as usize;
+        let size = self.layers * self.block_size * self.width;
+        let rec = 8 + size * 4;
+        if bytes.len() != 32 + n * rec {
+            return Ok(0);
+        }
+        let mut loaded = 0;
+        for i in 0..n {
+            let Some(b) = self.free.pop() else { break };
+            let at = 32 + i * rec;
+            let h = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+            let rows: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes[at + 8..at + rec]);
+            self.data[b * size..(b + 1) * size].copy_from_slice(&rows);
+            self.hash_of[b] = Some(h);
+            self.by_hash.insert(h, b);
+            self.cached_idle.push_back(b);
+            loaded += 1;
+        }
+        Ok(loaded)
     }
 
     fn region(&self, block: usize, layer: usize) -> std::ops::Range<usize> {

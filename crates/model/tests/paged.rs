@@ -128,3 +128,42 @@ fn a_full_pool_refuses_instead_of_overflowing() {
     pool.finish(&mut s);
     assert!(pool.reserve(&mut t, 5));
 }
+
+#[test]
+fn saved_prefixes_come_back_in_a_new_pool_for_the_same_model_only() {
+    let m = model();
+    let file = std::env::temp_dir().join(format!("whale-prefixes-{}.bin", std::process::id()));
+    let prompt: Vec<u32> = (10..40).collect();
+    let mut pool = BlockPool::new(&m.config, 4, 64);
+    let (mut a, _) = pool.start(&prompt);
+    step(
+        &m,
+        &mut pool,
+        std::slice::from_mut(&mut a),
+        std::slice::from_ref(&prompt),
+    );
+    pool.finish(&mut a);
+    assert_eq!(pool.save_prefixes(&file, 7).unwrap(), 7); // 30 tokens = 7 full blocks
+                                                          // a new pool with the same fingerprint serves the prefix, with the same numbers
+    let mut fresh = BlockPool::new(&m.config, 4, 64);
+    assert_eq!(fresh.load_prefixes(&file, 7).unwrap(), 7);
+    let (mut b, hit) = fresh.start(&prompt);
+    assert_eq!(hit, 28);
+    let rest = prompt[hit..].to_vec();
+    let lb = step(&m, &mut fresh, std::slice::from_mut(&mut b), &[rest]);
+    assert_eq!(lb[0], alone(&m, &prompt, 0)[0]);
+    // another fingerprint (another model or layout) reads nothing
+    let mut other = BlockPool::new(&m.config, 4, 64);
+    assert_eq!(other.load_prefixes(&file, 8).unwrap(), 0);
+    assert_eq!(other.start(&prompt).1, 0);
+    // a damaged file reads nothing either
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
+    assert_eq!(
+        BlockPool::new(&m.config, 4, 64)
+            .load_prefixes(&file, 7)
+            .unwrap(),
+        0
+    );
+    std::fs::remove_file(&file).ok();
+}

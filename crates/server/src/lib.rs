@@ -45,6 +45,17 @@ pub struct Options {
     pub block_size: usize,
     /// largest request body in bytes
     pub body_limit: usize,
+    /// keep cached prefixes here across restarts
+    pub context_cache_dir: Option<PathBuf>,
+}
+
+/// The engine thread, to wait for at shutdown (it writes the context cache on its way out).
+pub struct EngineThread(std::thread::JoinHandle<()>);
+
+impl EngineThread {
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
 }
 
 struct AppState {
@@ -60,8 +71,8 @@ struct AppState {
 type Shared = Arc<AppState>;
 
 /// Loads the model, starts the engine thread, and returns the router (tests serve it on a
-/// port of their own).
-pub fn app(o: &Options) -> Result<Router> {
+/// port of their own) with the engine thread.
+pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
     let mut ck = Checkpoint::open(&o.model)?;
     ck.dtype = o.dtype;
     let model = Model::load(&ck)?;
@@ -82,7 +93,24 @@ pub fn app(o: &Options) -> Result<Router> {
     let eos = whale_engine::Engine::eos_for(&o.model, cfg);
     let metrics = Arc::new(Metrics::default());
     let (tx, rx) = std::sync::mpsc::channel();
+    let persist = match &o.context_cache_dir {
+        None => None,
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            // the model's config and the cache layout name the file's contents
+            let cfg_text = std::fs::read(o.model.join("config.json"))?;
+            let fp = cfg_text
+                .iter()
+                .chain(&(o.block_size as u64).to_le_bytes())
+                .fold(0xcbf29ce484222325u64, |h, &b| {
+                    (h ^ b as u64).wrapping_mul(0x100000001b3)
+                });
+            Some((dir.join("prefix-cache.bin"), fp))
+        }
+    };
     let engine = Engine {
+        persist,
         model,
         tokenizer: tokenizer.clone(),
         eos,
@@ -94,7 +122,7 @@ pub fn app(o: &Options) -> Result<Router> {
         },
         metrics: metrics.clone(),
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("whale-engine".into())
         .spawn(move || engine.run(rx))
         .context("cannot start the engine thread")?;
@@ -112,7 +140,7 @@ pub fn app(o: &Options) -> Result<Router> {
         metrics,
         body_limit: o.body_limit,
     });
-    Ok(Router::new()
+    let router = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
@@ -125,12 +153,13 @@ pub fn app(o: &Options) -> Result<Router> {
                 "no such endpoint",
             )
         })
-        .with_state(state))
+        .with_state(state);
+    Ok((router, EngineThread(thread)))
 }
 
 /// Serves until SIGINT or SIGTERM; then stops accepting and lets running streams finish.
 pub async fn serve(o: Options) -> Result<()> {
-    let router = app(&o)?;
+    let (router, engine) = app(&o)?;
     let addr = format!("{}:{}", o.host, o.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -158,6 +187,8 @@ pub async fn serve(o: Options) -> Result<()> {
             eprintln!("whale serve: shutting down, draining running requests");
         })
         .await?;
+    // the router and its sender are gone: the engine finishes and saves its context cache
+    engine.join();
     Ok(())
 }
 

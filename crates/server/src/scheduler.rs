@@ -137,6 +137,8 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 pub struct Engine {
+    /// where cached prefixes are kept across restarts, and the fingerprint of this model
+    pub persist: Option<(std::path::PathBuf, u64)>,
     pub model: Model,
     pub tokenizer: Arc<ChatTokenizer>,
     pub eos: Vec<u32>,
@@ -146,8 +148,32 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Runs until every sender of `rx` is gone and no sequence is left.
+    /// Runs until every sender of `rx` is gone and no sequence is left; cached prefixes are
+    /// read from and written back to the context-cache directory when there is one.
     pub fn run(mut self, rx: Receiver<Submit>) {
+        if let Some((path, fp)) = &self.persist {
+            match self.pool.load_prefixes(path, *fp) {
+                Ok(n) if n > 0 => eprintln!(
+                    "whale serve: {n} cached prefix blocks loaded from {}",
+                    path.display()
+                ),
+                Ok(_) => {}
+                Err(e) => eprintln!("whale serve: cannot read {}: {e}", path.display()),
+            }
+        }
+        self.run_loop(rx);
+        if let Some((path, fp)) = &self.persist {
+            match self.pool.save_prefixes(path, *fp) {
+                Ok(n) => eprintln!(
+                    "whale serve: {n} cached prefix blocks saved to {}",
+                    path.display()
+                ),
+                Err(e) => eprintln!("whale serve: cannot write {}: {e}", path.display()),
+            }
+        }
+    }
+
+    fn run_loop(&mut self, rx: Receiver<Submit>) {
         let mut waiting: VecDeque<Seq> = VecDeque::new();
         let mut running: Vec<Seq> = Vec::new();
         let mut open = true;

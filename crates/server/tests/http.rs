@@ -42,13 +42,14 @@ fn start_with(
         dtype: None,
         block_size: 4,
         body_limit: 64 << 10,
+        context_cache_dir: None,
     };
     serve(&opts)
 }
 
 /// Serves `opts` on a free loopback port from a background runtime; returns the address.
 fn serve(opts: &whale_server::Options) -> String {
-    let router = whale_server::app(opts).unwrap();
+    let (router, _engine) = whale_server::app(opts).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -552,6 +553,7 @@ fn start_synthetic() -> String {
         dtype: None,
         block_size: 16,
         body_limit: 1 << 20,
+        context_cache_dir: None,
     })
 }
 
