@@ -23,26 +23,34 @@ def free_port():
     return port
 
 
-@pytest.fixture(scope="module")
-def server():
+def start_server(*extra):
+    """A `whale serve` on a free loopback port; returns (process, base URL) once it answers."""
     port = free_port()
     proc = subprocess.Popen(
-        [WHALE, "serve", "--model", MODEL, "--port", str(port), "--api-key", "sk-test", "--cache-mem", "16MiB"],
+        [WHALE, "serve", "--model", MODEL, "--port", str(port), "--cache-mem", "16MiB", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
             urllib.request.urlopen(base + "/health", timeout=1)
-            break
+            return proc, base
         except Exception:
             time.sleep(0.05)
-    else:
-        proc.kill()
-        raise RuntimeError("whale serve did not come up: " + proc.stderr.read().decode())
-    yield base
+    proc.kill()
+    raise RuntimeError("whale serve did not come up: " + proc.stderr.read().decode())
+
+
+def stop_server(proc):
     proc.terminate()  # SIGTERM: graceful shutdown
     assert proc.wait(timeout=20) == 0
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, base = start_server("--api-key", "sk-test")
+    yield base
+    stop_server(proc)
 
 
 def client(base, key="sk-test"):
@@ -125,23 +133,11 @@ def test_context_cache_survives_a_restart(tmp_path):
     system = "You are a careful assistant who explains latent attention in detail. " * 4
 
     def serve_once(question):
-        port = free_port()
-        proc = subprocess.Popen(
-            [WHALE, "serve", "--model", MODEL, "--port", str(port), "--cache-mem", "16MiB",
-             "--context-cache-dir", str(cache_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.05)
+        proc, base = start_server("--context-cache-dir", str(cache_dir))
         r = client(base, key="none").chat.completions.create(
             model="tiny-v3", messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
             max_tokens=2, temperature=0)
-        proc.terminate()
-        assert proc.wait(timeout=20) == 0
+        stop_server(proc)
         return r.usage.model_extra["prompt_cache_hit_tokens"]
 
     assert serve_once("What is a latent?") == 0
