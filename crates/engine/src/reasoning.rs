@@ -36,10 +36,6 @@ impl ReasoningSplitter {
         }
     }
 
-    pub fn in_reasoning(&self) -> bool {
-        self.in_reasoning
-    }
-
     pub fn push(&mut self, text: &str) -> Vec<Part> {
         self.pending.push_str(text);
         let mut out = Vec::new();

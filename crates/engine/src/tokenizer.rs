@@ -80,14 +80,6 @@ impl ChatTokenizer {
         })
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.tok.get_vocab_size(true)
-    }
-
-    pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.tok.token_to_id(text)
-    }
-
     /// Tokens of `text` with no special tokens added (the text may contain special tokens).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self

@@ -53,20 +53,6 @@ impl LatentCache {
         self.len == 0
     }
 
-    /// Values per token per layer.
-    pub fn width(&self) -> usize {
-        self.width
-    }
-
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
-    /// Every row of `layer` written so far, including rows appended in the current step.
-    pub fn rows(&self, layer: usize) -> &[f32] {
-        &self.layers[layer]
-    }
-
     /// Append rows for new tokens to one layer (called once per layer per step, before `commit`).
     pub fn append(&mut self, layer: usize, rows: &[f32]) {
         debug_assert_eq!(rows.len() % self.width, 0);

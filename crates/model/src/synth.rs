@@ -188,7 +188,7 @@ pub fn shaped_config(preset: Preset, o: &Overrides) -> Result<ModelConfig> {
 #[derive(Clone, Copy, Debug)]
 enum Init {
     /// uniform with this standard deviation
-    Normal(f32),
+    Uniform(f32),
     /// 1 + small noise (norm weights)
     NearOne,
 }
@@ -210,7 +210,7 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
         v.push(Spec {
             name,
             shape: vec![rows, cols],
-            init: Init::Normal(1.0 / (cols as f32).sqrt()),
+            init: Init::Uniform(1.0 / (cols as f32).sqrt()),
             fp8: quant && fp8,
         })
     };
@@ -270,7 +270,7 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
                     v.push(Spec {
                         name: format!("{p}mlp.gate.e_score_correction_bias"),
                         shape: vec![m.n_routed_experts],
-                        init: Init::Normal(0.01),
+                        init: Init::Uniform(0.01),
                         fp8: false,
                     });
                 }
@@ -291,7 +291,7 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
     v.push(Spec {
         name: "model.embed_tokens.weight".into(),
         shape: vec![c.vocab_size, d],
-        init: Init::Normal(1.0),
+        init: Init::Uniform(1.0),
         fp8: false,
     });
     for i in 0..c.num_hidden_layers {
@@ -306,7 +306,7 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
         v.push(Spec {
             name: format!("{p}embed_tokens.weight"),
             shape: vec![c.vocab_size, d],
-            init: Init::Normal(1.0),
+            init: Init::Uniform(1.0),
             fp8: false,
         });
         norm(&mut v, format!("{p}enorm.weight"), d);
@@ -350,7 +350,7 @@ fn values(spec: &Spec, seed: u64, n: usize) -> Vec<f32> {
                 s = s.wrapping_add(0x9E3779B97F4A7C15);
                 let u = (splitmix(s) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0; // [-1, 1)
                 *v = match spec.init {
-                    Init::Normal(std) => u * std * 3f32.sqrt(),
+                    Init::Uniform(std) => u * std * 3f32.sqrt(),
                     Init::NearOne => 1.0 + 0.1 * u,
                 };
             }

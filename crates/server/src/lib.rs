@@ -335,10 +335,7 @@ async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
         })
     }
     .await;
-    match job {
-        Ok(j) => run(st, j).await,
-        Err(e) => e.into_response(),
-    }
+    run(st, job).await
 }
 
 async fn completions(State(st): State<Shared>, req: Request) -> Response {
@@ -387,10 +384,7 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
         })
     }
     .await;
-    match job {
-        Ok(j) => run(st, j).await,
-        Err(e) => e.into_response(),
-    }
+    run(st, job).await
 }
 
 fn now() -> u64 {
@@ -405,8 +399,13 @@ fn request_id(chat: bool) -> String {
     format!("{}-{r:016x}", if chat { "chatcmpl" } else { "cmpl" })
 }
 
-/// Submits the job's `n` samples and answers, streamed or whole.
-async fn run(st: Shared, job: Job) -> Response {
+/// Submits the job's `n` samples and answers, streamed or whole; a rejected request gets its
+/// error.
+async fn run(st: Shared, job: Result<Job, ApiError>) -> Response {
+    let job = match job {
+        Ok(j) => j,
+        Err(e) => return e.into_response(),
+    };
     let mut receivers = Vec::with_capacity(job.common.n);
     let group: u64 = rand::random();
     {
