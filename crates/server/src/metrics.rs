@@ -65,6 +65,8 @@ pub struct Metrics {
     pub requests: Counter,
     pub requests_done: Counter,
     pub cancelled: Counter,
+    /// context tokens run through the model as prefill (cache hits skip it)
+    pub prefill_tokens: Counter,
     pub preempted: Counter,
     pub prompt_tokens: Counter,
     pub generated_tokens: Counter,
@@ -84,6 +86,7 @@ impl Default for Metrics {
             requests: Counter::default(),
             requests_done: Counter::default(),
             cancelled: Counter::default(),
+            prefill_tokens: Counter::default(),
             preempted: Counter::default(),
             prompt_tokens: Counter::default(),
             generated_tokens: Counter::default(),
@@ -139,6 +142,11 @@ impl Metrics {
                 "whale_prompt_tokens_total",
                 "prompt tokens received",
                 self.prompt_tokens.get(),
+            ),
+            (
+                "whale_prefill_tokens_total",
+                "context tokens computed by prefill (prefix-cache hits are not)",
+                self.prefill_tokens.get(),
             ),
             (
                 "whale_generation_tokens_total",

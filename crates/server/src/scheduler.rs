@@ -216,7 +216,13 @@ impl Engine {
                 }
                 !gone
             });
-            waiting.retain(|s| !s.events.is_closed());
+            waiting.retain(|s| {
+                let gone = s.events.is_closed();
+                if gone {
+                    self.metrics.cancelled.inc();
+                }
+                !gone
+            });
             // admit in arrival order while there is room in the batch and the pool
             while running.len() < self.cfg.max_batch {
                 // a sibling still prefilling the same prompt: wait for its blocks
@@ -271,6 +277,7 @@ impl Engine {
         // what each sequence feeds this step
         let mut budget = self.cfg.prefill_chunk;
         let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(running.len());
+        let mut prefilled = 0;
         let mut i = 0;
         while i < running.len() {
             let s = &running[i];
@@ -303,12 +310,16 @@ impl Engine {
                 ));
                 continue;
             }
+            if running[i].in_cache() < running[i].ctx.len() {
+                prefilled += feed.len();
+            }
             feeds.push(feed);
             i += 1;
         }
         if running.is_empty() {
             return;
         }
+        self.metrics.prefill_tokens.add(prefilled as u64);
         let d = self.model.config.hidden_size;
         let feed_refs: Vec<&[u32]> = feeds.iter().map(|f| f.as_slice()).collect();
         let result = {

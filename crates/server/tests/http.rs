@@ -268,8 +268,14 @@ fn a_client_that_disconnects_frees_its_blocks() {
     let body = req.to_string();
     let mut s = TcpStream::connect(&addr).unwrap();
     write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    // wait for the first generated chunk: headers alone may come before the scheduler admits it
+    let mut seen = Vec::new();
     let mut buf = [0u8; 512];
-    let _ = s.read(&mut buf).unwrap(); // the stream has started
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
     drop(s);
     let t = Instant::now();
     while metric(&addr, "whale_cache_blocks_used") > 0.0
@@ -592,7 +598,7 @@ fn timed_first_token(addr: &str, req: &Value) -> (f64, Value) {
 }
 
 #[test]
-fn a_cached_system_prompt_cuts_time_to_first_token() {
+fn a_cached_system_prompt_is_not_prefilled_again() {
     let _serial = serial();
     // a model big enough that prefilling ~400 tokens takes visible time
     let addr = start_synthetic();
@@ -600,13 +606,18 @@ fn a_cached_system_prompt_cuts_time_to_first_token() {
         "You are a meticulous assistant that explains mixture-of-experts models. ".repeat(8);
     let ask = |q: &str| json!({"messages": [{"role": "system", "content": system}, {"role": "user", "content": q}], "max_tokens": 2, "temperature": 0});
     let (cold, u1) = timed_first_token(&addr, &ask("What is a router?"));
+    let computed_cold = metric(&addr, "whale_prefill_tokens_total");
     let (warm, u2) = timed_first_token(&addr, &ask("What is a shared expert?"));
+    let computed_warm = metric(&addr, "whale_prefill_tokens_total") - computed_cold;
     assert_eq!(u1["prompt_cache_hit_tokens"], 0);
+    assert_eq!(computed_cold, u1["prompt_tokens"].as_f64().unwrap());
     let hit = u2["prompt_cache_hit_tokens"].as_u64().unwrap();
     let prompt = u2["prompt_tokens"].as_u64().unwrap();
     assert!(hit * 10 >= prompt * 8, "hit {hit} of {prompt}");
+    // the cached blocks are not computed again: only the tail of the prompt is prefilled
+    assert_eq!(computed_warm, (prompt - hit) as f64);
+    // the time is a figure for people, not an assertion (a timed test flakes on a busy machine)
     eprintln!("time to first token: cold {cold:.1} ms, with {hit}/{prompt} prompt tokens cached {warm:.1} ms");
-    assert!(warm < cold, "cold {cold} ms, warm {warm} ms");
 }
 
 #[test]
