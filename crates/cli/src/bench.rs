@@ -6,7 +6,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 use whale_engine::sampler::argmax;
-use whale_model::{parse_dtype, AttentionForm, Caches, Checkpoint, LatentCache, Logits, Model};
+use whale_model::{parse_dtype, AttentionForm, Caches, Checkpoint, LatentCache, Model};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -47,60 +47,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             c.max_position_embeddings
         );
     }
-    // fixed pseudo-random prompts, one per sequence
-    let prompts: Vec<Vec<u32>> = (0..a.batch as u64)
-        .map(|b| {
-            (0..a.prompt_len as u64)
-                .map(|i| ((i * 2654435761 + 17 + b * 7919) % c.vocab_size as u64) as u32)
-                .collect()
-        })
-        .collect();
     // touch every page of the weights once so the first timed run does not pay for page faults
-    {
-        let mut cache = model.new_cache(a.prompt_len + 1);
-        model.forward(&prompts[0], &mut cache, AttentionForm::Plain, Logits::Last)?;
-    }
+    measure(&model, a.prompt_len, 1, 1)?;
     let active = model.weight_bytes_per_step(a.batch);
     let threads = rayon::current_num_threads();
     // tokens per second if a decode step cost only reading its weights once
     let roofline = a.batch as f64 * bandwidth * 1e9 / active as f64;
-    let d = c.hidden_size;
-    let mut runs = vec![];
-    for _ in 0..a.repeats {
-        let mut caches: Vec<LatentCache> = (0..a.batch)
-            .map(|_| model.new_cache(a.prompt_len + a.gen_len))
-            .collect();
-        let t0 = Instant::now();
-        let toks: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
-        let h = model.forward_batch(
-            &toks,
-            &mut Caches(caches.iter_mut().collect()),
-            AttentionForm::Auto,
-        )?;
-        let mut next: Vec<u32> = (0..a.batch)
-            .map(|b| {
-                let end = (b + 1) * a.prompt_len;
-                argmax(&model.logits(&h[(end - 1) * d..end * d]))
-            })
-            .collect();
-        let prefill = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        for _ in 0..a.gen_len {
-            let toks: Vec<&[u32]> = next.iter().map(std::slice::from_ref).collect();
-            let h = model.forward_batch(
-                &toks,
-                &mut Caches(caches.iter_mut().collect()),
-                AttentionForm::Auto,
-            )?;
-            let logits = model.logits(&h);
-            next = logits.chunks_exact(c.vocab_size).map(argmax).collect();
-        }
-        let decode = t1.elapsed().as_secs_f64();
-        runs.push((
-            (a.batch * a.prompt_len) as f64 / prefill,
-            (a.batch * a.gen_len) as f64 / decode,
-        ));
-    }
+    let runs = (0..a.repeats)
+        .map(|_| measure(&model, a.prompt_len, a.gen_len, a.batch))
+        .collect::<Result<Vec<_>>>()?;
     if a.json {
         let v = serde_json::json!({
             "model": a.model, "threads": threads, "prompt_len": a.prompt_len, "gen_len": a.gen_len, "batch": a.batch,
@@ -146,6 +101,59 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One timed run: prefill of `batch` prompts of `prompt_len` tokens in one batched pass, then
+/// `gen_len` greedy decode steps of the whole batch. Returns (prefill, decode) tokens/s.
+pub fn measure(
+    model: &Model,
+    prompt_len: usize,
+    gen_len: usize,
+    batch: usize,
+) -> Result<(f64, f64)> {
+    let c = &model.config;
+    // fixed pseudo-random prompts, one per sequence
+    let prompts: Vec<Vec<u32>> = (0..batch as u64)
+        .map(|b| {
+            (0..prompt_len as u64)
+                .map(|i| ((i * 2654435761 + 17 + b * 7919) % c.vocab_size as u64) as u32)
+                .collect()
+        })
+        .collect();
+    let d = c.hidden_size;
+    let mut caches: Vec<LatentCache> = (0..batch)
+        .map(|_| model.new_cache(prompt_len + gen_len))
+        .collect();
+    let t0 = Instant::now();
+    let toks: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    let h = model.forward_batch(
+        &toks,
+        &mut Caches(caches.iter_mut().collect()),
+        AttentionForm::Auto,
+    )?;
+    let mut next: Vec<u32> = (0..batch)
+        .map(|b| {
+            let end = (b + 1) * prompt_len;
+            argmax(&model.logits(&h[(end - 1) * d..end * d]))
+        })
+        .collect();
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..gen_len {
+        let toks: Vec<&[u32]> = next.iter().map(std::slice::from_ref).collect();
+        let h = model.forward_batch(
+            &toks,
+            &mut Caches(caches.iter_mut().collect()),
+            AttentionForm::Auto,
+        )?;
+        let logits = model.logits(&h);
+        next = logits.chunks_exact(c.vocab_size).map(argmax).collect();
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    Ok((
+        (batch * prompt_len) as f64 / prefill,
+        (batch * gen_len) as f64 / decode,
+    ))
 }
 
 /// Peak resident set size of this process (VmHWM), 0 where /proc is not there.

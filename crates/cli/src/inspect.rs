@@ -1,6 +1,6 @@
 //! `whale inspect` and `whale synth`.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -44,6 +44,10 @@ pub struct SynthArgs {
     shard_mib: usize,
     #[arg(long)]
     out: PathBuf,
+    /// write only config.json (enough for `whale cost` and `whale inspect`-style accounting of
+    /// models too big to materialise, such as the full V3)
+    #[arg(long)]
+    config_only: bool,
 }
 
 fn human(n: u64) -> String {
@@ -194,6 +198,15 @@ pub fn synth(a: SynthArgs) -> Result<()> {
         },
     )?;
     let p = count(&cfg);
+    if a.config_only {
+        std::fs::create_dir_all(&a.out)
+            .with_context(|| format!("cannot create {}", a.out.display()))?;
+        let path = a.out.join("config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&cfg.to_hub_json())?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {} ({} parameters)", path.display(), human(p.total()));
+        return Ok(());
+    }
     eprintln!(
         "writing a {} checkpoint: {} parameters ({} active) to {}",
         a.like,

@@ -2,6 +2,7 @@
 
 mod bench;
 mod chat;
+mod cost;
 mod inspect;
 mod serve;
 mod tokens;
@@ -55,6 +56,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// OpenAI/DeepSeek-compatible HTTP server with continuous batching
     Serve(serve::ServeArgs),
+    /// Serving economics from first principles: FLOPs, bytes, KV, rooflines and $/token on a chip
+    Cost(cost::CostArgs),
 }
 
 fn main() {
@@ -84,5 +87,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::bench(a),
         Command::Quantize(a) => inspect::quantize(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Cost(a) => cost::cost(a),
     }
 }

@@ -357,3 +357,217 @@ fn chat_keeps_history_and_answers_each_turn() {
     assert!(turns[1] > turns[0] + 4, "{turns:?}");
     assert!(turns[2] < turns[1], "{turns:?}");
 }
+
+fn json_of(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn cost_answers_from_a_config_alone() {
+    let d = tmp("cost");
+    let v3 = d.join("v3");
+    let o = whale(&[
+        "synth",
+        "--like",
+        "v3",
+        "--config-only",
+        "--out",
+        v3.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = d.join("cost.png");
+    let args = [
+        "cost",
+        "--model",
+        v3.to_str().unwrap(),
+        "--hardware",
+        "h200",
+        "--gpus",
+        "8",
+        "--dtype",
+        "fp8",
+        "--batch",
+        "32",
+        "--context",
+        "32768",
+        "--json",
+        "--plot",
+        png.to_str().unwrap(),
+    ];
+    let r = json_of(&whale(&args));
+    let total = r["params"]["total"].as_f64().unwrap() / 1e9;
+    assert!((total - 671.0).abs() / 671.0 < 0.01, "{total}B");
+    let active = r["params"]["active"].as_f64().unwrap() / 1e9;
+    assert!((active - 37.5).abs() < 1.0, "{active}B");
+    let kv = &r["kv"]["per_token"];
+    assert_eq!(kv["mla"], 70272.0);
+    assert_eq!((kv["mha"].as_f64().unwrap() / 70272.0).round(), 71.0);
+    // a 32K-token sequence: 2.3 GB of latent cache
+    assert!((r["kv"]["per_sequence"]["mla"].as_f64().unwrap() - 70272.0 * 32768.0).abs() < 1.0);
+    assert_eq!(r["decode"]["step"]["bound"], "memory bandwidth");
+    assert!(r["dollars"]["output_over_input"].as_f64().unwrap() > 1.0);
+    assert!(std::fs::metadata(&png).unwrap().len() > 10_000);
+    // the text form carries the same figures
+    let text = whale(&args[..args.len() - 3]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("70272") && text.contains("71.1x less than MHA"),
+        "{text}"
+    );
+
+    let lite = d.join("lite");
+    whale(&[
+        "synth",
+        "--like",
+        "v2-lite",
+        "--config-only",
+        "--out",
+        lite.to_str().unwrap(),
+    ]);
+    let r = json_of(&whale(&[
+        "cost",
+        "--model",
+        lite.join("config.json").to_str().unwrap(),
+        "--hardware",
+        "h100",
+        "--json",
+    ]));
+    let p = &r["params"];
+    let total = p["total"].as_f64().unwrap() / 1e9;
+    assert!((total - 15.7).abs() / 15.7 < 0.01, "{total}B");
+    let active = (p["active"].as_f64().unwrap() - p["embedding"].as_f64().unwrap()) / 1e9;
+    assert!((active - 2.45).abs() < 0.1, "{active}B");
+    assert_eq!(r["kv"]["per_token"]["mla"], 31104.0);
+
+    // a stored cpu-local profile is used as is
+    let cache = d.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(
+        cache.join("cpu-local.toml"),
+        "[[chip]]\nname = \"cpu-local\"\ndescription = \"a test machine\"\nmemory_gb = 24\nbandwidth_gb_s = 20\nbf16_tflops = 0.1\nprice_per_hour = 0.1\noverlap = false\nsource = \"written by a test\"\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_whale"))
+        .args([
+            "cost",
+            "--model",
+            lite.to_str().unwrap(),
+            "--hardware",
+            "cpu-local",
+            "--dtype",
+            "int4",
+            "--json",
+        ])
+        .env("WHALE_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    let r = json_of(&o);
+    assert_eq!(r["hardware_description"], "a test machine");
+    // a CPU adds memory and compute time: no overlap
+    let s = &r["decode"]["step"];
+    let sum = s["compute_s"].as_f64().unwrap() + s["memory_s"].as_f64().unwrap();
+    assert!((s["seconds"].as_f64().unwrap() - sum).abs() < 1e-12);
+}
+
+#[test]
+fn cost_refuses_bad_questions() {
+    let d = tmp("cost-bad");
+    let v3 = d.join("v3");
+    whale(&[
+        "synth",
+        "--like",
+        "v3",
+        "--config-only",
+        "--out",
+        v3.to_str().unwrap(),
+    ]);
+    let m = v3.to_str().unwrap();
+    let cases: [(&[&str], &str); 8] = [
+        (&["--hardware", "tpu-v9"], "unknown hardware `tpu-v9`"),
+        (&["--hardware", "h100", "--dtype", "fp8"], "do not fit"),
+        (
+            &[
+                "--hardware",
+                "h200",
+                "--gpus",
+                "8",
+                "--dtype",
+                "fp8",
+                "--batch",
+                "100000",
+                "--context",
+                "32768",
+            ],
+            "at most",
+        ),
+        (
+            &[
+                "--hardware",
+                "h200",
+                "--gpus",
+                "8",
+                "--dtype",
+                "fp8",
+                "--context",
+                "10000000",
+            ],
+            "max_position_embeddings",
+        ),
+        (
+            &["--hardware", "h100", "--gpus", "12", "--dtype", "fp8"],
+            "whole nodes",
+        ),
+        (
+            &["--hardware", "h100", "--dtype", "fp4"],
+            "unknown dtype `fp4`",
+        ),
+        (&["--hardware", "h100", "--batch", "0"], "must be positive"),
+        (
+            &[
+                "--hardware",
+                "h100",
+                "--gpus",
+                "16",
+                "--dtype",
+                "fp8",
+                "--price-per-hour=-1",
+            ],
+            "--price-per-hour",
+        ),
+    ];
+    for (extra, what) in cases {
+        let mut args = vec!["cost", "--model", m];
+        args.extend_from_slice(extra);
+        assert_clean_error(&whale(&args), what);
+    }
+    // a config that is not DeepSeek-family
+    let llama = d.join("llama");
+    std::fs::create_dir_all(&llama).unwrap();
+    std::fs::write(
+        llama.join("config.json"),
+        r#"{"model_type": "llama", "hidden_size": 4096}"#,
+    )
+    .unwrap();
+    assert_clean_error(
+        &whale(&[
+            "cost",
+            "--model",
+            llama.to_str().unwrap(),
+            "--hardware",
+            "h100",
+        ]),
+        "model_type `llama`",
+    );
+    assert_clean_error(
+        &whale(&[
+            "cost",
+            "--model",
+            d.join("none").to_str().unwrap(),
+            "--hardware",
+            "h100",
+        ]),
+        "no config.json",
+    );
+    assert_clean_error(&whale(&["cost", "--hardware", "h100"]), "--model");
+}

@@ -22,3 +22,25 @@ pub fn read_bandwidth_gbs(bytes: usize, passes: usize) -> f64 {
     }
     best
 }
+
+/// Best of `passes` timed products of `m` activation rows with a `k` x `n` weight matrix held in
+/// `format`, through the same kernel the model's layers use, in GFLOP/s (2·m·k·n per product).
+pub fn matmul_gflops(format: crate::Format, m: usize, k: usize, n: usize, passes: usize) -> f64 {
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let w = crate::Matrix::from_f32(n, k, w);
+    let w = w.convert(format).unwrap_or(w);
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect();
+    let mut out = vec![0f32; m * n];
+    crate::matmul(&x, m, &w, &mut out); // warm the caches and the thread pool
+    let mut best = 0f64;
+    for _ in 0..passes.max(1) {
+        let t = Instant::now();
+        crate::matmul(&x, m, &w, &mut out);
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(&out);
+        best = best.max(2.0 * (m * k * n) as f64 / secs / 1e9);
+    }
+    best
+}

@@ -1,0 +1,176 @@
+//! What one token costs a model, from its config alone: parameters it activates, FLOPs of its
+//! products and of attention at a given context, bytes of weights a step reads, KV bytes it keeps.
+
+use crate::Dtype;
+use whale_model::params::{self, KvBytes, ParamCount};
+use whale_model::ModelConfig;
+
+#[derive(Clone, Debug)]
+pub struct Figures {
+    pub config: ModelConfig,
+    pub params: ParamCount,
+}
+
+impl Figures {
+    pub fn new(config: ModelConfig) -> Self {
+        let params = params::count(&config);
+        Figures { config, params }
+    }
+
+    /// Parameters that multiply every token's activations: everything but the embedding table
+    /// (a lookup) and the routed experts not chosen; the head counts even when tied.
+    pub fn active_matmul_params(&self) -> u64 {
+        let p = &self.params;
+        let head = if self.config.tie_word_embeddings {
+            p.embedding
+        } else {
+            0
+        };
+        p.active() - p.embedding + head
+    }
+
+    /// Multiply-adds of the weight products, as FLOPs, per token.
+    pub fn linear_flops(&self) -> f64 {
+        2.0 * self.active_matmul_params() as f64
+    }
+
+    fn attn_dims(&self) -> (f64, f64, f64, f64, f64, f64) {
+        let c = &self.config;
+        (
+            c.num_hidden_layers as f64,
+            c.num_attention_heads as f64,
+            c.kv_lora_rank as f64,
+            c.qk_rope_head_dim as f64,
+            c.qk_nope_head_dim as f64,
+            c.v_head_dim as f64,
+        )
+    }
+
+    /// Attention FLOPs of one token attending to `ctx` positions in the weight-absorbed form:
+    /// every head scores the latent and rope key (dc + dr) and sums latents (dc).
+    pub fn attn_flops_absorbed(&self, ctx: f64) -> f64 {
+        let (l, h, dc, dr, _, _) = self.attn_dims();
+        l * 2.0 * h * ctx * (2.0 * dc + dr)
+    }
+
+    /// The same in the plain form with per-head keys and values already expanded (prefill).
+    pub fn attn_flops_plain(&self, ctx: f64) -> f64 {
+        let (l, h, _, dr, nope, dv) = self.attn_dims();
+        l * 2.0 * h * ctx * (nope + dr + dv)
+    }
+
+    /// Decoding in the plain form from a latent cache: the cache is expanded through kv_b_proj
+    /// again at every step before the plain attention.
+    pub fn attn_flops_plain_decode(&self, ctx: f64) -> f64 {
+        let (l, h, dc, _, nope, dv) = self.attn_dims();
+        self.attn_flops_plain(ctx) + l * 2.0 * ctx * dc * h * (nope + dv)
+    }
+
+    /// FLOPs of prefilling a `p`-token prompt (causal: token t attends to t positions).
+    pub fn prefill_flops(&self, p: f64) -> f64 {
+        p * self.linear_flops() + self.attn_flops_plain(p * (p + 1.0) / 2.0)
+    }
+
+    /// FLOPs of decoding one token at context `ctx`.
+    pub fn decode_flops(&self, ctx: f64) -> f64 {
+        self.linear_flops() + self.attn_flops_absorbed(ctx)
+    }
+
+    /// Share of routed experts that `tokens` uniformly routed tokens touch in one step.
+    pub fn expert_share(&self, tokens: f64) -> f64 {
+        match &self.config.moe {
+            Some(m) => {
+                let miss = 1.0 - m.num_experts_per_tok as f64 / m.n_routed_experts as f64;
+                1.0 - miss.powf(tokens)
+            }
+            None => 0.0,
+        }
+    }
+
+    /// Bytes of weights one forward step over `tokens` tokens reads: every always-on weight once,
+    /// the routed experts its tokens touch, and one embedding row per token.
+    pub fn weight_bytes_read(&self, tokens: f64, dtype: Dtype) -> f64 {
+        self.dense_bytes_read(tokens, dtype) + self.routed_bytes_read(tokens, dtype)
+    }
+
+    /// The always-on part of [`Figures::weight_bytes_read`]: attention, dense and shared FFNs,
+    /// routers, norms, the head, and the embedding rows of the step's tokens.
+    pub fn dense_bytes_read(&self, tokens: f64, dtype: Dtype) -> f64 {
+        let p = &self.params;
+        let always = p.total() - p.embedding - p.routed_experts;
+        let head = if self.config.tie_word_embeddings {
+            p.embedding
+        } else {
+            0
+        };
+        ((always + head) as f64 + tokens * self.config.hidden_size as f64)
+            * dtype.bytes_per_weight()
+    }
+
+    /// The routed experts that `tokens` uniformly routed tokens touch.
+    pub fn routed_bytes_read(&self, tokens: f64, dtype: Dtype) -> f64 {
+        self.params.routed_experts as f64 * self.expert_share(tokens) * dtype.bytes_per_weight()
+    }
+
+    /// Bytes of the routed experts, all of them.
+    pub fn routed_bytes_total(&self, dtype: Dtype) -> f64 {
+        self.params.routed_experts as f64 * dtype.bytes_per_weight()
+    }
+
+    /// Bytes of all weights of the main model held in memory (MTP layers are not loaded).
+    pub fn weight_bytes_total(&self, dtype: Dtype) -> f64 {
+        self.params.total() as f64 * dtype.bytes_per_weight()
+    }
+
+    /// KV-cache bytes per token: MLA as stored, and the same heads as MHA and as GQA-8.
+    pub fn kv_per_token(&self, kv: Dtype) -> KvBytes {
+        // bytes_per_weight is fractional for int4; the cache element sizes used here are whole
+        params::kv_bytes_per_token(&self.config, kv.bytes_per_weight().round().max(1.0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whale_model::synth::Preset;
+
+    #[test]
+    fn v3_reads_its_active_weights_per_token() {
+        let f = Figures::new(Preset::V3.config());
+        // one token reads about the 37B active parameters less the embedding table (0.9B)
+        let gb = f.weight_bytes_read(1.0, Dtype::Fp8) / 1e9;
+        assert!((gb - 36.6).abs() < 1.0, "{gb} GB");
+        // a big batch touches every expert: the whole model minus the embedding table
+        let all = f.weight_bytes_read(1e6, Dtype::Bf16);
+        let total = f.weight_bytes_total(Dtype::Bf16);
+        let embed = f.params.embedding as f64 * 2.0;
+        assert!(((all - 2e6 * 7168.0) - (total - embed)).abs() / total < 1e-9);
+        // decode FLOPs: 2 per active matmul parameter, plus attention that grows with context
+        let lin = f.linear_flops();
+        assert!((lin / 2e9 - 36.6).abs() < 1.0, "{lin}");
+        assert!(f.decode_flops(32768.0) > f.decode_flops(1024.0));
+    }
+
+    #[test]
+    fn absorbed_attention_beats_re_expanding_the_cache() {
+        let f = Figures::new(Preset::V3.config());
+        let ctx = 4096.0;
+        // V3: 61 layers x 128 heads x 2 x (2*512 + 64) FLOPs per position
+        assert_eq!(f.attn_flops_absorbed(1.0), 61.0 * 128.0 * 2.0 * 1088.0);
+        assert!(f.attn_flops_plain_decode(ctx) > 3.0 * f.attn_flops_absorbed(ctx));
+        // prefill of p tokens sums the causal contexts 1..p
+        let p = 100.0;
+        let by_hand: f64 = (1..=100)
+            .map(|t| f.linear_flops() + f.attn_flops_plain(t as f64))
+            .sum();
+        assert!((f.prefill_flops(p) - by_hand).abs() / by_hand < 1e-12);
+    }
+
+    #[test]
+    fn expert_share_follows_uniform_routing() {
+        let f = Figures::new(Preset::V2Lite.config());
+        // 64 experts, top-6: one token touches 6/64 of them
+        assert!((f.expert_share(1.0) - 6.0 / 64.0).abs() < 1e-12);
+        assert!(f.expert_share(8.0) > 0.5 && f.expert_share(8.0) < 0.6);
+    }
+}
