@@ -5,6 +5,7 @@ use crate::{roofline::Step, Dtype, Figures, Setup};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::fmt::Write;
+use whale_model::params::ParamCount;
 
 /// What the user asks about.
 #[derive(Clone, Debug)]
@@ -16,22 +17,6 @@ pub struct Request {
     pub prompt: u64,
     pub output: u64,
     pub price_per_hour: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Params {
-    pub total: u64,
-    pub active: u64,
-    pub embedding: u64,
-    pub lm_head: u64,
-    pub attention: u64,
-    pub dense_ffn: u64,
-    pub router: u64,
-    pub shared_experts: u64,
-    pub routed_experts: u64,
-    pub routed_active: u64,
-    pub norms: u64,
-    pub mtp_on_disk: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,7 +79,10 @@ pub struct Report {
     pub context: u64,
     pub prompt: u64,
     pub output: u64,
-    pub params: Params,
+    /// parameters by part (`mtp`: MTP modules stored on disk, not part of the main model)
+    pub params: ParamCount,
+    pub params_total: u64,
+    pub params_active: u64,
     pub flops: Flops,
     pub weight_bytes_total: f64,
     pub weight_bytes_per_decode_step_batch1: f64,
@@ -178,20 +166,9 @@ impl Report {
             context: r.context,
             prompt: r.prompt,
             output: r.output,
-            params: Params {
-                total: p.total(),
-                active: p.active(),
-                embedding: p.embedding,
-                lm_head: p.lm_head,
-                attention: p.attention,
-                dense_ffn: p.dense_ffn,
-                router: p.router,
-                shared_experts: p.shared_experts,
-                routed_experts: p.routed_experts,
-                routed_active: p.routed_active,
-                norms: p.norms,
-                mtp_on_disk: p.mtp,
-            },
+            params: p.clone(),
+            params_total: p.total(),
+            params_active: p.active(),
             flops: Flops {
                 linear_per_token: f.linear_flops(),
                 prefill_per_token: f.prefill_flops(r.prompt as f64) / r.prompt as f64,
@@ -253,8 +230,8 @@ impl Report {
         let _ = writeln!(
             o,
             "\nparameters: {:.2}B total, {:.2}B active per token",
-            g(p.total as f64),
-            g(p.active as f64)
+            g(self.params_total as f64),
+            g(self.params_active as f64)
         );
         let _ = writeln!(
             o,
@@ -262,7 +239,7 @@ impl Report {
             g(p.embedding as f64), g(p.lm_head as f64), g(p.attention as f64), g(p.dense_ffn as f64),
             g(p.shared_experts as f64), g(p.routed_experts as f64), g(p.routed_active as f64),
             g(p.router as f64), g(p.norms as f64),
-            if p.mtp_on_disk > 0 { format!(", MTP on disk {:.2}B", g(p.mtp_on_disk as f64)) } else { String::new() }
+            if p.mtp > 0 { format!(", MTP on disk {:.2}B", g(p.mtp as f64)) } else { String::new() }
         );
         let fl = &self.flops;
         let _ = writeln!(o, "\nFLOPs per token: {:.1} GFLOP of weight products; prefill of {} tokens {:.1} GFLOP/token; decode at context {} {:.1} GFLOP/token", g(fl.linear_per_token), self.prompt, g(fl.prefill_per_token), self.context, g(fl.decode_per_token));

@@ -3,7 +3,7 @@
 
 use crate::config::ModelConfig;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ParamCount {
     pub embedding: u64,
     pub lm_head: u64,
