@@ -464,6 +464,20 @@ fn cost_answers_from_a_config_alone() {
         .unwrap();
     let r = json_of(&o);
     assert_eq!(r["hardware_description"], "a test machine");
+    let o = Command::new(env!("CARGO_BIN_EXE_whale"))
+        .args([
+            "cost",
+            "--model",
+            lite.to_str().unwrap(),
+            "--hardware",
+            "cpu-local",
+            "--gpus",
+            "2",
+        ])
+        .env("WHALE_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    assert_clean_error(&o, "no interconnect");
     // a CPU adds memory and compute time: no overlap
     let s = &r["decode"]["step"];
     let sum = s["compute_s"].as_f64().unwrap() + s["memory_s"].as_f64().unwrap();

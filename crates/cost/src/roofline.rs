@@ -55,6 +55,15 @@ impl Setup {
             bail!("--gpus must be at least 1");
         }
         let node = self.chip.chips_per_node;
+        let linked =
+            self.chip.link_gb_s > 0.0 && (self.gpus <= node || self.chip.network_gb_s > 0.0);
+        if self.gpus > 1 && !linked {
+            bail!(
+                "--gpus {}: the `{}` profile has no interconnect figures, so it models one chip",
+                self.gpus,
+                self.chip.name
+            );
+        }
         if self.gpus > node && !self.gpus.is_multiple_of(node) {
             bail!(
                 "--gpus {}: past one node ({node} x {}) the count must be whole nodes",
