@@ -76,6 +76,11 @@ impl Rope {
         &self.inv_freq
     }
 
+    /// YaRN's factor on cos and sin (1 without YaRN).
+    pub fn attention_factor(&self) -> f32 {
+        self.attention_factor
+    }
+
     /// Rotate `x` (one head's rope dims) in place for absolute position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         let p = pos as f32;

@@ -200,6 +200,15 @@ struct Spec {
     fp8: bool,
 }
 
+/// Name and shape of every tensor of a checkpoint of `cfg` in hub naming (no FP8 scales), in
+/// the order synth writes them: what a trainer creates and saves.
+pub fn tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    tensor_specs(cfg)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect()
+}
+
 /// Every tensor of the checkpoint in hub naming.
 fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
     let mut v = Vec::new();

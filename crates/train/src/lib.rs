@@ -1,0 +1,10 @@
+//! Training at small scale, on the same model definition as the engine (tensor names, router,
+//! rope layout): `whale train` (pretraining / SFT), `whale rl` (GRPO), `whale distill`,
+//! `whale eval`, and the `tiny-r1` recipe that makes the bundled model.
+
+pub mod model;
+pub mod ops;
+pub mod store;
+
+pub use model::{Options, Output, TrainModel};
+pub use store::Store;
