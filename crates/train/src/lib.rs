@@ -2,9 +2,15 @@
 //! rope layout): `whale train` (pretraining / SFT), `whale rl` (GRPO), `whale distill`,
 //! `whale eval`, and the `tiny-r1` recipe that makes the bundled model.
 
+pub mod config;
+pub mod data;
+pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod pretrain;
 pub mod store;
+pub mod tokenizer;
 
 pub use model::{Options, Output, TrainModel};
 pub use store::Store;

@@ -336,29 +336,85 @@ impl TrainModel {
         } else {
             x.zeros_like()?
         };
-        for e in 0..e_n {
-            let slots: Vec<u32> = (0..n * k)
-                .filter(|&j| picked[j] as usize == e)
-                .map(|j| j as u32)
-                .collect();
-            if slots.is_empty() {
-                continue;
-            }
-            let toks: Vec<u32> = slots.iter().map(|&j| j / k as u32).collect();
-            let toks = Tensor::from_vec(toks, slots.len(), x.device())?;
-            let we = w.index_select(
-                &Tensor::from_vec(slots.clone(), slots.len(), x.device())?,
-                0,
-            )?;
-            let out = self.mlp(&x.index_select(&toks, 0)?, &format!("{p}experts.{e}."), ctx)?;
-            y = y.index_add(&toks, &out.broadcast_mul(&we.unsqueeze(1)?)?, 0)?;
-        }
+        y = (y + self.routed_experts(x, p, &picked, &w, e_n, k, ctx)?)?;
         if ctx.opts.balance_alpha > 0.0 {
             *balance = (&*balance
                 + sequence_balance_loss(&scores, &picked, ctx, e_n, k)? * ctx.opts.balance_alpha)?;
         }
         loads.push(load);
         Ok(y)
+    }
+}
+
+impl TrainModel {
+    /// All routed experts in three batched matmuls: each expert's tokens gathered into one
+    /// [experts, capacity, d] block (capacity = the busiest expert's count, the rest zero rows),
+    /// so the op count does not grow with the number of experts.
+    #[allow(clippy::too_many_arguments)]
+    fn routed_experts(
+        &self,
+        x: &Tensor,
+        p: &str,
+        picked: &[u32],
+        w: &Tensor,
+        e_n: usize,
+        k: usize,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
+        let (n, d) = x.dims2()?;
+        let dev = x.device();
+        let mut by_expert: Vec<Vec<u32>> = vec![vec![]; e_n];
+        for (slot, &e) in picked.iter().enumerate() {
+            by_expert[e as usize].push(slot as u32);
+        }
+        let cap = by_expert.iter().map(|v| v.len()).max().unwrap_or(0).max(1);
+        let mut gather = vec![n as u32; e_n * cap]; // row n is the zero row
+        let (mut rows, mut slots, mut toks) = (vec![], vec![], vec![]);
+        for (e, list) in by_expert.iter().enumerate() {
+            for (r, &slot) in list.iter().enumerate() {
+                gather[e * cap + r] = slot / k as u32;
+                rows.push((e * cap + r) as u32);
+                slots.push(slot);
+                toks.push(slot / k as u32);
+            }
+        }
+        let m = rows.len();
+        let xz = Tensor::cat(&[x, &Tensor::zeros((1, d), x.dtype(), dev)?], 0)?;
+        let xe = xz
+            .index_select(&Tensor::from_vec(gather, e_n * cap, dev)?, 0)?
+            .reshape((e_n, cap, d))?;
+        let stack = |proj: &str| -> Result<Tensor> {
+            let ws = (0..e_n)
+                .map(|e| {
+                    let w = self.w(&format!("{p}experts.{e}.{proj}.weight"))?;
+                    Ok(if ctx.opts.fp8 {
+                        fake_fp8(w, (128, 128))?
+                    } else {
+                        w.clone()
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::stack(&ws, 0)?.transpose(1, 2)?)
+        };
+        let xe = if ctx.opts.fp8 {
+            fake_fp8(&xe.reshape((e_n * cap, d))?, (1, 128))?.reshape((e_n, cap, d))?
+        } else {
+            xe
+        };
+        let g = xe.matmul(&stack("gate_proj")?)?.silu()?;
+        let u = xe.matmul(&stack("up_proj")?)?;
+        let hmid = (g * u)?;
+        let hmid = if ctx.opts.fp8 {
+            let (_, _, i) = hmid.dims3()?;
+            fake_fp8(&hmid.reshape((e_n * cap, i))?, (1, 128))?.reshape((e_n, cap, i))?
+        } else {
+            hmid
+        };
+        let out = hmid.matmul(&stack("down_proj")?)?.reshape((e_n * cap, d))?;
+        let out = out.index_select(&Tensor::from_vec(rows, m, dev)?, 0)?;
+        let ws = w.index_select(&Tensor::from_vec(slots, m, dev)?, 0)?;
+        let toks = Tensor::from_vec(toks, m, dev)?;
+        Ok(Tensor::zeros((n, d), x.dtype(), dev)?.index_add(&toks, &out.broadcast_mul(&ws.unsqueeze(1)?)?, 0)?)
     }
 }
 

@@ -68,7 +68,7 @@ impl Store {
     }
 
     /// Parameters the optimiser updates (everything but the balancing biases).
-    pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
+    pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> + Clone {
         self.vars.iter().filter(|(n, _)| !is_buffer(n))
     }
 

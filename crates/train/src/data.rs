@@ -1,0 +1,137 @@
+//! Supervised data: a seeded mix of tasks, each with a fixed pool of training problems (so
+//! held-out sets can exclude them), rendered through the chat template with the worked solution
+//! as the assistant's response.
+
+use anyhow::{bail, Result};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use whale_engine::tokenizer::{ChatTokenizer, Message};
+use whale_tasks::{Problem, Task};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// add3, sub2, mul3, countdown3, ...
+    pub name: String,
+    /// relative sampling weight
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// number of distinct training problems
+    pub pool: usize,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+pub struct TaskMix {
+    pub entries: Vec<(Task, f64, Vec<Problem>)>,
+}
+
+/// The pool seed of a task in a run seeded `seed` (also used by held-out sets to exclude it).
+fn pool_seed(seed: u64, task: Task) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9) ^ task.name().bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+}
+
+impl TaskMix {
+    pub fn new(specs: &[TaskSpec], seed: u64) -> Result<Self> {
+        if specs.is_empty() {
+            bail!("the data mix names no tasks");
+        }
+        let mut entries = vec![];
+        for s in specs {
+            let task = Task::parse(&s.name)?;
+            if !(s.weight > 0.0) || s.pool == 0 {
+                bail!("task {}: weight and pool must be positive", s.name);
+            }
+            let pool = whale_tasks::problems(task, s.pool, pool_seed(seed, task), &HashSet::new());
+            entries.push((task, s.weight, pool));
+        }
+        Ok(TaskMix { entries })
+    }
+
+    /// Training questions of `task` in this mix (empty when the mix lacks it).
+    pub fn questions(&self, task: Task) -> Vec<Problem> {
+        self.entries.iter().filter(|e| e.0 == task).flat_map(|e| e.2.clone()).collect()
+    }
+
+    pub fn sample(&self, rng: &mut impl Rng) -> (Task, &Problem) {
+        let total: f64 = self.entries.iter().map(|e| e.1).sum();
+        let mut x = rng.gen::<f64>() * total;
+        for (task, w, pool) in &self.entries {
+            if x < *w {
+                return (*task, &pool[rng.gen_range(0..pool.len())]);
+            }
+            x -= w;
+        }
+        let last = self.entries.last().unwrap();
+        (last.0, &last.2[rng.gen_range(0..last.2.len())])
+    }
+
+    /// Text to train the tokenizer on: questions and worked solutions.
+    pub fn corpus(&self, per_task: usize) -> Vec<String> {
+        let mut v = vec![];
+        for (task, _, pool) in &self.entries {
+            for p in pool.iter().take(per_task) {
+                v.push(p.question.clone());
+                v.push(task.solve(p));
+            }
+        }
+        v
+    }
+}
+
+/// One training sequence: the rendered prompt (ending in the primed `<think>\n`) then the
+/// response and EOS.
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub prompt_len: usize,
+}
+
+pub fn prompt_ids(tok: &ChatTokenizer, question: &str) -> Result<Vec<u32>> {
+    Ok(tok.encode_chat(&[Message::new("user", question)], &serde_json::Value::Null)?.1)
+}
+
+pub fn example(tok: &ChatTokenizer, question: &str, response: &str, eos: u32) -> Result<Example> {
+    let mut ids = prompt_ids(tok, question)?;
+    let prompt_len = ids.len();
+    ids.extend(tok.encode(response)?);
+    ids.push(eos);
+    Ok(Example { ids, prompt_len })
+}
+
+/// Inputs, next-token targets and loss weights, right-padded to one length.
+pub struct Batch {
+    pub inputs: Vec<Vec<u32>>,
+    pub targets: Vec<Vec<u32>>,
+    pub weights: Vec<Vec<f32>>,
+    pub lens: Vec<usize>,
+}
+
+impl Batch {
+    /// `response_only`: loss on the response and EOS (SFT); otherwise on every token.
+    pub fn new(examples: &[Example], response_only: bool, pad: u32) -> Batch {
+        let s = examples.iter().map(|e| e.ids.len() - 1).max().unwrap_or(1);
+        let mut b = Batch { inputs: vec![], targets: vec![], weights: vec![], lens: vec![] };
+        for e in examples {
+            let n = e.ids.len() - 1;
+            let mut inp = e.ids[..n].to_vec();
+            let mut tgt = e.ids[1..].to_vec();
+            let mut w: Vec<f32> = (0..n)
+                .map(|i| if !response_only || i + 1 >= e.prompt_len { 1.0 } else { 0.0 })
+                .collect();
+            inp.resize(s, pad);
+            tgt.resize(s, pad);
+            w.resize(s, 0.0);
+            b.inputs.push(inp);
+            b.targets.push(tgt);
+            b.weights.push(w);
+            b.lens.push(n);
+        }
+        b
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.lens.iter().sum()
+    }
+}
