@@ -61,6 +61,14 @@ enum Command {
     Cost(cost::CostArgs),
     /// Pretrain / SFT the V3 architecture from a config file (bias balancing, MTP, simulated FP8)
     Train(train::TrainArgs),
+    /// Accuracy on held-out task problems or a JSONL file: pass@1 greedy and sampled, maj@K, pass@K
+    Eval(train::EvalArgs),
+    /// GRPO (R1-Zero): rule rewards, group-normalised advantages, clipped ratio, KL to a reference
+    Rl(train::RlArgs),
+    /// Teacher traces filtered for correctness train a smaller student
+    Distill(train::DistillArgs),
+    /// Run a whole training recipe (tiny-r1: the bundled model and its report card)
+    Recipe(train::RecipeArgs),
 }
 
 fn main() {
@@ -105,5 +113,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve::serve(a),
         Command::Cost(a) => cost::cost(a),
         Command::Train(a) => train::train(a),
+        Command::Eval(a) => train::eval(a),
+        Command::Rl(a) => train::rl(a),
+        Command::Distill(a) => train::distill(a),
+        Command::Recipe(a) => train::recipe(a),
     }
 }

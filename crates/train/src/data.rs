@@ -26,11 +26,63 @@ fn one() -> f64 {
 
 pub struct TaskMix {
     pub entries: Vec<(Task, f64, Vec<Problem>)>,
+    pub sources: Vec<Source>,
+}
+
+/// Where a stage's training problems came from, recorded in the checkpoint's
+/// `training_data.json` so held-out sets can exclude every problem the model was trained on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    pub task: String,
+    pub pool: usize,
+    pub seed: u64,
+}
+
+impl Source {
+    pub fn problems(&self) -> Result<Vec<Problem>> {
+        Ok(whale_tasks::problems(
+            Task::parse(&self.task)?,
+            self.pool,
+            self.seed,
+            &HashSet::new(),
+        ))
+    }
+}
+
+pub fn read_sources(dir: &std::path::Path) -> Result<Vec<Source>> {
+    let path = dir.join("training_data.json");
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    Ok(serde_json::from_value(v["sources"].clone())?)
+}
+
+pub fn write_sources(dir: &std::path::Path, sources: &[Source]) -> Result<()> {
+    let v = serde_json::json!({ "sources": sources });
+    std::fs::write(
+        dir.join("training_data.json"),
+        serde_json::to_string_pretty(&v)?,
+    )?;
+    Ok(())
+}
+
+/// Questions of `task` in any of `sources`.
+pub fn trained_questions(sources: &[Source], task: Task) -> Result<HashSet<String>> {
+    let mut out = HashSet::new();
+    for s in sources.iter().filter(|s| s.task == task.name()) {
+        out.extend(s.problems()?.into_iter().map(|p| p.question));
+    }
+    Ok(out)
 }
 
 /// The pool seed of a task in a run seeded `seed` (also used by held-out sets to exclude it).
 fn pool_seed(seed: u64, task: Task) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9) ^ task.name().bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+    seed.wrapping_mul(0x9E37_79B9)
+        ^ task
+            .name()
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
 }
 
 impl TaskMix {
@@ -38,21 +90,21 @@ impl TaskMix {
         if specs.is_empty() {
             bail!("the data mix names no tasks");
         }
-        let mut entries = vec![];
+        let (mut entries, mut sources) = (vec![], vec![]);
         for s in specs {
             let task = Task::parse(&s.name)?;
             if !(s.weight > 0.0) || s.pool == 0 {
                 bail!("task {}: weight and pool must be positive", s.name);
             }
-            let pool = whale_tasks::problems(task, s.pool, pool_seed(seed, task), &HashSet::new());
-            entries.push((task, s.weight, pool));
+            let source = Source {
+                task: task.name(),
+                pool: s.pool,
+                seed: pool_seed(seed, task),
+            };
+            entries.push((task, s.weight, source.problems()?));
+            sources.push(source);
         }
-        Ok(TaskMix { entries })
-    }
-
-    /// Training questions of `task` in this mix (empty when the mix lacks it).
-    pub fn questions(&self, task: Task) -> Vec<Problem> {
-        self.entries.iter().filter(|e| e.0 == task).flat_map(|e| e.2.clone()).collect()
+        Ok(TaskMix { entries, sources })
     }
 
     pub fn sample(&self, rng: &mut impl Rng) -> (Task, &Problem) {
@@ -89,7 +141,9 @@ pub struct Example {
 }
 
 pub fn prompt_ids(tok: &ChatTokenizer, question: &str) -> Result<Vec<u32>> {
-    Ok(tok.encode_chat(&[Message::new("user", question)], &serde_json::Value::Null)?.1)
+    Ok(tok
+        .encode_chat(&[Message::new("user", question)], &serde_json::Value::Null)?
+        .1)
 }
 
 pub fn example(tok: &ChatTokenizer, question: &str, response: &str, eos: u32) -> Result<Example> {
@@ -112,13 +166,24 @@ impl Batch {
     /// `response_only`: loss on the response and EOS (SFT); otherwise on every token.
     pub fn new(examples: &[Example], response_only: bool, pad: u32) -> Batch {
         let s = examples.iter().map(|e| e.ids.len() - 1).max().unwrap_or(1);
-        let mut b = Batch { inputs: vec![], targets: vec![], weights: vec![], lens: vec![] };
+        let mut b = Batch {
+            inputs: vec![],
+            targets: vec![],
+            weights: vec![],
+            lens: vec![],
+        };
         for e in examples {
             let n = e.ids.len() - 1;
             let mut inp = e.ids[..n].to_vec();
             let mut tgt = e.ids[1..].to_vec();
             let mut w: Vec<f32> = (0..n)
-                .map(|i| if !response_only || i + 1 >= e.prompt_len { 1.0 } else { 0.0 })
+                .map(|i| {
+                    if !response_only || i + 1 >= e.prompt_len {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             inp.resize(s, pad);
             tgt.resize(s, pad);

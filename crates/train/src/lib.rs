@@ -4,11 +4,16 @@
 
 pub mod config;
 pub mod data;
+pub mod distill;
+pub mod eval;
+pub mod grpo;
 pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod pretrain;
+pub mod recipe;
+pub mod rollout;
 pub mod store;
 pub mod tokenizer;
 

@@ -414,7 +414,11 @@ impl TrainModel {
         let out = out.index_select(&Tensor::from_vec(rows, m, dev)?, 0)?;
         let ws = w.index_select(&Tensor::from_vec(slots, m, dev)?, 0)?;
         let toks = Tensor::from_vec(toks, m, dev)?;
-        Ok(Tensor::zeros((n, d), x.dtype(), dev)?.index_add(&toks, &out.broadcast_mul(&ws.unsqueeze(1)?)?, 0)?)
+        Ok(Tensor::zeros((n, d), x.dtype(), dev)?.index_add(
+            &toks,
+            &out.broadcast_mul(&ws.unsqueeze(1)?)?,
+            0,
+        )?)
     }
 }
 

@@ -38,7 +38,8 @@ impl LrSchedule {
         match self.schedule {
             Schedule::Constant => self.lr,
             Schedule::Cosine => {
-                self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+                self.min_lr
+                    + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
             }
             Schedule::Wsd => {
                 let start = 1.0 - self.decay_frac;
@@ -64,11 +65,24 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(weight_decay: f64) -> Self {
-        AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay, t: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay,
+            t: 0,
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+        }
     }
 
     /// One update of every (name, var) with a gradient; norms and 1-D tensors get no decay.
-    pub fn step<'a>(&mut self, params: impl Iterator<Item = (&'a String, &'a Var)>, grads: &GradStore, lr: f64) -> Result<()> {
+    pub fn step<'a>(
+        &mut self,
+        params: impl Iterator<Item = (&'a String, &'a Var)>,
+        grads: &GradStore,
+        lr: f64,
+    ) -> Result<()> {
         self.t += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 - b1.powi(self.t as i32);
@@ -104,7 +118,8 @@ impl AdamW {
             out.insert(format!("v.{n}"), t.clone());
         }
         out.insert("t".into(), Tensor::new(&[self.t as u32], &Device::Cpu)?);
-        candle_core::safetensors::save(&out, path).with_context(|| format!("cannot write {}", path.display()))
+        candle_core::safetensors::save(&out, path)
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     pub fn load(&mut self, path: &Path, dtype: DType) -> Result<()> {
@@ -124,11 +139,19 @@ impl AdamW {
 }
 
 /// Scales the gradients so their global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Var> + Clone, grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+pub fn clip_grad_norm<'a>(
+    params: impl Iterator<Item = &'a Var> + Clone,
+    grads: &mut GradStore,
+    max_norm: f64,
+) -> Result<f64> {
     let mut sq = 0f64;
     for v in params.clone() {
         if let Some(g) = grads.get(v) {
-            sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
     }
     let norm = sq.sqrt();
@@ -149,7 +172,14 @@ mod tests {
 
     #[test]
     fn schedules_warm_up_then_decay_to_the_floor() {
-        let mut s = LrSchedule { lr: 1.0, min_lr: 0.1, warmup: 10, steps: 110, schedule: Schedule::Cosine, decay_frac: 0.2 };
+        let mut s = LrSchedule {
+            lr: 1.0,
+            min_lr: 0.1,
+            warmup: 10,
+            steps: 110,
+            schedule: Schedule::Cosine,
+            decay_frac: 0.2,
+        };
         assert!((s.at(0) - 0.1).abs() < 1e-12 && (s.at(9) - 1.0).abs() < 1e-12);
         assert!((s.at(60) - 0.55).abs() < 1e-9 && (s.at(110) - 0.1).abs() < 1e-9);
         s.schedule = Schedule::Wsd;

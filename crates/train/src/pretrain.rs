@@ -48,18 +48,56 @@ pub fn write_model_files(cfg: &ModelConfig, out: &Path) -> Result<()> {
     hub["torch_dtype"] = json!("float32");
     std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&hub)?)?;
     let gen = json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_ids.first()});
-    std::fs::write(out.join("generation_config.json"), serde_json::to_string_pretty(&gen)?)?;
+    std::fs::write(
+        out.join("generation_config.json"),
+        serde_json::to_string_pretty(&gen)?,
+    )?;
     Ok(())
+}
+
+/// What a run trains on: worked solutions of a task mix, or fixed (question, response) traces
+/// (distillation), which come with the teacher's tokenizer.
+pub enum Data<'a> {
+    Tasks(TaskMix),
+    Traces {
+        traces: &'a [(String, String)],
+        tokenizer_from: &'a Path,
+    },
+}
+
+impl Data<'_> {
+    fn sample(&self, rng: &mut StdRng) -> (String, String) {
+        match self {
+            Data::Tasks(mix) => {
+                let (task, p) = mix.sample(rng);
+                (p.question.clone(), task.solve(p))
+            }
+            Data::Traces { traces, .. } => {
+                let (q, r) = &traces[rand::Rng::gen_range(rng, 0..traces.len())];
+                (q.clone(), r.clone())
+            }
+        }
+    }
 }
 
 /// Trains per `tc` into `out`; with `resume`, continues from the state saved there.
 pub fn run(tc: &TrainConfig, out: &Path, resume: bool, progress: bool) -> Result<Summary> {
+    let mix = TaskMix::new(&tc.data.tasks, tc.train.seed)?;
+    run_on(tc, &Data::Tasks(mix), out, resume, progress)
+}
+
+pub fn run_on(
+    tc: &TrainConfig,
+    data: &Data,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<Summary> {
     let mut cfg = tc.model_config()?;
     // the task tokenizer puts BOS and EOS at ids 0 and 1
     cfg.bos_token_id = Some(0);
     cfg.eos_token_ids = vec![1];
     let t = &tc.train;
-    let mix = TaskMix::new(&tc.data.tasks, t.seed)?;
     let state_path = out.join("trainer_state.json");
     let resuming = resume && state_path.exists();
     if resume && !resuming {
@@ -74,8 +112,30 @@ pub fn run(tc: &TrainConfig, out: &Path, resume: bool, progress: bool) -> Result
         (store, opt, state)
     } else {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-        let tok = crate::tokenizer::train(&mix.corpus(3000), cfg.vocab_size)?;
-        crate::tokenizer::save(&tok, out, cfg.max_position_embeddings)?;
+        match data {
+            Data::Tasks(mix) => {
+                let tok = crate::tokenizer::train(&mix.corpus(3000), cfg.vocab_size)?;
+                crate::tokenizer::save(&tok, out, cfg.max_position_embeddings)?;
+                crate::data::write_sources(out, &mix.sources)?;
+            }
+            Data::Traces {
+                traces,
+                tokenizer_from,
+            } => {
+                if traces.is_empty() {
+                    bail!("no traces to train on");
+                }
+                for f in [
+                    "tokenizer.json",
+                    "tokenizer_config.json",
+                    "training_data.json",
+                ] {
+                    if tokenizer_from.join(f).exists() {
+                        std::fs::copy(tokenizer_from.join(f), out.join(f))?;
+                    }
+                }
+            }
+        }
         write_model_files(&cfg, out)?;
         let store = Store::init(&cfg, t.seed, DType::F32)?;
         (store, AdamW::new(t.weight_decay), TrainerState::default())
@@ -91,10 +151,21 @@ pub fn run(tc: &TrainConfig, out: &Path, resume: bool, progress: bool) -> Result
         schedule: t.schedule,
         decay_frac: t.decay_frac,
     };
-    let opts = Options { fp8: t.fp8, balance_alpha: t.balance_alpha, mtp: t.mtp_lambda > 0.0 };
+    let opts = Options {
+        fp8: t.fp8,
+        balance_alpha: t.balance_alpha,
+        mtp: t.mtp_lambda > 0.0,
+    };
     let mut log = JsonlLog::open(&out.join("metrics.jsonl"), resuming)?;
-    let bar = if progress { ProgressBar::new(t.steps as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} ({eta})")?.progress_chars("=> "));
+    let bar = if progress {
+        ProgressBar::new(t.steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} ({eta})")?
+            .progress_chars("=> "),
+    );
     bar.set_position(state.step as u64);
     let bias_names = moe_bias_names(&cfg, opts.mtp);
     let t0 = Instant::now();
@@ -102,11 +173,12 @@ pub fn run(tc: &TrainConfig, out: &Path, resume: bool, progress: bool) -> Result
     let stop = t.stop_at.unwrap_or(t.steps).min(t.steps);
     while state.step < stop {
         let step = state.step;
-        let mut rng = StdRng::seed_from_u64(t.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
+        let mut rng =
+            StdRng::seed_from_u64(t.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
         let examples = (0..t.batch_size)
             .map(|_| {
-                let (task, p) = mix.sample(&mut rng);
-                example(&tok, &p.question, &task.solve(p), 1)
+                let (q, r) = data.sample(&mut rng);
+                example(&tok, &q, &r, 1)
             })
             .collect::<Result<Vec<_>>>()?;
         let batch = Batch::new(&examples, t.response_only, 2);
@@ -116,12 +188,23 @@ pub fn run(tc: &TrainConfig, out: &Path, resume: bool, progress: bool) -> Result
         let tf = ts.elapsed().as_secs_f64();
         let mut grads = r.loss.backward()?;
         let tb = ts.elapsed().as_secs_f64();
-        let grad_norm = clip_grad_norm(model.store.trainable().map(|(_, v)| v), &mut grads, t.grad_clip)?;
+        let grad_norm = clip_grad_norm(
+            model.store.trainable().map(|(_, v)| v),
+            &mut grads,
+            t.grad_clip,
+        )?;
         opt.step(model.store.trainable(), &grads, lr)?;
         let max_vio = update_biases(&model.store, &bias_names, &r.loads, t.bias_update_speed)?;
         let dt = ts.elapsed().as_secs_f64();
         if std::env::var_os("WHALE_TIMING").is_some() {
-            eprintln!("fwd {tf:.3} bwd {:.3} opt {:.3} S {} real {} of {}", tb - tf, dt - tb, batch.inputs[0].len(), batch.tokens(), batch.inputs.len() * batch.inputs[0].len());
+            eprintln!(
+                "fwd {tf:.3} bwd {:.3} opt {:.3} S {} real {} of {}",
+                tb - tf,
+                dt - tb,
+                batch.inputs[0].len(),
+                batch.tokens(),
+                batch.inputs.len() * batch.inputs[0].len()
+            );
         }
         state.step += 1;
         state.tokens += batch.tokens() as u64;
@@ -134,7 +217,12 @@ pub fn run(tc: &TrainConfig, out: &Path, resume: bool, progress: bool) -> Result
             "tokens": state.tokens, "tokens_per_second": batch.tokens() as f64 / dt,
         });
         log.write(&row)?;
-        bar.set_message(format!("loss {:.3} acc {:.3} vio {:.2}", r.ce, r.acc, row["max_vio"].as_f64().unwrap_or(0.0)));
+        bar.set_message(format!(
+            "loss {:.3} acc {:.3} vio {:.2}",
+            r.ce,
+            r.acc,
+            row["max_vio"].as_f64().unwrap_or(0.0)
+        ));
         bar.inc(1);
         if state.step % t.save_every == 0 || state.step == stop {
             save(&model, &opt, &state, out)?;
@@ -145,7 +233,10 @@ pub fn run(tc: &TrainConfig, out: &Path, resume: bool, progress: bool) -> Result
     let rows = read_jsonl(&out.join("metrics.jsonl"))?;
     let tail = (rows.len() / 10).max(1);
     let mean = |k: &str| -> Option<f64> {
-        let v: Vec<f64> = rows[rows.len() - tail..].iter().filter_map(|r| r.get(k)?.as_f64()).collect();
+        let v: Vec<f64> = rows[rows.len() - tail..]
+            .iter()
+            .filter_map(|r| r.get(k)?.as_f64())
+            .collect();
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
     Ok(Summary {
@@ -171,7 +262,12 @@ pub struct StepResult {
 }
 
 /// Forward pass and losses of one batch: cross-entropy + lambda * MTP + balance.
-pub fn train_step(model: &TrainModel, b: &Batch, opts: Options, mtp_lambda: f64) -> Result<StepResult> {
+pub fn train_step(
+    model: &TrainModel,
+    b: &Batch,
+    opts: Options,
+    mtp_lambda: f64,
+) -> Result<StepResult> {
     let out = model.forward(&b.inputs, &b.lens, opts)?;
     let (ce, _) = masked_cross_entropy(&out.logits, &b.targets, &b.weights)?;
     let acc = accuracy(&out.logits, &b.targets, &b.weights)?;
@@ -201,7 +297,12 @@ pub fn train_step(model: &TrainModel, b: &Batch, opts: Options, mtp_lambda: f64)
 pub fn accuracy(logits: &Tensor, targets: &[Vec<u32>], weights: &[Vec<f32>]) -> Result<f64> {
     let am: Vec<u32> = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1()?;
     let (mut hit, mut n) = (0usize, 0usize);
-    for (i, (t, w)) in targets.iter().flatten().zip(weights.iter().flatten()).enumerate() {
+    for (i, (t, w)) in targets
+        .iter()
+        .flatten()
+        .zip(weights.iter().flatten())
+        .enumerate()
+    {
         if *w > 0.0 {
             n += 1;
             hit += (am[i] == *t) as usize;
@@ -212,25 +313,42 @@ pub fn accuracy(logits: &Tensor, targets: &[Vec<u32>], weights: &[Vec<f32>]) -> 
 
 /// The MoE layers' bias tensor names in the order `forward` reports loads.
 pub fn moe_bias_names(cfg: &ModelConfig, mtp: bool) -> Vec<String> {
-    let mut v: Vec<usize> = (0..cfg.num_hidden_layers).filter(|&i| cfg.is_moe_layer(i)).collect();
+    let mut v: Vec<usize> = (0..cfg.num_hidden_layers)
+        .filter(|&i| cfg.is_moe_layer(i))
+        .collect();
     if mtp && cfg.moe.is_some() {
         v.extend((0..cfg.num_nextn_predict_layers.min(1)).map(|k| cfg.num_hidden_layers + k));
     }
-    v.into_iter().map(|i| format!("model.layers.{i}.mlp.gate.e_score_correction_bias")).collect()
+    v.into_iter()
+        .map(|i| format!("model.layers.{i}.mlp.gate.e_score_correction_bias"))
+        .collect()
 }
 
 /// Spec §4.1: b_i += gamma * sign(mean load - load_i) after each step. Returns each layer's
 /// MaxVio (max load / mean load - 1) for the batch, measured before the update.
-pub fn update_biases(store: &Store, names: &[String], loads: &[Vec<f32>], gamma: f64) -> Result<Vec<f64>> {
+pub fn update_biases(
+    store: &Store,
+    names: &[String],
+    loads: &[Vec<f32>],
+    gamma: f64,
+) -> Result<Vec<f64>> {
     let mut vio = vec![];
     for (name, load) in names.iter().zip(loads) {
         let mean = load.iter().sum::<f32>() / load.len() as f32;
         let max = load.iter().cloned().fold(0f32, f32::max);
-        vio.push(if mean > 0.0 { (max / mean - 1.0) as f64 } else { 0.0 });
+        vio.push(if mean > 0.0 {
+            (max / mean - 1.0) as f64
+        } else {
+            0.0
+        });
         if gamma > 0.0 {
             if let Some(var) = store.vars.get(name) {
-                let step: Vec<f32> = load.iter().map(|&l| gamma as f32 * (mean - l).signum() * ((mean - l) != 0.0) as u8 as f32).collect();
-                let delta = Tensor::from_vec(step, load.len(), var.device())?.to_dtype(var.dtype())?;
+                let step: Vec<f32> = load
+                    .iter()
+                    .map(|&l| gamma as f32 * (mean - l).signum() * ((mean - l) != 0.0) as u8 as f32)
+                    .collect();
+                let delta =
+                    Tensor::from_vec(step, load.len(), var.device())?.to_dtype(var.dtype())?;
                 var.set(&(var.as_tensor() + delta)?)?;
             }
         }
@@ -241,7 +359,10 @@ pub fn update_biases(store: &Store, names: &[String], loads: &[Vec<f32>], gamma:
 fn save(model: &TrainModel, opt: &AdamW, state: &TrainerState, out: &Path) -> Result<()> {
     model.store.save(&model.cfg, out, DType::F32)?;
     opt.save(&out.join("optimizer.safetensors"))?;
-    std::fs::write(out.join("trainer_state.json"), serde_json::to_string_pretty(state)?)?;
+    std::fs::write(
+        out.join("trainer_state.json"),
+        serde_json::to_string_pretty(state)?,
+    )?;
     Ok(())
 }
 
@@ -250,7 +371,8 @@ pub fn plot(out: &Path) -> Result<()> {
     use whale_plot::{save_png, Chart};
     let rows = read_jsonl(&out.join("metrics.jsonl"))?;
     let w = (rows.len() / 50).max(1);
-    let mut loss = Chart::new("training loss", "step", "cross-entropy").line("next token", series(&rows, "loss", w));
+    let mut loss = Chart::new("training loss", "step", "cross-entropy")
+        .line("next token", series(&rows, "loss", w));
     let mtp = series(&rows, "mtp_loss", w);
     if !mtp.is_empty() {
         loss = loss.line("MTP (token after next)", mtp);
@@ -259,7 +381,8 @@ pub fn plot(out: &Path) -> Result<()> {
         .line("next token", series(&rows, "token_accuracy", w))
         .line("MTP", series(&rows, "mtp_accuracy", w));
     save_png(&out.join("loss.png"), &[loss, acc], 1000, 400)?;
-    let vio = Chart::new("expert load balance", "step", "MaxVio (max/mean - 1)").line("mean over MoE layers", series(&rows, "max_vio", w));
+    let vio = Chart::new("expert load balance", "step", "MaxVio (max/mean - 1)")
+        .line("mean over MoE layers", series(&rows, "max_vio", w));
     save_png(&out.join("balance.png"), &[vio], 700, 400)?;
     Ok(())
 }

@@ -16,7 +16,15 @@ pub const BOS: &str = "<｜begin▁of▁sentence｜>";
 pub const EOS: &str = "<｜end▁of▁sentence｜>";
 pub const PAD: &str = "<｜▁pad▁｜>";
 /// In this order they take ids 0..7.
-pub const SPECIALS: [&str; 7] = [BOS, EOS, PAD, "<｜User｜>", "<｜Assistant｜>", "<think>", "</think>"];
+pub const SPECIALS: [&str; 7] = [
+    BOS,
+    EOS,
+    PAD,
+    "<｜User｜>",
+    "<｜Assistant｜>",
+    "<think>",
+    "</think>",
+];
 
 /// DeepSeek-R1's template: earlier turns' reasoning is dropped, the generation prompt primes
 /// `<think>\n`.
@@ -24,7 +32,10 @@ pub const R1_CHAT_TEMPLATE: &str = "{% if not add_generation_prompt is defined %
 
 /// Trains a byte-level BPE of `vocab_size` tokens (specials included) on `corpus`.
 pub fn train(corpus: &[String], vocab_size: usize) -> Result<Tokenizer> {
-    let specials: Vec<AddedToken> = SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect();
+    let specials: Vec<AddedToken> = SPECIALS
+        .iter()
+        .map(|s| AddedToken::from(*s, true))
+        .collect();
     let mut trainer = TrainerWrapper::BpeTrainer(
         BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
@@ -42,7 +53,12 @@ pub fn train(corpus: &[String], vocab_size: usize) -> Result<Tokenizer> {
     tok.with_decoder(Some(ByteLevel::default()));
     tok.train(&mut trainer, corpus.iter())
         .map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
-    tok.add_special_tokens(&SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect::<Vec<_>>());
+    tok.add_special_tokens(
+        &SPECIALS
+            .iter()
+            .map(|s| AddedToken::from(*s, true))
+            .collect::<Vec<_>>(),
+    );
     Ok(tok)
 }
 
@@ -83,9 +99,15 @@ mod tests {
         let enc = tok.encode("What is 482 + 739?", false).unwrap();
         let toks = enc.get_tokens();
         for d in ["4", "8", "2", "7", "3", "9"] {
-            assert!(toks.iter().any(|t| t == d), "{d} should be its own token: {toks:?}");
+            assert!(
+                toks.iter().any(|t| t == d),
+                "{d} should be its own token: {toks:?}"
+            );
         }
-        assert!(toks.len() < "What is 482 + 739?".len(), "merges shorten text: {toks:?}");
+        assert!(
+            toks.len() < "What is 482 + 739?".len(),
+            "merges shorten text: {toks:?}"
+        );
         for text in ["<think>\nünïcødé 🐳\n</think>\n\nok", "Ωmega 42"] {
             let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
             assert_eq!(tok.decode(&ids, false).unwrap(), text);

@@ -17,7 +17,10 @@ fn a_saved_checkpoint_loads_in_the_engine_with_identical_logits() -> anyhow::Res
     store.save(&cfg, &dir, DType::F32)?;
     let model = TrainModel::new(cfg.clone(), store)?;
     let ids: Vec<u32> = vec![0, 5, 9, 33, 2, 17, 39, 4, 4, 21];
-    let got = model.forward(&[ids.clone()], &[ids.len()], Options::default())?.logits.squeeze(0)?;
+    let got = model
+        .forward(&[ids.clone()], &[ids.len()], Options::default())?
+        .logits
+        .squeeze(0)?;
     let engine = Model::load(&Checkpoint::open(&dir)?)?;
     let mut cache = LatentCache::new(&engine.config, 32);
     let want = engine.forward(&ids, &mut cache, AttentionForm::Plain, Logits::All)?;
@@ -33,7 +36,12 @@ fn the_balancing_bias_moves_against_load() -> anyhow::Result<()> {
     let cfg = common::tiny_config(40);
     let store = Store::init(&cfg, 1, DType::F32)?;
     let name = "model.layers.1.mlp.gate.e_score_correction_bias".to_string();
-    let vio = update_biases(&store, std::slice::from_ref(&name), &[vec![9.0, 1.0, 5.0, 5.0]], 0.01)?;
+    let vio = update_biases(
+        &store,
+        std::slice::from_ref(&name),
+        &[vec![9.0, 1.0, 5.0, 5.0]],
+        0.01,
+    )?;
     let b: Vec<f32> = store.get(&name)?.to_vec1()?;
     assert_eq!(b, vec![-0.01, 0.01, 0.0, 0.0]);
     assert!((vio[0] - (9.0 / 5.0 - 1.0)).abs() < 1e-6);
@@ -93,15 +101,22 @@ pool = 500
 fn loss_falls_and_a_resumed_run_matches_an_uninterrupted_one() -> anyhow::Result<()> {
     let (a, b) = (tempdir("full"), tempdir("resumed"));
     let full = whale_train::pretrain::run(&TrainConfig::parse(&tiny_run(16))?, &a, false, false)?;
-    whale_train::pretrain::run(&TrainConfig::parse(&tiny_run(16))?.with_steps_cut(5), &b, false, false)?;
+    whale_train::pretrain::run(
+        &TrainConfig::parse(&tiny_run(16))?.with_steps_cut(5),
+        &b,
+        false,
+        false,
+    )?;
     let resumed = whale_train::pretrain::run(&TrainConfig::parse(&tiny_run(16))?, &b, true, false)?;
     assert_eq!(resumed.steps, 16);
     let rows = whale_train::metrics::read_jsonl(&a.join("metrics.jsonl"))?;
     let first = rows[0]["loss"].as_f64().unwrap();
     let last = rows.last().unwrap()["loss"].as_f64().unwrap();
     assert!(last < 0.6 * first, "loss {first} -> {last}");
-    let wa = candle_core::safetensors::load(a.join("model.safetensors"), &candle_core::Device::Cpu)?;
-    let wb = candle_core::safetensors::load(b.join("model.safetensors"), &candle_core::Device::Cpu)?;
+    let wa =
+        candle_core::safetensors::load(a.join("model.safetensors"), &candle_core::Device::Cpu)?;
+    let wb =
+        candle_core::safetensors::load(b.join("model.safetensors"), &candle_core::Device::Cpu)?;
     for (name, t) in &wa {
         let d: f32 = (t - &wb[name])?.abs()?.max_all()?.to_scalar()?;
         assert!(d == 0.0, "{name} differs by {d} after resuming");
@@ -115,11 +130,21 @@ fn bad_configs_are_refused() {
     assert!(TrainConfig::parse(&tiny_run(0)).is_err());
     assert!(TrainConfig::parse(&tiny_run(5).replace("lr = 1e-2", "lr = -1.0")).is_err());
     assert!(TrainConfig::parse(&tiny_run(5).replace("name = \"add2\"", "name = \"div2\"")).is_ok());
-    assert!(TrainConfig::parse(&tiny_run(5).replace("model_type = \"deepseek_v3\"", "model_type = \"llama\"")).is_err());
+    assert!(TrainConfig::parse(
+        &tiny_run(5).replace("model_type = \"deepseek_v3\"", "model_type = \"llama\"")
+    )
+    .is_err());
     assert!(TrainConfig::parse(&tiny_run(5).replace("seed = 4", "seed = 4\nsed = 5")).is_err());
-    let bad_task = TrainConfig::parse(&tiny_run(5).replace("name = \"add2\"", "name = \"div2\"")).unwrap();
+    let bad_task =
+        TrainConfig::parse(&tiny_run(5).replace("name = \"add2\"", "name = \"div2\"")).unwrap();
     assert!(whale_train::pretrain::run(&bad_task, &tempdir("bad"), false, false).is_err());
-    assert!(whale_train::pretrain::run(&TrainConfig::parse(&tiny_run(5)).unwrap(), &tempdir("nostate"), true, false).is_err());
+    assert!(whale_train::pretrain::run(
+        &TrainConfig::parse(&tiny_run(5)).unwrap(),
+        &tempdir("nostate"),
+        true,
+        false
+    )
+    .is_err());
 }
 
 fn tempdir(tag: &str) -> std::path::PathBuf {

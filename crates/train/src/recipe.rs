@@ -1,0 +1,304 @@
+//! `whale recipe tiny-r1`: the whole pipeline that makes the bundled model, end to end and
+//! seeded: SFT on worked solutions -> evaluation -> GRPO on the edge task -> evaluation, plus the
+//! short side runs the report needs (bias balancing on/off, FP8 vs f32) and the MTP check, then
+//! the shipped checkpoint (bf16) with its report card (markdown + PNGs).
+
+use crate::config::TrainConfig;
+use crate::eval::{evaluate, held_out_set, EvalReport, EvalSpec};
+use crate::grpo::GrpoConfig;
+use crate::metrics::{read_jsonl, series};
+use crate::pretrain::Summary;
+use crate::Store;
+use anyhow::{Context, Result};
+use candle_core::DType;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+use whale_engine::generate::GenerateParams;
+use whale_engine::Engine;
+use whale_model::ModelConfig;
+use whale_tasks::Task;
+
+/// The SFT stage's config (also in the repo as configs/tiny-r1.toml).
+pub const TINY_R1_CONFIG: &str = include_str!("../../../configs/tiny-r1.toml");
+
+/// Tasks the report evaluates; the last is the RL task, at the edge of what SFT reaches.
+const EVAL_TASKS: [&str; 5] = ["add2", "add3", "sub3", "mul3", "add4"];
+const RL_TASK: &str = "add4";
+const EVAL_N: usize = 500;
+const SAMPLES: usize = 4;
+const SIDE_STEPS: usize = 200;
+
+pub struct RecipeOptions {
+    pub out: std::path::PathBuf,
+    /// scratch directory for intermediate checkpoints
+    pub work: std::path::PathBuf,
+    pub progress: bool,
+}
+
+pub fn tiny_r1(o: &RecipeOptions) -> Result<()> {
+    let t0 = Instant::now();
+    let (out, work) = (&o.out, &o.work);
+    std::fs::create_dir_all(out)?;
+    std::fs::create_dir_all(work)?;
+    let tc = TrainConfig::parse(TINY_R1_CONFIG)?;
+    let mut timings = vec![];
+    let stage = |name: &str| eprintln!("[recipe {:>5.0}s] {name}", t0.elapsed().as_secs_f64());
+
+    stage("SFT on worked solutions");
+    let ts = Instant::now();
+    let sft_dir = work.join("sft");
+    let sft = crate::pretrain::run(&tc, &sft_dir, false, o.progress)?;
+    timings.push(("SFT", ts.elapsed().as_secs_f64()));
+
+    stage("evaluating the SFT model");
+    let ts = Instant::now();
+    let before = eval_all(&sft_dir)?;
+    timings.push(("eval SFT", ts.elapsed().as_secs_f64()));
+
+    stage("GRPO");
+    let ts = Instant::now();
+    let rl_dir = work.join("rl");
+    let rl_cfg = GrpoConfig {
+        tasks: vec![RL_TASK.into()],
+        ..GrpoConfig::default()
+    };
+    let rl = crate::grpo::run(&sft_dir, &rl_dir, &rl_cfg, o.progress)?;
+    timings.push(("GRPO", ts.elapsed().as_secs_f64()));
+
+    stage("writing the bf16 checkpoint");
+    let cfg = ModelConfig::from_file(&rl_dir.join("config.json"))?;
+    let store = Store::load(&rl_dir, &cfg, DType::F32)?;
+    crate::grpo::copy_model_files(&rl_dir, out)?;
+    store.save(&cfg, out, DType::BF16)?;
+
+    stage("evaluating the shipped model");
+    let ts = Instant::now();
+    let after = eval_all(out)?;
+    timings.push(("eval shipped", ts.elapsed().as_secs_f64()));
+
+    stage("MTP check");
+    let mtp = mtp_check(out)?;
+
+    stage("side runs: bias balancing on/off, FP8 vs f32");
+    let ts = Instant::now();
+    let side = side_runs(&tc, work)?;
+    timings.push(("side runs", ts.elapsed().as_secs_f64()));
+
+    for (src, dst) in [
+        (sft_dir.join("loss.png"), "sft-loss.png"),
+        (sft_dir.join("balance.png"), "sft-balance.png"),
+        (rl_dir.join("rl.png"), "rl.png"),
+    ] {
+        std::fs::copy(&src, out.join(dst))
+            .with_context(|| format!("cannot copy {}", src.display()))?;
+    }
+    plot_side(&side, work, out)?;
+    plot_accuracy(&before, &after, out)?;
+    let wall = t0.elapsed().as_secs_f64();
+    let report = report_card(&sft, &rl, &before, &after, &side, &mtp, &timings, wall, &tc)?;
+    std::fs::write(out.join("README.md"), &report)?;
+    let figures = json!({
+        "wall_seconds": wall, "sft": sft, "rl": rl, "before_rl": before, "after_rl": after,
+        "side_runs": side.iter().map(|(n, s)| json!({"run": n, "summary": s})).collect::<Vec<_>>(),
+        "mtp": mtp,
+    });
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&figures)?,
+    )?;
+    stage("done");
+    println!("{report}");
+    Ok(())
+}
+
+fn eval_all(dir: &Path) -> Result<Vec<EvalReport>> {
+    let engine = Engine::load(dir, true)?;
+    let mut v = vec![];
+    for name in EVAL_TASKS {
+        let task = Task::parse(name)?;
+        let set = held_out_set(dir, task, EVAL_N)?;
+        let samples = if name == RL_TASK || name == "add3" {
+            SAMPLES
+        } else {
+            0
+        };
+        let spec = EvalSpec {
+            n: EVAL_N,
+            samples,
+            temperature: 0.6,
+            seed: 1,
+            max_tokens: 256,
+        };
+        v.push(evaluate(&engine, name, &set, &spec)?);
+    }
+    Ok(v)
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct MtpCheck {
+    pub prompts: usize,
+    pub identical: usize,
+    pub acceptance: f64,
+}
+
+/// Greedy generation with and without MTP speculation on held-out questions: the ids must be
+/// identical; the acceptance rate is how often the MTP draft was right.
+fn mtp_check(dir: &Path) -> Result<MtpCheck> {
+    let engine = Engine::load(dir, true)?;
+    let tok = engine.tokenizer()?;
+    let set = held_out_set(dir, Task::parse("add3")?, 100)?;
+    let params = GenerateParams {
+        max_tokens: 256,
+        ..GenerateParams::default()
+    };
+    let (mut identical, mut accepted, mut drafted) = (0, 0usize, 0usize);
+    for p in &set {
+        let ids = crate::data::prompt_ids(tok, &p.question)?;
+        let (plain, _, _, _) = engine.generate_ids(&ids, &params, |_| Ok(true))?;
+        let (spec, _, stats) = engine.generate_ids_speculative(&ids, &params, |_| Ok(true))?;
+        identical += (plain == spec) as usize;
+        accepted += stats.accepted;
+        drafted += stats.drafted;
+    }
+    Ok(MtpCheck {
+        prompts: set.len(),
+        identical,
+        acceptance: accepted as f64 / drafted.max(1) as f64,
+    })
+}
+
+/// The same short run three ways: gamma > 0 (V3), gamma = 0 with no auxiliary loss, and
+/// gamma > 0 through simulated FP8.
+fn side_runs(tc: &TrainConfig, work: &Path) -> Result<Vec<(String, Summary)>> {
+    let mut v = vec![];
+    for (name, gamma, fp8) in [
+        ("balanced-f32", 0.001, false),
+        ("unbalanced-f32", 0.0, false),
+        ("balanced-fp8", 0.001, true),
+    ] {
+        let mut c = tc.clone();
+        c.train.steps = SIDE_STEPS;
+        c.train.warmup = SIDE_STEPS / 10;
+        c.train.save_every = SIDE_STEPS;
+        c.train.bias_update_speed = gamma;
+        c.train.balance_alpha = 0.0;
+        c.train.fp8 = fp8;
+        v.push((
+            name.to_string(),
+            crate::pretrain::run(&c, &work.join(name), false, false)?,
+        ));
+    }
+    Ok(v)
+}
+
+fn plot_side(side: &[(String, Summary)], work: &Path, out: &Path) -> Result<()> {
+    use whale_plot::{save_png, Chart};
+    let rows = |n: &str| read_jsonl(&work.join(n).join("metrics.jsonl"));
+    let (b, u, f) = (
+        rows("balanced-f32")?,
+        rows("unbalanced-f32")?,
+        rows("balanced-fp8")?,
+    );
+    let w = 10;
+    let vio = Chart::new("MaxVio per step", "step", "max load / mean load - 1")
+        .line("bias balancing (gamma 0.001)", series(&b, "max_vio", w))
+        .line(
+            "no balancing (gamma 0, no aux loss)",
+            series(&u, "max_vio", w),
+        );
+    let loss = Chart::new("loss", "step", "cross-entropy")
+        .line("gamma 0.001", series(&b, "loss", w))
+        .line("gamma 0", series(&u, "loss", w));
+    save_png(&out.join("balance-experiment.png"), &[vio, loss], 1000, 400)?;
+    let fp8 = Chart::new("simulated FP8 vs f32", "step", "cross-entropy")
+        .line("f32", series(&b, "loss", w))
+        .line("FP8 (E4M3, 1x128 / 128x128 scales)", series(&f, "loss", w))
+        .log_y();
+    save_png(&out.join("fp8-experiment.png"), &[fp8], 700, 400)?;
+    let _ = side;
+    Ok(())
+}
+
+fn plot_accuracy(before: &[EvalReport], after: &[EvalReport], out: &Path) -> Result<()> {
+    use whale_plot::{save_png, Chart};
+    let pts = |r: &[EvalReport]| -> Vec<(f64, f64)> {
+        r.iter()
+            .enumerate()
+            .map(|(i, e)| (i as f64, e.greedy_pass1))
+            .collect()
+    };
+    let c = Chart::new(
+        &format!("greedy pass@1 by task ({})", EVAL_TASKS.join(", ")),
+        "task index",
+        "accuracy",
+    )
+    .line("after SFT", pts(before))
+    .line("after GRPO (shipped)", pts(after));
+    save_png(&out.join("accuracy.png"), &[c], 800, 400)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report_card(
+    sft: &Summary,
+    rl: &crate::grpo::GrpoSummary,
+    before: &[EvalReport],
+    after: &[EvalReport],
+    side: &[(String, Summary)],
+    mtp: &MtpCheck,
+    timings: &[(&str, f64)],
+    wall: f64,
+    tc: &TrainConfig,
+) -> Result<String> {
+    let mut s = String::new();
+    let m = tc.model_config()?;
+    let moe = m.moe.as_ref();
+    writeln!(s, "# tiny-r1: the bundled reasoning model\n")?;
+    writeln!(s, "Made by `whale recipe tiny-r1 --out models/tiny-r1` in {:.1} minutes on this machine (seeded: the same command reproduces these figures within noise). DeepSeek-V3's architecture at toy size: {} layers (first dense), hidden {}, MLA (q rank {:?}, kv rank {}, rope dims {}), {} routed experts + {} shared, top-{} in {} groups (keep {}), sigmoid router with `e_score_correction_bias`, one MTP module; {} trained parameters. Weights are bf16.\n",
+        wall / 60.0, m.num_hidden_layers, m.hidden_size, m.q_lora_rank, m.kv_lora_rank, m.qk_rope_head_dim,
+        moe.map_or(0, |x| x.n_routed_experts), moe.map_or(0, |x| x.n_shared_experts), moe.map_or(0, |x| x.num_experts_per_tok),
+        moe.map_or(0, |x| x.n_group), moe.map_or(0, |x| x.topk_group), sft.params)?;
+    writeln!(s, "## Stages\n\n| stage | seconds |\n|---|---|")?;
+    for (n, t) in timings {
+        writeln!(s, "| {n} | {t:.0} |")?;
+    }
+    writeln!(s, "\nSFT: {} steps, {} training tokens at {:.0} tokens/s, final loss {:.4}, next-next-token (MTP) accuracy {:.1}%.\n",
+        sft.steps, sft.tokens, sft.tokens_per_second, sft.final_loss, 100.0 * sft.final_mtp_accuracy.unwrap_or(0.0))?;
+    writeln!(
+        s,
+        "![SFT loss](sft-loss.png)\n\n![expert load](sft-balance.png)\n"
+    )?;
+    writeln!(
+        s,
+        "## Accuracy on held-out problems ({} each, never seen in training)\n",
+        EVAL_N
+    )?;
+    writeln!(s, "After SFT:\n\n{}", EvalReport::table(before))?;
+    writeln!(
+        s,
+        "After GRPO on {RL_TASK} (the shipped model):\n\n{}",
+        EvalReport::table(after)
+    )?;
+    writeln!(s, "pass@1 T is the mean over {SAMPLES} samples at temperature 0.6; maj@K and pass@K use the same samples.\n\n![accuracy](accuracy.png)\n")?;
+    writeln!(s, "## GRPO\n\n{} steps, {} prompts x {} samples, rewards: 1 for a correct answer + {} for the format. Training-sample reward {:.3} -> {:.3}, accuracy {:.3} -> {:.3} (first vs last fifth of the steps).\n\n![GRPO curves](rl.png)\n",
+        rl.steps, GrpoConfig::default().prompts, GrpoConfig::default().group, GrpoConfig::default().format_reward, rl.first_reward, rl.last_reward, rl.first_accuracy, rl.last_accuracy)?;
+    let get = |n: &str| side.iter().find(|x| x.0 == n).map(|x| &x.1);
+    if let (Some(b), Some(u), Some(f)) = (
+        get("balanced-f32"),
+        get("unbalanced-f32"),
+        get("balanced-fp8"),
+    ) {
+        writeln!(s, "## Auxiliary-loss-free balancing ({SIDE_STEPS}-step runs)\n\n| run | final MaxVio | final loss |\n|---|---|---|")?;
+        writeln!(
+            s,
+            "| gamma = 0.001 | {:.3} | {:.4} |\n| gamma = 0, no aux loss | {:.3} | {:.4} |\n",
+            b.final_max_vio, b.final_loss, u.final_max_vio, u.final_loss
+        )?;
+        writeln!(s, "![balance](balance-experiment.png)\n")?;
+        writeln!(s, "## Simulated FP8\n\nfinal loss f32 {:.4}, FP8 {:.4}: {:+.2}% relative.\n\n![fp8](fp8-experiment.png)\n", b.final_loss, f.final_loss, 100.0 * (f.final_loss / b.final_loss - 1.0))?;
+    }
+    writeln!(s, "## MTP\n\nThe MTP module predicts the token after next with {:.1}% accuracy on training text. Engine speculative decoding with it on {} held-out add3 questions: {} of {} greedy outputs identical to plain decoding, {:.1}% of drafts accepted.\n",
+        100.0 * sft.final_mtp_accuracy.unwrap_or(0.0), mtp.prompts, mtp.identical, mtp.prompts, 100.0 * mtp.acceptance)?;
+    Ok(s)
+}
