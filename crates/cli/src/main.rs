@@ -12,15 +12,13 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// The model `whale run` and `whale chat` use when no --model is given.
+/// The model `whale run`, `whale chat` and `whale serve` use when no --model is given: the
+/// bundled tiny-r1 that `whale recipe tiny-r1` makes (or $WHALE_MODEL).
 pub fn default_model() -> PathBuf {
     if let Some(p) = std::env::var_os("WHALE_MODEL") {
         return PathBuf::from(p);
     }
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../testdata/fixtures/tiny-v3"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-r1"))
 }
 
 #[derive(Parser)]

@@ -93,7 +93,7 @@ impl TrainConfig {
         if t.steps == 0 || t.batch_size == 0 {
             bail!("train.steps and train.batch_size must be positive");
         }
-        if !(t.lr > 0.0) || t.min_lr < 0.0 || t.min_lr > t.lr {
+        if !positive(t.lr) || t.min_lr < 0.0 || t.min_lr > t.lr {
             bail!("train.lr must be positive and train.min_lr in [0, lr]");
         }
         if t.warmup > t.steps || !(0.0..=1.0).contains(&t.decay_frac) {
@@ -112,4 +112,9 @@ impl TrainConfig {
         let v = serde_json::to_value(&self.model)?;
         ModelConfig::from_json(&v).context("[model]")
     }
+}
+
+/// A finite number above zero (false for NaN).
+pub fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
 }

@@ -93,7 +93,7 @@ impl TaskMix {
         let (mut entries, mut sources) = (vec![], vec![]);
         for s in specs {
             let task = Task::parse(&s.name)?;
-            if !(s.weight > 0.0) || s.pool == 0 {
+            if !crate::config::positive(s.weight) || s.pool == 0 {
                 bail!("task {}: weight and pool must be positive", s.name);
             }
             let source = Source {

@@ -40,7 +40,7 @@ pub struct EvalReport {
 /// recorded in `training_data.json` used.
 pub fn held_out_set(dir: &Path, task: Task, n: usize) -> Result<Vec<Problem>> {
     let exclude = trained_questions(&read_sources(dir)?, task)?;
-    let set = whale_tasks::problems(task, n, 0x4e1d_0u64 ^ 0xE7A1, &exclude);
+    let set = whale_tasks::problems(task, n, 0x0004_e1d0_u64 ^ 0xE7A1, &exclude);
     if set.len() < n {
         bail!(
             "{}: only {} problems are left outside the training data (asked for {n})",

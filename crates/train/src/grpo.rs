@@ -3,6 +3,7 @@
 //! `</think>`, then an answer), normalises the rewards within each group into advantages, and
 //! maximises the clipped surrogate minus beta times the k3 KL estimate to a frozen reference.
 
+use crate::config::positive;
 use crate::data::{
     prompt_ids, read_sources, trained_questions, write_sources, Batch, Example, Source,
 };
@@ -178,7 +179,12 @@ pub fn run(init: &Path, out: &Path, c: &GrpoConfig, progress: bool) -> Result<Gr
     if c.steps == 0 || c.prompts == 0 || c.group < 2 {
         bail!("rl: steps and prompts must be positive and the group at least 2");
     }
-    if !(c.temperature > 0.0) || !(c.lr > 0.0) || c.beta < 0.0 || !(c.clip > 0.0) || c.inner == 0 {
+    if !positive(c.temperature as f64)
+        || !positive(c.lr)
+        || c.beta < 0.0
+        || !positive(c.clip)
+        || c.inner == 0
+    {
         bail!("rl: temperature, lr and clip must be positive, beta >= 0, inner >= 1");
     }
     let cfg = ModelConfig::from_file(&init.join("config.json"))?;

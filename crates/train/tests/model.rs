@@ -29,7 +29,7 @@ fn forward_matches_transformers_on_the_v3_fixture() -> anyhow::Result<()> {
             .map(|x| x as u32)
             .collect();
         let want: Tensor = refs[&format!("logits_{i}")].clone();
-        let out = model.forward(&[ids.clone()], &[ids.len()], Options::default())?;
+        let out = model.forward(std::slice::from_ref(&ids), &[ids.len()], Options::default())?;
         let got = out.logits.squeeze(0)?;
         let err: f32 = (got - want)?.abs()?.max_all()?.to_scalar()?;
         assert!(err < 2e-4, "prompt {i}: max abs logit error {err}");
@@ -48,7 +48,7 @@ fn mtp_logits_match_the_engine() -> anyhow::Result<()> {
         mtp: true,
         ..Options::default()
     };
-    let out = model.forward(&[ids.clone()], &[ids.len()], opts)?;
+    let out = model.forward(std::slice::from_ref(&ids), &[ids.len()], opts)?;
     let got = out.mtp_logits.unwrap().squeeze(0)?;
 
     let engine = whale_model::Model::load(&whale_model::Checkpoint::open(&dir)?)?;

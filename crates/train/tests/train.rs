@@ -18,7 +18,7 @@ fn a_saved_checkpoint_loads_in_the_engine_with_identical_logits() -> anyhow::Res
     let model = TrainModel::new(cfg.clone(), store)?;
     let ids: Vec<u32> = vec![0, 5, 9, 33, 2, 17, 39, 4, 4, 21];
     let got = model
-        .forward(&[ids.clone()], &[ids.len()], Options::default())?
+        .forward(std::slice::from_ref(&ids), &[ids.len()], Options::default())?
         .logits
         .squeeze(0)?;
     let engine = Model::load(&Checkpoint::open(&dir)?)?;

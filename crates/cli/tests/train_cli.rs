@@ -1,0 +1,133 @@
+//! The training commands from the outside: the bundled model, eval on a problem file, bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn whale(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_whale"))
+        .args(args)
+        .env_remove("WHALE_MODEL")
+        .output()
+        .unwrap()
+}
+
+fn repo(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(p)
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("whale-train-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn the_bundled_model_thinks_then_answers_by_default() {
+    // the README's first command, with no --model: models/tiny-r1
+    let o = whale(&["run", "--prompt", "What is 12 + 30?", "--threads", "1"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let (thinking, answer) = out.split_once("[answer]").expect("an answer section");
+    assert!(
+        thinking.contains("[thinking]") && thinking.contains("2+0=2"),
+        "{out}"
+    );
+    assert!(answer.contains("12 + 30 = 42"), "{out}");
+}
+
+#[test]
+fn eval_reads_a_problem_file_and_reports_json() {
+    let d = tmp("problems");
+    let f = d.join("p.jsonl");
+    std::fs::write(
+        &f,
+        "{\"question\": \"What is 12 + 30?\", \"answer\": \"42\"}\n{\"question\": \"What is 305 - 7?\", \"answer\": 298}\n",
+    )
+    .unwrap();
+    let model = repo("models/tiny-r1");
+    let o = whale(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--problems",
+        f.to_str().unwrap(),
+        "--samples",
+        "2",
+        "--json",
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = &v[0];
+    assert_eq!(r["problems"], 2);
+    for k in [
+        "greedy_pass1",
+        "greedy_format",
+        "sampled_pass1",
+        "maj_at_k",
+        "pass_at_k",
+    ] {
+        let x = r[k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&x), "{k} = {x}");
+    }
+    // the bundled model knows 2-digit addition
+    assert!(r["greedy_pass1"].as_f64().unwrap() >= 0.5, "{r}");
+}
+
+#[test]
+fn training_commands_refuse_bad_input() {
+    let d = tmp("bad");
+    let model = repo("models/tiny-r1");
+    let m = model.to_str().unwrap();
+    let bad_file = d.join("bad.jsonl");
+    std::fs::write(&bad_file, "{\"question\": \"What is 1 + 1?\"}\n").unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["eval", "--model", m, "--task", "div3"],
+        vec!["eval", "--model", m],
+        vec!["eval", "--model", m, "--task", "add3", "--n", "0"],
+        vec![
+            "eval",
+            "--model",
+            m,
+            "--problems",
+            bad_file.to_str().unwrap(),
+        ],
+        vec!["eval", "--model", "/nonexistent", "--task", "add3"],
+        vec![
+            "train",
+            "--config",
+            "/nonexistent.toml",
+            "--out",
+            d.to_str().unwrap(),
+        ],
+        vec![
+            "rl",
+            "--model",
+            m,
+            "--out",
+            d.to_str().unwrap(),
+            "--group",
+            "1",
+        ],
+        vec!["recipe", "huge-r1"],
+    ];
+    for args in cases {
+        let o = whale(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.starts_with("error:"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
