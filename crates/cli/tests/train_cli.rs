@@ -131,3 +131,67 @@ fn training_commands_refuse_bad_input() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn distill_keeps_correct_teacher_traces_and_trains_a_student_the_engine_loads() {
+    let d = tmp("distill");
+    let cfg = std::fs::read_to_string(repo("configs/tiny-r1-student.toml"))
+        .unwrap()
+        .replace("steps = 600", "steps = 3")
+        .replace("warmup = 50", "warmup = 1");
+    let cfg_path = d.join("student.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let out = d.join("student");
+    let teacher = repo("models/tiny-r1");
+    let o = whale(&[
+        "distill",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--config",
+        cfg_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--task",
+        "add2",
+        "--n",
+        "12",
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let kept = s["kept"].as_u64().unwrap();
+    assert!((6..=12).contains(&kept), "{s}");
+    let traces = std::fs::read_to_string(out.join("traces.jsonl")).unwrap();
+    assert_eq!(traces.lines().count() as u64, kept);
+    // every kept trace is a correct, well-formed answer to its question
+    for line in traces.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let q = v["question"].as_str().unwrap();
+        let r = v["response"].as_str().unwrap();
+        let nums: Vec<i64> = q
+            .trim_start_matches("What is ")
+            .trim_end_matches('?')
+            .split(" + ")
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert!(
+            r.contains("</think>") && r.trim_end().ends_with(&(nums[0] + nums[1]).to_string()),
+            "{q} -> {r}"
+        );
+    }
+    let e = whale(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--task",
+        "add2",
+        "--n",
+        "3",
+        "--max-tokens",
+        "8",
+        "--threads",
+        "1",
+    ]);
+    assert!(e.status.success(), "{}", text(&e));
+}

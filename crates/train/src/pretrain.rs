@@ -212,7 +212,7 @@ pub fn run_on(
         let row = json!({
             "step": state.step, "loss": r.ce, "mtp_loss": r.mtp_loss, "mtp_accuracy": r.mtp_acc,
             "token_accuracy": r.acc, "balance_loss": r.balance, "lr": lr, "grad_norm": grad_norm,
-            "max_vio": max_vio.iter().sum::<f64>() / max_vio.len().max(1) as f64,
+            "max_vio": (max_vio.iter().sum::<f64>() / max_vio.len().max(1) as f64).max(0.0),
             "max_vio_layers": max_vio, "loads": r.loads,
             "tokens": state.tokens, "tokens_per_second": batch.tokens() as f64 / dt,
         });
