@@ -76,7 +76,6 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     let engine = whale_engine::Engine::load(&a.model, true)?;
     let spec = EvalSpec {
-        n: a.n,
         samples: a.samples,
         temperature: a.temperature,
         seed: a.seed,

@@ -12,7 +12,6 @@ use whale_tasks::{answer_part, check, Problem, Task};
 
 #[derive(Clone, Debug)]
 pub struct EvalSpec {
-    pub n: usize,
     pub samples: usize,
     pub temperature: f32,
     pub seed: u64,
@@ -40,7 +39,7 @@ pub struct EvalReport {
 /// recorded in `training_data.json` used.
 pub fn held_out_set(dir: &Path, task: Task, n: usize) -> Result<Vec<Problem>> {
     let exclude = trained_questions(&read_sources(dir)?, task)?;
-    let set = whale_tasks::problems(task, n, 0x0004_e1d0_u64 ^ 0xE7A1, &exclude);
+    let set = whale_tasks::held_out(task, n, &exclude);
     if set.len() < n {
         bail!(
             "{}: only {} problems are left outside the training data (asked for {n})",

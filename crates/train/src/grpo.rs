@@ -4,9 +4,7 @@
 //! maximises the clipped surrogate minus beta times the k3 KL estimate to a frozen reference.
 
 use crate::config::positive;
-use crate::data::{
-    prompt_ids, read_sources, trained_questions, write_sources, Batch, Example, Source,
-};
+use crate::data::{prompt_ids, read_sources, write_sources, Batch, Example, Source};
 use crate::metrics::{read_jsonl, series, JsonlLog};
 use crate::ops::token_logprobs;
 use crate::optim::{clip_grad_norm, AdamW};
@@ -207,7 +205,6 @@ pub fn run(init: &Path, out: &Path, c: &GrpoConfig, progress: bool) -> Result<Gr
     }
     copy_model_files(init, out)?;
     write_sources(out, &sources)?;
-    let _ = trained_questions; // held-out sets read training_data.json through eval
     let policy = TrainModel::new(cfg.clone(), Store::load(init, &cfg, DType::F32)?)?;
     let reference = TrainModel::new(cfg.clone(), policy.store.snapshot()?)?;
     let mut opt = AdamW::new(0.0);

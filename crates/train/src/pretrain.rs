@@ -345,7 +345,7 @@ pub fn update_biases(
             if let Some(var) = store.vars.get(name) {
                 let step: Vec<f32> = load
                     .iter()
-                    .map(|&l| gamma as f32 * (mean - l).signum() * ((mean - l) != 0.0) as u8 as f32)
+                    .map(|&l| gamma as f32 * sign(mean - l))
                     .collect();
                 let delta =
                     Tensor::from_vec(step, load.len(), var.device())?.to_dtype(var.dtype())?;
@@ -354,6 +354,17 @@ pub fn update_biases(
         }
     }
     Ok(vio)
+}
+
+/// -1, 0 or 1 (f32::signum gives 1 for 0, which would move the bias of a balanced expert).
+fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
 }
 
 fn save(model: &TrainModel, opt: &AdamW, state: &TrainerState, out: &Path) -> Result<()> {

@@ -106,7 +106,7 @@ pub fn tiny_r1(o: &RecipeOptions) -> Result<()> {
         std::fs::copy(&src, out.join(dst))
             .with_context(|| format!("cannot copy {}", src.display()))?;
     }
-    plot_side(&side, work, out)?;
+    plot_side(work, out)?;
     plot_accuracy(&before, &after, out)?;
     let wall = t0.elapsed().as_secs_f64();
     let report = report_card(&sft, &rl, &before, &after, &side, &mtp, &timings, wall, &tc)?;
@@ -144,7 +144,6 @@ fn eval_all(dir: &Path) -> Result<Vec<EvalReport>> {
             0
         };
         let spec = EvalSpec {
-            n: EVAL_N,
             samples,
             temperature: 0.6,
             seed: 1,
@@ -212,7 +211,7 @@ fn side_runs(tc: &TrainConfig, work: &Path) -> Result<Vec<(String, Summary)>> {
     Ok(v)
 }
 
-fn plot_side(side: &[(String, Summary)], work: &Path, out: &Path) -> Result<()> {
+fn plot_side(work: &Path, out: &Path) -> Result<()> {
     use whale_plot::{save_png, Chart};
     let rows = |n: &str| read_jsonl(&work.join(n).join("metrics.jsonl"));
     let (b, u, f) = (
@@ -239,7 +238,6 @@ fn plot_side(side: &[(String, Summary)], work: &Path, out: &Path) -> Result<()> 
         .line("FP8 (E4M3, 1x128 / 128x128 scales)", series(&f, "loss", w))
         .log_y();
     save_png(&out.join("fp8-experiment.png"), &[fp8], 700, 400)?;
-    let _ = side;
     Ok(())
 }
 
