@@ -51,8 +51,51 @@ pub fn f32_to_e4m3(x: f32) -> u8 {
     sign | code
 }
 
+/// `e4m3_to_f32(f32_to_e4m3(x))` without the table search: the f32 mantissa rounded to 3 bits
+/// (ties to even) in the normal range, to multiples of 2^-9 below 2^-6, saturating at +-448.
+/// Simulated FP8 training rounds every activation through this, so it must be cheap.
+#[inline]
+pub fn round_e4m3(x: f32) -> f32 {
+    let a = x.abs();
+    let r = if a >= 0.015625 {
+        let bits = a.to_bits();
+        let lsb = (bits >> 20) & 1;
+        f32::from_bits((bits + 0x7ffff + lsb) & !0xfffff).min(448.0)
+    } else {
+        (a * 512.0).round_ties_even() / 512.0
+    };
+    if x.is_nan() {
+        f32::NAN
+    } else {
+        r.copysign(x)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fast_rounding_equals_the_table_round_trip() {
+        use super::{e4m3_to_f32, f32_to_e4m3, round_e4m3};
+        let mut z = 0x1234_5678u32;
+        let mut xs: Vec<f32> = (0..=255u8).map(e4m3_to_f32).filter(|v| v.is_finite()).collect();
+        // midpoints between neighbours (the ties), and random values over the whole range
+        let mut t = xs.clone();
+        t.sort_by(f32::total_cmp);
+        xs.extend(t.windows(2).map(|w| (w[0] + w[1]) / 2.0));
+        for _ in 0..200_000 {
+            z ^= z << 13;
+            z ^= z >> 17;
+            z ^= z << 5;
+            let m = (z >> 8) as f32 / (1u32 << 24) as f32;
+            let e = (z % 24) as i32 - 14;
+            xs.push((m * 2f32.powi(e)).copysign(if z & 1 == 0 { 1.0 } else { -1.0 }));
+        }
+        xs.extend([0.0, -0.0, 448.0, 449.0, 460.0, 1e6, -1e6, 1e-9]);
+        for x in xs {
+            let want = e4m3_to_f32(f32_to_e4m3(x));
+            assert_eq!(round_e4m3(x).to_bits(), want.to_bits(), "{x:e}");
+        }
+    }
     use super::*;
 
     #[test]

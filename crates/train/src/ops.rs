@@ -58,8 +58,7 @@ pub fn fake_fp8(x: &Tensor, tile: (usize, usize)) -> Result<Tensor> {
             for r in r0..r1 {
                 for c in c0..c1 {
                     let i = r * cols + c;
-                    let e = whale_kernels::fp8::f32_to_e4m3(v[i] / scale);
-                    q[i] = whale_kernels::fp8::e4m3_to_f32(e) * scale;
+                    q[i] = whale_kernels::fp8::round_e4m3(v[i] / scale) * scale;
                 }
             }
         }

@@ -35,6 +35,10 @@ pub struct Summary {
     pub final_loss: f64,
     pub final_max_vio: f64,
     pub final_mtp_accuracy: Option<f64>,
+    /// cross-entropy of the final weights on a fixed batch of VALIDATION_EXAMPLES examples (the
+    /// same for every run of one config and seed, computed with the run's own numerics), so two
+    /// runs compare without batch-to-batch noise
+    pub val_loss: f64,
     pub tokens: u64,
     pub seconds: f64,
     pub tokens_per_second: f64,
@@ -229,6 +233,7 @@ pub fn run_on(
         }
     }
     bar.finish_and_clear();
+    let val_loss = validation_loss(&model, data, &tok, t.seed, opts, t.batch_size)?;
     plot(out)?;
     let rows = read_jsonl(&out.join("metrics.jsonl"))?;
     let tail = (rows.len() / 10).max(1);
@@ -245,10 +250,35 @@ pub fn run_on(
         final_loss: mean("loss").unwrap_or(f64::NAN),
         final_max_vio: mean("max_vio").unwrap_or(0.0),
         final_mtp_accuracy: mean("mtp_accuracy"),
+        val_loss,
         tokens: state.tokens,
         seconds: state.seconds,
         tokens_per_second: state.tokens as f64 / state.seconds.max(1e-9),
     })
+}
+
+/// Examples in the fixed validation batch.
+pub const VALIDATION_EXAMPLES: usize = 512;
+
+/// Token-weighted cross-entropy on VALIDATION_EXAMPLES examples drawn with a seed no training
+/// step uses.
+fn validation_loss(model: &TrainModel, data: &Data, tok: &ChatTokenizer, seed: u64, opts: Options, chunk: usize) -> Result<f64> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7a11_da7e_0000_0000);
+    let examples = (0..VALIDATION_EXAMPLES)
+        .map(|_| {
+            let (q, r) = data.sample(&mut rng);
+            example(tok, &q, &r, 1)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (mut sum, mut n) = (0f64, 0f64);
+    for part in examples.chunks(chunk.max(1)) {
+        let b = Batch::new(part, true, 2);
+        let out = model.forward(&b.inputs, &b.lens, Options { balance_alpha: 0.0, mtp: false, ..opts })?;
+        let (loss, count) = masked_cross_entropy(&out.logits, &b.targets, &b.weights)?;
+        sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * count as f64;
+        n += count as f64;
+    }
+    Ok(sum / n.max(1.0))
 }
 
 pub struct StepResult {
