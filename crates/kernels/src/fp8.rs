@@ -77,7 +77,10 @@ mod tests {
     fn fast_rounding_equals_the_table_round_trip() {
         use super::{e4m3_to_f32, f32_to_e4m3, round_e4m3};
         let mut z = 0x1234_5678u32;
-        let mut xs: Vec<f32> = (0..=255u8).map(e4m3_to_f32).filter(|v| v.is_finite()).collect();
+        let mut xs: Vec<f32> = (0..=255u8)
+            .map(e4m3_to_f32)
+            .filter(|v| v.is_finite())
+            .collect();
         // midpoints between neighbours (the ties), and random values over the whole range
         let mut t = xs.clone();
         t.sort_by(f32::total_cmp);

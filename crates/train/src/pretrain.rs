@@ -262,7 +262,14 @@ pub const VALIDATION_EXAMPLES: usize = 512;
 
 /// Token-weighted cross-entropy on VALIDATION_EXAMPLES examples drawn with a seed no training
 /// step uses.
-fn validation_loss(model: &TrainModel, data: &Data, tok: &ChatTokenizer, seed: u64, opts: Options, chunk: usize) -> Result<f64> {
+fn validation_loss(
+    model: &TrainModel,
+    data: &Data,
+    tok: &ChatTokenizer,
+    seed: u64,
+    opts: Options,
+    chunk: usize,
+) -> Result<f64> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x7a11_da7e_0000_0000);
     let examples = (0..VALIDATION_EXAMPLES)
         .map(|_| {
@@ -273,7 +280,15 @@ fn validation_loss(model: &TrainModel, data: &Data, tok: &ChatTokenizer, seed: u
     let (mut sum, mut n) = (0f64, 0f64);
     for part in examples.chunks(chunk.max(1)) {
         let b = Batch::new(part, true, 2);
-        let out = model.forward(&b.inputs, &b.lens, Options { balance_alpha: 0.0, mtp: false, ..opts })?;
+        let out = model.forward(
+            &b.inputs,
+            &b.lens,
+            Options {
+                balance_alpha: 0.0,
+                mtp: false,
+                ..opts
+            },
+        )?;
         let (loss, count) = masked_cross_entropy(&out.logits, &b.targets, &b.weights)?;
         sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * count as f64;
         n += count as f64;
