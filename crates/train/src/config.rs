@@ -47,6 +47,10 @@ pub struct TrainSettings {
     /// stop early at this step (the schedule still spans `steps`); a later --resume continues
     #[serde(default)]
     pub stop_at: Option<usize>,
+    /// fraction of examples that follow one or two earlier turns of a conversation (question +
+    /// final answer), so a chat's later questions are answered as well as its first
+    #[serde(default)]
+    pub multi_turn: f64,
     /// loss on the response only (SFT) or on every token (pretraining)
     #[serde(default = "yes")]
     pub response_only: bool,

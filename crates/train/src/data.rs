@@ -146,8 +146,33 @@ pub fn prompt_ids(tok: &ChatTokenizer, question: &str) -> Result<Vec<u32>> {
         .1)
 }
 
-pub fn example(tok: &ChatTokenizer, question: &str, response: &str, eos: u32) -> Result<Example> {
-    let mut ids = prompt_ids(tok, question)?;
+/// Earlier turns of a conversation: each question with the final answer only, as the R1
+/// template sends earlier assistant turns (their reasoning dropped).
+pub type History = Vec<(String, String)>;
+
+/// The answer a response ends with: the text after `</think>`.
+pub fn final_answer(response: &str) -> &str {
+    response
+        .rsplit_once("</think>")
+        .map_or(response, |(_, a)| a)
+        .trim()
+}
+
+/// A training example: the conversation so far, then the worked response to its last question.
+pub fn example(
+    tok: &ChatTokenizer,
+    history: &[(String, String)],
+    question: &str,
+    response: &str,
+    eos: u32,
+) -> Result<Example> {
+    let mut messages = vec![];
+    for (q, a) in history {
+        messages.push(Message::new("user", q));
+        messages.push(Message::new("assistant", a));
+    }
+    messages.push(Message::new("user", question));
+    let mut ids = tok.encode_chat(&messages, &serde_json::Value::Null)?.1;
     let prompt_len = ids.len();
     ids.extend(tok.encode(response)?);
     ids.push(eos);
@@ -198,5 +223,44 @@ impl Batch {
 
     pub fn tokens(&self) -> usize {
         self.lens.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_turn_trains_on_its_own_response_only() {
+        let task = Task::parse("add2").unwrap();
+        let mut probs = whale_tasks::problems(task, 200, 7, &HashSet::new());
+        let corpus: Vec<String> = probs
+            .iter()
+            .flat_map(|p| [p.question.clone(), task.solve(p)])
+            .collect();
+        let dir = std::env::temp_dir().join(format!("whale-data-test-{}", std::process::id()));
+        crate::tokenizer::save(&crate::tokenizer::train(&corpus, 300).unwrap(), &dir, 256).unwrap();
+        let tok = ChatTokenizer::load(&dir).unwrap();
+        let (first, second) = (probs.remove(0), probs.remove(0));
+        let first_response = task.solve(&first);
+        let history = vec![(
+            first.question.clone(),
+            final_answer(&first_response).to_string(),
+        )];
+        let e = example(&tok, &history, &second.question, &task.solve(&second), 1).unwrap();
+        let prompt = tok.decode(&e.ids[..e.prompt_len]).unwrap();
+        // the earlier turn is there with its answer, without its reasoning
+        assert!(prompt.contains(&first.question), "{prompt}");
+        assert!(prompt.contains(final_answer(&first_response)), "{prompt}");
+        assert!(
+            !prompt.contains("carry") && !prompt.contains("digits"),
+            "{prompt}"
+        );
+        assert!(prompt.ends_with("<think>\n"), "{prompt}");
+        // the loss falls on the last response and its EOS only
+        let b = Batch::new(std::slice::from_ref(&e), true, 2);
+        let trained = b.weights[0].iter().filter(|w| **w > 0.0).count();
+        assert_eq!(trained, e.ids.len() - e.prompt_len);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -3,7 +3,7 @@
 //! loss, MTP, simulated FP8; seeded, resumable; JSONL metrics and PNG plots.
 
 use crate::config::TrainConfig;
-use crate::data::{example, Batch, TaskMix};
+use crate::data::{example, final_answer, Batch, History, TaskMix};
 use crate::metrics::{read_jsonl, series, JsonlLog};
 use crate::model::masked_cross_entropy;
 use crate::optim::{clip_grad_norm, AdamW, LrSchedule};
@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, D};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
+use rand::Rng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -70,6 +71,20 @@ pub enum Data<'a> {
 }
 
 impl Data<'_> {
+    /// One conversation: with probability `multi_turn`, one or two earlier turns (drawn from the
+    /// same data) before the question whose response is trained on.
+    fn conversation(&self, rng: &mut StdRng, multi_turn: f64) -> (History, String, String) {
+        let mut history = vec![];
+        if multi_turn > 0.0 && rng.gen::<f64>() < multi_turn {
+            for _ in 0..rng.gen_range(1..=2) {
+                let (q, r) = self.sample(rng);
+                history.push((q, final_answer(&r).to_string()));
+            }
+        }
+        let (q, r) = self.sample(rng);
+        (history, q, r)
+    }
+
     fn sample(&self, rng: &mut StdRng) -> (String, String) {
         match self {
             Data::Tasks(mix) => {
@@ -77,7 +92,7 @@ impl Data<'_> {
                 (p.question.clone(), task.solve(p))
             }
             Data::Traces { traces, .. } => {
-                let (q, r) = &traces[rand::Rng::gen_range(rng, 0..traces.len())];
+                let (q, r) = &traces[rng.gen_range(0..traces.len())];
                 (q.clone(), r.clone())
             }
         }
@@ -181,8 +196,8 @@ pub fn run_on(
             StdRng::seed_from_u64(t.seed.wrapping_mul(1_000_003).wrapping_add(step as u64));
         let examples = (0..t.batch_size)
             .map(|_| {
-                let (q, r) = data.sample(&mut rng);
-                example(&tok, &q, &r, 1)
+                let (h, q, r) = data.conversation(&mut rng, t.multi_turn);
+                example(&tok, &h, &q, &r, 1)
             })
             .collect::<Result<Vec<_>>>()?;
         let batch = Batch::new(&examples, t.response_only, 2);
@@ -233,7 +248,7 @@ pub fn run_on(
         }
     }
     bar.finish_and_clear();
-    let val_loss = validation_loss(&model, data, &tok, t.seed, opts, t.batch_size)?;
+    let val_loss = validation_loss(&model, data, &tok, t, opts)?;
     plot(out)?;
     let rows = read_jsonl(&out.join("metrics.jsonl"))?;
     let tail = (rows.len() / 10).max(1);
@@ -266,20 +281,19 @@ fn validation_loss(
     model: &TrainModel,
     data: &Data,
     tok: &ChatTokenizer,
-    seed: u64,
+    t: &crate::config::TrainSettings,
     opts: Options,
-    chunk: usize,
 ) -> Result<f64> {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x7a11_da7e_0000_0000);
+    let mut rng = StdRng::seed_from_u64(t.seed ^ 0x7a11_da7e_0000_0000);
     let examples = (0..VALIDATION_EXAMPLES)
         .map(|_| {
-            let (q, r) = data.sample(&mut rng);
-            example(tok, &q, &r, 1)
+            let (h, q, r) = data.conversation(&mut rng, t.multi_turn);
+            example(tok, &h, &q, &r, 1)
         })
         .collect::<Result<Vec<_>>>()?;
     let (mut sum, mut n) = (0f64, 0f64);
-    for part in examples.chunks(chunk.max(1)) {
-        let b = Batch::new(part, true, 2);
+    for part in examples.chunks(t.batch_size.max(1)) {
+        let b = Batch::new(part, t.response_only, 2);
         let out = model.forward(
             &b.inputs,
             &b.lens,

@@ -41,8 +41,8 @@ fn rl_config() -> GrpoConfig {
     }
 }
 const SAMPLES: usize = 4;
-const SIDE_STEPS: usize = 300;
-/// The side runs are 300 steps, not V3's many thousands, so the bias moves faster than V3's 0.001.
+const SIDE_STEPS: usize = 200;
+/// The side runs are 200 steps, not V3's many thousands, so the bias moves faster than V3's 0.001.
 const SIDE_GAMMA: f64 = 0.003;
 
 pub struct RecipeOptions {
