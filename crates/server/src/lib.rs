@@ -141,6 +141,7 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         body_limit: o.body_limit,
     });
     let router = Router::new()
+        .route("/", get(chat_page))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
@@ -155,6 +156,16 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         })
         .with_state(state);
     Ok((router, EngineThread(thread)))
+}
+
+/// The chat page: one static file compiled into the binary (no CDN, no network at run time).
+const CHAT_PAGE: &str = include_str!("../static/index.html");
+
+async fn chat_page() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        CHAT_PAGE,
+    )
 }
 
 /// Serves until SIGINT or SIGTERM; then stops accepting and lets running streams finish.
