@@ -2,48 +2,17 @@
 
 Run by .ci/run after the Rust suite (it builds target/release/whale)."""
 import os
-import socket
-import subprocess
-import time
-import urllib.request
 
 import openai
 import pytest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-WHALE = os.path.join(ROOT, "target", "release", "whale")
+from whale_server import ROOT, start_server as start, stop_server
+
 MODEL = os.path.join(ROOT, "testdata", "fixtures", "tiny-v3")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def start_server(*extra):
-    """A `whale serve` on a free loopback port; returns (process, base URL) once it answers."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [WHALE, "serve", "--model", MODEL, "--port", str(port), "--cache-mem", "16MiB", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(base + "/health", timeout=1)
-            return proc, base
-        except Exception:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("whale serve did not come up: " + proc.stderr.read().decode())
-
-
-def stop_server(proc):
-    proc.terminate()  # SIGTERM: graceful shutdown
-    assert proc.wait(timeout=20) == 0
+    return start(MODEL, "--cache-mem", "16MiB", *extra)
 
 
 @pytest.fixture(scope="module")
