@@ -166,6 +166,28 @@ fn chat_completion_shape_and_greedy_text_match_the_engine() {
 }
 
 #[test]
+fn the_chat_page_is_served_self_contained() {
+    let _serial = serial();
+    // the page is public even when the API wants a key (it asks for the key itself)
+    let addr = start(Some("sk-x"), None, 8 << 20);
+    let (s, page) = http(&addr, "GET", "/", b"", &[]);
+    assert_eq!(s, 200);
+    assert!(page.starts_with("<!doctype html>") && page.contains("<title>whale chat</title>"));
+    // nothing fetched from elsewhere: every src/href is local or inline
+    for attr in ["src=\"", "href=\""] {
+        for (i, _) in page.match_indices(attr) {
+            let v = &page[i + attr.len()..];
+            assert!(
+                !v.starts_with("http") && !v.starts_with("//"),
+                "{}",
+                &v[..40.min(v.len())]
+            );
+        }
+    }
+    assert!(!page.contains("@import") && !page.contains("url(http"));
+}
+
+#[test]
 fn streaming_carries_the_same_text_and_ends_with_done() {
     let _serial = serial();
     let addr = start(None, None, 8 << 20);
