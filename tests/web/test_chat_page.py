@@ -124,6 +124,9 @@ def test_question_streams_thinking_then_answer(page, tiny):
     for part in ("TTFT", "tok/s", "cache hit", "thinking ", " / answer "):
         assert part in stats, stats
     assert int(turn.get_attribute("data-thinking-tokens")) > 10
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=tiny)
+    turn.get_by_role("button", name="Copy answer").click()
+    assert page.evaluate("navigator.clipboard.readText()") == "482 + 739 = 1221"
 
     # the second turn sends the first answer back without its reasoning (the R1 template's rule)
     turn2 = ask(page, "What is 12 + 30?")
