@@ -202,15 +202,17 @@ def test_wrong_api_key_is_shown(browser):
 
 def test_sample_and_vote(page, tiny):
     open_chat(page, tiny, "tiny-r1")
+    page.fill("#temperature", "0.3")
     page.check("#vote")
     page.fill("#vote-n", "4")
     turn = ask(page, "What is 25 + 17?")
     expect(turn).to_have_attribute("data-state", "done")
     votes = turn.locator(".votes").text_content()
-    assert votes.startswith("Votes: ")
-    counts = [int(x.rsplit("× ", 1)[1]) for x in votes[len("Votes: "):].split(", ")]
+    assert votes.startswith('Majority: "42". Votes: '), votes
+    counts = [int(x.rsplit("× ", 1)[1]) for x in votes.split("Votes: ")[1].split(", ")]
     assert sum(counts) == 4, votes
-    expect(turn.locator(".answer")).to_have_text("25 + 17 = 42")
+    # the chosen sample's answer (its text may restate the question loosely)
+    assert turn.locator(".answer").text_content().endswith("= 42")
 
 
 def test_accessibility(page, tiny):
