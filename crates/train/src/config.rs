@@ -103,6 +103,9 @@ impl TrainConfig {
         if t.warmup > t.steps || !(0.0..=1.0).contains(&t.decay_frac) {
             bail!("train.warmup must be <= steps and decay_frac in [0, 1]");
         }
+        if !(0.0..=1.0).contains(&t.multi_turn) {
+            bail!("train.multi_turn is a fraction of the examples: in [0, 1]");
+        }
         Ok(c)
     }
 

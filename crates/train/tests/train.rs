@@ -135,6 +135,12 @@ fn bad_configs_are_refused() {
     )
     .is_err());
     assert!(TrainConfig::parse(&tiny_run(5).replace("seed = 4", "seed = 4\nsed = 5")).is_err());
+    assert!(
+        TrainConfig::parse(&tiny_run(5).replace("seed = 4", "seed = 4\nmulti_turn = 1.5")).is_err()
+    );
+    assert!(
+        TrainConfig::parse(&tiny_run(5).replace("seed = 4", "seed = 4\nmulti_turn = 0.5")).is_ok()
+    );
     let bad_task =
         TrainConfig::parse(&tiny_run(5).replace("name = \"add2\"", "name = \"div2\"")).unwrap();
     assert!(whale_train::pretrain::run(&bad_task, &tempdir("bad"), false, false).is_err());
