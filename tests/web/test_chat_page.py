@@ -101,9 +101,20 @@ def record_panel(page):
     }""")
 
 
+def throttle(page, bytes_per_second):
+    """Slows the page's downloads (Chrome DevTools Protocol), so a fast model's stream arrives
+    over several reads, as it would from a real model, instead of in one."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": bytes_per_second,
+        "uploadThroughput": 1_000_000})
+
+
 def test_question_streams_thinking_then_answer(page, tiny):
     open_chat(page, tiny, "tiny-r1")
     page.fill("#temperature", "0")
+    throttle(page, 6000)
     bodies = []
     page.on("request", lambda r: bodies.append(json.loads(r.post_data))
             if r.url.endswith("/v1/chat/completions") else None)
@@ -274,10 +285,7 @@ def test_screenshot_mid_answer(page, tiny):
     expect(first).to_have_attribute("data-state", "done")
     first.locator("details.thinking summary").click()  # unfold the earlier reasoning
     expect(first.locator("details.thinking pre")).to_be_visible()
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Network.enable")
-    cdp.send("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": 3000, "uploadThroughput": 100000})
+    throttle(page, 3000)
     turn = ask(page, "What is 12 + 30?")
     expect(turn.locator(".answer")).not_to_have_text("")
     assert turn.get_attribute("data-state") == "streaming"
