@@ -277,7 +277,7 @@ def test_phone_viewport(browser, tiny):
 
 
 def test_screenshot_mid_answer(page, tiny):
-    """What a user sees: an earlier turn folded, the current answer streaming below its reasoning.
+    """What a user sees: an earlier turn with its reasoning unfolded, the current answer streaming.
     The network is throttled so the tiny model's stream can be caught mid-answer."""
     open_chat(page, tiny, "tiny-r1")
     page.fill("#temperature", "0")

@@ -150,14 +150,6 @@ pub fn prompt_ids(tok: &ChatTokenizer, question: &str) -> Result<Vec<u32>> {
 /// template sends earlier assistant turns (their reasoning dropped).
 pub type History = Vec<(String, String)>;
 
-/// The answer a response ends with: the text after `</think>`.
-pub fn final_answer(response: &str) -> &str {
-    response
-        .rsplit_once("</think>")
-        .map_or(response, |(_, a)| a)
-        .trim()
-}
-
 /// A training example: the conversation so far, then the worked response to its last question.
 pub fn example(
     tok: &ChatTokenizer,
@@ -229,6 +221,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use whale_tasks::answer_part;
 
     #[test]
     fn a_later_turn_trains_on_its_own_response_only() {
@@ -245,13 +238,16 @@ mod tests {
         let first_response = task.solve(&first);
         let history = vec![(
             first.question.clone(),
-            final_answer(&first_response).to_string(),
+            answer_part(&first_response).unwrap().to_string(),
         )];
         let e = example(&tok, &history, &second.question, &task.solve(&second), 1).unwrap();
         let prompt = tok.decode(&e.ids[..e.prompt_len]).unwrap();
         // the earlier turn is there with its answer, without its reasoning
         assert!(prompt.contains(&first.question), "{prompt}");
-        assert!(prompt.contains(final_answer(&first_response)), "{prompt}");
+        assert!(
+            prompt.contains(answer_part(&first_response).unwrap()),
+            "{prompt}"
+        );
         assert!(
             !prompt.contains("carry") && !prompt.contains("digits"),
             "{prompt}"

@@ -3,7 +3,7 @@
 //! loss, MTP, simulated FP8; seeded, resumable; JSONL metrics and PNG plots.
 
 use crate::config::TrainConfig;
-use crate::data::{example, final_answer, Batch, History, TaskMix};
+use crate::data::{example, Batch, History, TaskMix};
 use crate::metrics::{read_jsonl, series, JsonlLog};
 use crate::model::masked_cross_entropy;
 use crate::optim::{clip_grad_norm, AdamW, LrSchedule};
@@ -78,7 +78,9 @@ impl Data<'_> {
         if multi_turn > 0.0 && rng.gen::<f64>() < multi_turn {
             for _ in 0..rng.gen_range(1..=2) {
                 let (q, r) = self.sample(rng);
-                history.push((q, final_answer(&r).to_string()));
+                // the answer after `</think>`, as the R1 template sends an earlier turn
+                let answer = whale_tasks::answer_part(&r).unwrap_or(r.trim()).to_string();
+                history.push((q, answer));
             }
         }
         let (q, r) = self.sample(rng);
