@@ -13,8 +13,9 @@ pub mod fp8;
 pub mod matrix;
 pub mod ops;
 pub mod probe;
+pub mod qdot;
 pub mod quant;
 pub mod simd;
 
 pub use buf::Buf;
-pub use matrix::{matmul, Format, Matrix, WeightData};
+pub use matrix::{matmul, matmul_batch, Format, Matrix, Product, WeightData};

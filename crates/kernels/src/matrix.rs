@@ -6,6 +6,7 @@ use half::{bf16, f16};
 use crate::quant::{self, QK};
 use rayon::prelude::*;
 
+use crate::qdot::{self, QAct, QRows};
 use crate::simd::{self, Rows4};
 use crate::{fp8, Buf};
 
@@ -109,6 +110,25 @@ impl Matrix {
             WeightData::Q8_0 { .. } => "q8_0",
             WeightData::Q4_0 { .. } => "q4_0",
         }
+    }
+
+    /// The rows as the integer block kernels read them (block-quantised formats only).
+    pub fn qrows(&self) -> Option<QRows<'_>> {
+        let (layout, bytes, scales) = match &self.data {
+            WeightData::Q8_0 { qs, scales } => (
+                qdot::Layout::Q8_0,
+                bytemuck::cast_slice(qs.as_slice()),
+                scales,
+            ),
+            WeightData::Q4_0 { qs, scales } => (qdot::Layout::Q4_0, qs.as_slice(), scales),
+            _ => return None,
+        };
+        Some(QRows {
+            layout,
+            bytes,
+            scales,
+            cols: self.cols,
+        })
     }
 
     /// Row `r` widened to f32. Returns the stored row itself for f32 weights, else decodes into `buf`.
@@ -260,23 +280,8 @@ const ROWS_PER_TASK: usize = 16;
 impl Matrix {
     /// dot(W[r], x), reading bf16 and f32 rows in place and decoding other formats into `buf`.
     #[inline]
-    fn row_dot(&self, r: usize, x: &[f32], xq: Option<&simd::Q8Row>, buf: &mut [f32]) -> f32 {
+    fn row_dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
         let span = r * self.cols..(r + 1) * self.cols;
-        let nb = self.cols / QK;
-        match (&self.data, xq) {
-            (WeightData::Q8_0 { qs, scales }, Some(xq)) => {
-                return simd::dot_q8_0_q8(&qs.as_slice()[span], &scales[r * nb..(r + 1) * nb], xq)
-            }
-            (WeightData::Q4_0 { qs, scales }, Some(xq)) => {
-                let c = self.cols;
-                return simd::dot_q4_0_q8(
-                    &qs.as_slice()[r * c / 2..(r + 1) * c / 2],
-                    &scales[r * nb..(r + 1) * nb],
-                    xq,
-                );
-            }
-            _ => {}
-        }
         match &self.data {
             WeightData::F32(b) => simd::dot_f32(&b.as_slice()[span], x),
             WeightData::BF16(b) => simd::dot_bf16(&b.as_slice()[span], x),
@@ -322,7 +327,6 @@ fn rows4<'a>(w: &'a Matrix, r0: usize, bufs: &'a mut [Vec<f32>; 4]) -> Rows4<'a>
 fn rows_times_tokens(
     w: &Matrix,
     x: &[f32],
-    xq: Option<&[simd::Q8Row]>,
     n_tok: usize,
     rows: std::ops::Range<usize>,
     o: &mut [f32],
@@ -353,15 +357,139 @@ fn rows_times_tokens(
     for r in r..rows.end {
         let i = r - rows.start;
         for t in 0..n_tok {
-            o[i * n_tok + t] = w.row_dot(r, tok(t), xq.map(|q| &q[t]), &mut bufs[0]);
+            o[i * n_tok + t] = w.row_dot(r, tok(t), &mut bufs[0]);
         }
     }
 }
 
-/// out[t, i] = sum_j x[t, j] * W[rows.start + i, j] for t < n_tok: the product of `n_tok`
-/// activation rows with a band of W's rows. Each weight row is read (and widened) once per call,
-/// however many activation rows there are. Every output is one fixed-order dot product, so the
-/// result does not depend on the number of threads.
+/// One product of a batch: `n_tok` activation rows `x` times the band `rows` of W, written
+/// token-major into `out` ([n_tok, rows.len()]).
+pub struct Product<'a> {
+    pub x: &'a [f32],
+    pub n_tok: usize,
+    pub w: &'a Matrix,
+    pub rows: std::ops::Range<usize>,
+    pub out: &'a mut [f32],
+}
+
+impl<'a> Product<'a> {
+    /// The whole of W.
+    pub fn new(x: &'a [f32], n_tok: usize, w: &'a Matrix, out: &'a mut [f32]) -> Self {
+        Product {
+            x,
+            n_tok,
+            w,
+            rows: 0..w.rows,
+            out,
+        }
+    }
+}
+
+/// What one product's tasks read: its activations, quantised once for the integer kernels
+/// where the weights are block-quantised and the CPU has them.
+struct Input<'a> {
+    x: &'a [f32],
+    n_tok: usize,
+    w: &'a Matrix,
+    rows_start: usize,
+    acts: Option<std::sync::Arc<Vec<QAct>>>,
+}
+
+/// Several products in one parallel pass: their row bands are cut into tasks that all threads
+/// share, so a MoE layer's active experts cost one fork-join instead of one per matrix.
+/// out[t, i] = sum_j x[t, j] * W[rows.start + i, j]. Each weight row is read (and widened) once
+/// per product, however many activation rows there are. Every output is one fixed-order dot
+/// product, so the result depends neither on the number of threads nor on what else is in the
+/// batch. Products that share an activation slice (gate and up of one expert) quantise it once.
+pub fn matmul_batch(products: Vec<Product>) {
+    let mut inputs = Vec::with_capacity(products.len());
+    let mut outs = Vec::with_capacity(products.len());
+    let mut quantised: Vec<(*const f32, qdot::Layout, std::sync::Arc<Vec<QAct>>)> = Vec::new();
+    for p in products {
+        let (k, n) = (p.w.cols, p.rows.len());
+        assert!(p.rows.end <= p.w.rows, "row band outside the matrix");
+        assert_eq!(
+            p.x.len(),
+            p.n_tok * k,
+            "activation length does not match the matrix width"
+        );
+        assert_eq!(
+            p.out.len(),
+            p.n_tok * n,
+            "output length does not match the row band"
+        );
+        let acts = p.w.qrows().filter(|_| qdot::available()).map(|q| {
+            let key = (p.x.as_ptr(), q.layout);
+            match quantised.iter().find(|c| (c.0, c.1) == key) {
+                Some(c) => c.2.clone(),
+                None => {
+                    let a = std::sync::Arc::new(
+                        p.x.chunks_exact(k)
+                            .map(|r| QAct::new(r, q.layout))
+                            .collect(),
+                    );
+                    quantised.push((key.0, key.1, std::sync::Arc::clone(&a)));
+                    a
+                }
+            }
+        });
+        inputs.push(Input {
+            x: p.x,
+            n_tok: p.n_tok,
+            w: p.w,
+            rows_start: p.rows.start,
+            acts,
+        });
+        outs.push(p.out);
+    }
+    // Several tokens are computed W-row-major ([n, n_tok]) so tasks write disjoint slices, then
+    // transposed; a single token's output already is that layout.
+    let mut tmps: Vec<Vec<f32>> = outs
+        .iter()
+        .zip(&inputs)
+        .map(|(o, i)| {
+            if i.n_tok > 1 {
+                vec![0f32; o.len()]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
+    for (pi, (o, tmp)) in outs.iter_mut().zip(tmps.iter_mut()).enumerate() {
+        let n_tok = inputs[pi].n_tok;
+        let dst: &mut [f32] = if n_tok > 1 { tmp } else { o };
+        for (ci, chunk) in dst.chunks_mut(ROWS_PER_TASK * n_tok).enumerate() {
+            tasks.push((pi, ci * ROWS_PER_TASK, chunk));
+        }
+    }
+    let max_k = inputs.iter().map(|i| i.w.cols).max().unwrap_or(0);
+    let bufs = || -> [Vec<f32>; 4] { std::array::from_fn(|_| vec![0f32; max_k]) };
+    tasks
+        .into_par_iter()
+        .for_each_init(bufs, |bufs, (pi, off, chunk)| {
+            let inp = &inputs[pi];
+            let r0 = inp.rows_start + off;
+            let rows = r0..r0 + chunk.len() / inp.n_tok;
+            match (&inp.acts, inp.w.qrows()) {
+                (Some(acts), Some(q)) => qdot::rows_times_tokens(q, rows, acts, chunk),
+                _ if inp.n_tok == 1 => {
+                    for (o, r) in chunk.iter_mut().zip(rows) {
+                        *o = inp.w.row_dot(r, inp.x, &mut bufs[0]);
+                    }
+                }
+                _ => rows_times_tokens(inp.w, inp.x, inp.n_tok, rows, chunk, bufs),
+            }
+        });
+    for ((o, tmp), inp) in outs.iter_mut().zip(&tmps).zip(&inputs) {
+        if inp.n_tok > 1 {
+            transpose_into(tmp, o.len() / inp.n_tok, inp.n_tok, o);
+        }
+    }
+}
+
+/// out[t, i] = sum_j x[t, j] * W[rows.start + i, j] for t < n_tok (one product; see
+/// `matmul_batch`).
 pub fn matmul_rows(
     x: &[f32],
     n_tok: usize,
@@ -369,49 +497,17 @@ pub fn matmul_rows(
     rows: std::ops::Range<usize>,
     out: &mut [f32],
 ) {
-    let k = w.cols;
-    let n = rows.len();
-    assert!(rows.end <= w.rows, "row band outside the matrix");
-    assert_eq!(
-        x.len(),
-        n_tok * k,
-        "activation length does not match the matrix width"
-    );
-    assert_eq!(
-        out.len(),
-        n_tok * n,
-        "output length does not match the row band"
-    );
-    let bufs = || -> [Vec<f32>; 4] { std::array::from_fn(|_| vec![0f32; k]) };
-    // block-quantised weights meet int8 activations on integer units where the CPU has them;
-    // each token is quantised once per product, so alone or in a batch it gives the same bits
-    let quantised = matches!(w.data, WeightData::Q8_0 { .. } | WeightData::Q4_0 { .. });
-    let xq: Option<Vec<simd::Q8Row>> = (quantised && simd::has_int8_dot())
-        .then(|| x.chunks_exact(k).map(simd::quantize_activation).collect());
-    let xq = xq.as_deref();
-    if n_tok == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK)
-            .enumerate()
-            .for_each_init(bufs, |bufs, (ci, chunk)| {
-                for (i, o) in chunk.iter_mut().enumerate() {
-                    *o = w.row_dot(
-                        rows.start + ci * ROWS_PER_TASK + i,
-                        x,
-                        xq.map(|q| &q[0]),
-                        &mut bufs[0],
-                    );
-                }
-            });
-        return;
-    }
-    // Compute W-row-major ([n, n_tok]) so tasks write disjoint slices, then transpose.
-    let mut tmp = vec![0f32; n * n_tok];
-    tmp.par_chunks_mut(ROWS_PER_TASK * n_tok)
-        .enumerate()
-        .for_each_init(bufs, |bufs, (ci, chunk)| {
-            let r0 = rows.start + ci * ROWS_PER_TASK;
-            rows_times_tokens(w, x, xq, n_tok, r0..r0 + chunk.len() / n_tok, chunk, bufs);
-        });
+    matmul_batch(vec![Product {
+        x,
+        n_tok,
+        w,
+        rows,
+        out,
+    }])
+}
+
+/// out[t * n + i] = tmp[i * n_tok + t]
+fn transpose_into(tmp: &[f32], n: usize, n_tok: usize, out: &mut [f32]) {
     for i in 0..n {
         for t in 0..n_tok {
             out[t * n + i] = tmp[i * n_tok + t];

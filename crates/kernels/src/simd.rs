@@ -96,69 +96,6 @@ pub fn dot_q4_0(qs: &[u8], scales: &[f16], x: &[f32]) -> f32 {
     }
 }
 
-/// Whether the integer block dots (`dot_q8_0_q8`, `dot_q4_0_q8`) have a fast path here.
-pub fn has_int8_dot() -> bool {
-    static VNNI: OnceLock<bool> = OnceLock::new();
-    *VNNI.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            isa() == Isa::Avx512
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
-}
-
-/// An activation row quantised per block of 32 like Q8_0 (d = max|x| / 127), values kept as
-/// i16 for the integer dot products: the block-quantised weights are then multiplied on integer
-/// units, as llama.cpp does (this rounds the activations, so results differ slightly from the
-/// f32-activation path).
-pub struct Q8Row {
-    pub q: Vec<i16>,
-    pub d: Vec<f32>,
-}
-
-pub fn quantize_activation(x: &[f32]) -> Q8Row {
-    let mut q = Vec::with_capacity(x.len());
-    let mut d = Vec::with_capacity(x.len() / QK);
-    for b in x.chunks_exact(QK) {
-        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let s = amax / 127.0;
-        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-        q.extend(b.iter().map(|v| (v * inv).round() as i16));
-        d.push(s);
-    }
-    Q8Row { q, d }
-}
-
-/// sum over blocks of dw_b * dx_b * (w_b . q_b) for Q8_0 weights and a quantised activation.
-#[inline]
-pub fn dot_q8_0_q8(qs: &[i8], scales: &[f16], x: &Q8Row) -> f32 {
-    assert!(qs.len() == x.q.len() && scales.len() == x.d.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_int8_dot() {
-        // SAFETY: features detected; lengths checked above.
-        return unsafe { x86::dot_q8_0_q8_vnni(qs, scales, x) };
-    }
-    portable::dot_q8_0_q8(qs, scales, x)
-}
-
-/// As `dot_q8_0_q8` for Q4_0 weights.
-#[inline]
-pub fn dot_q4_0_q8(qs: &[u8], scales: &[f16], x: &Q8Row) -> f32 {
-    assert!(qs.len() * 2 == x.q.len() && scales.len() == x.d.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_int8_dot() {
-        // SAFETY: as above.
-        return unsafe { x86::dot_q4_0_q8_vnni(qs, scales, x) };
-    }
-    portable::dot_q4_0_q8(qs, scales, x)
-}
-
 /// Weight rows in a form the 4x4 kernels read directly.
 #[derive(Clone, Copy)]
 pub enum Rows4<'a> {
@@ -195,32 +132,7 @@ pub fn dot_4x4(w: Rows4, x: [&[f32]; 4]) -> [[f32; 4]; 4] {
 }
 
 mod portable {
-    use super::{f16, Q8Row, QK};
-
-    pub fn dot_q8_0_q8(qs: &[i8], scales: &[f16], x: &Q8Row) -> f32 {
-        let mut s = 0f32;
-        for (b, d) in scales.iter().enumerate() {
-            let p: i32 = (0..QK)
-                .map(|j| qs[b * QK + j] as i32 * x.q[b * QK + j] as i32)
-                .sum();
-            s += p as f32 * (d.to_f32() * x.d[b]);
-        }
-        s
-    }
-
-    pub fn dot_q4_0_q8(qs: &[u8], scales: &[f16], x: &Q8Row) -> f32 {
-        let mut s = 0f32;
-        for (b, d) in scales.iter().enumerate() {
-            let mut p = 0i32;
-            for j in 0..QK / 2 {
-                let byte = qs[b * QK / 2 + j];
-                p += ((byte & 0x0f) as i32 - 8) * x.q[b * QK + j] as i32;
-                p += ((byte >> 4) as i32 - 8) * x.q[b * QK + j + QK / 2] as i32;
-            }
-            s += p as f32 * (d.to_f32() * x.d[b]);
-        }
-        s
-    }
+    use super::{f16, QK};
 
     pub fn dot_q8_0(qs: &[i8], scales: &[f16], x: &[f32]) -> f32 {
         let mut s = 0f32;
@@ -268,73 +180,8 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{f16, Q8Row, QK};
+    use super::{f16, QK};
     use std::arch::x86_64::*;
-
-    /// Per-block combined scales dw_b * dx_b, converting the f16 weight scales 16 at a time.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn block_scales(scales: &[f16], dx: &[f32], out: &mut [f32; 128]) -> usize {
-        let nb = scales.len().min(128);
-        let mut b = 0;
-        while b + 16 <= nb {
-            let h = _mm256_loadu_si256(scales.as_ptr().add(b) as *const __m256i);
-            let w = _mm512_cvtph_ps(h);
-            _mm512_storeu_ps(
-                out.as_mut_ptr().add(b),
-                _mm512_mul_ps(w, _mm512_loadu_ps(dx.as_ptr().add(b))),
-            );
-            b += 16;
-        }
-        for j in b..nb {
-            out[j] = scales[j].to_f32() * dx[j];
-        }
-        nb
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_q8_0_q8_vnni(qs: &[i8], scales: &[f16], x: &Q8Row) -> f32 {
-        let mut acc = _mm512_setzero_ps();
-        let mut sc = [0f32; 128];
-        let mut done = 0;
-        while done < scales.len() {
-            let nb = block_scales(&scales[done..], &x.d[done..], &mut sc);
-            for (b, &scale) in sc[..nb].iter().enumerate() {
-                let at = (done + b) * QK;
-                let w =
-                    _mm512_cvtepi8_epi16(_mm256_loadu_si256(qs.as_ptr().add(at) as *const __m256i));
-                let xv = _mm512_loadu_si512(x.q.as_ptr().add(at) as *const __m512i);
-                let p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, xv);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(scale), acc);
-            }
-            done += nb;
-        }
-        _mm512_reduce_add_ps(acc)
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dot_q4_0_q8_vnni(qs: &[u8], scales: &[f16], x: &Q8Row) -> f32 {
-        let mut acc = _mm512_setzero_ps();
-        let (mask, eight) = (_mm256_set1_epi16(0x0f), _mm256_set1_epi16(8));
-        let mut sc = [0f32; 128];
-        let mut done = 0;
-        while done < scales.len() {
-            let nb = block_scales(&scales[done..], &x.d[done..], &mut sc);
-            for (b, &scale) in sc[..nb].iter().enumerate() {
-                let v = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                    qs.as_ptr().add((done + b) * QK / 2) as *const __m128i
-                ));
-                let lo = _mm256_sub_epi16(_mm256_and_si256(v, mask), eight);
-                let hi = _mm256_sub_epi16(_mm256_srli_epi16(v, 4), eight);
-                let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                let xv = _mm512_loadu_si512(x.q.as_ptr().add((done + b) * QK) as *const __m512i);
-                let p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, xv);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(scale), acc);
-            }
-            done += nb;
-        }
-        _mm512_reduce_add_ps(acc)
-    }
 
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_q8_0_avx512(qs: &[i8], scales: &[f16], x: &[f32]) -> f32 {

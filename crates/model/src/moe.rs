@@ -2,7 +2,7 @@
 //! chosen by one of the three routers of spec §3). Router math is f32.
 
 use anyhow::{bail, Result};
-use whale_kernels::matrix::matmul;
+use whale_kernels::matrix::{matmul, matmul_batch, Product};
 use whale_kernels::ops::{axpy, sigmoid, softmax, swiglu};
 use whale_kernels::Matrix;
 
@@ -26,20 +26,46 @@ impl Mlp {
 
     /// down(silu(gate(x)) * up(x)) for `n` rows of x.
     pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let inter = self.gate_proj.rows;
-        let mut g = vec![0f32; n * inter];
-        let mut u = vec![0f32; n * inter];
-        matmul(x, n, &self.gate_proj, &mut g);
-        matmul(x, n, &self.up_proj, &mut u);
-        swiglu(&mut g, &u);
-        let mut y = vec![0f32; n * self.down_proj.rows];
-        matmul(&g, n, &self.down_proj, &mut y);
-        y
+        forward_many(&[(self, x, n)])
+            .pop()
+            .expect("one MLP in, one out")
     }
 
     pub fn matrices(&self) -> [&Matrix; 3] {
         [&self.gate_proj, &self.up_proj, &self.down_proj]
     }
+}
+
+/// `Mlp::forward` of several MLPs on their own rows in two parallel passes (gate and up of all,
+/// then down of all), so the active experts of a MoE layer share the threads' fork-joins. Each
+/// product is computed exactly as alone.
+pub fn forward_many(jobs: &[(&Mlp, &[f32], usize)]) -> Vec<Vec<f32>> {
+    let mut gs: Vec<Vec<f32>> = jobs
+        .iter()
+        .map(|(m, _, n)| vec![0f32; n * m.gate_proj.rows])
+        .collect();
+    let mut us = gs.clone();
+    let mut products = Vec::with_capacity(2 * jobs.len());
+    for ((&(m, x, n), g), u) in jobs.iter().zip(&mut gs).zip(&mut us) {
+        products.push(Product::new(x, n, &m.gate_proj, g));
+        products.push(Product::new(x, n, &m.up_proj, u));
+    }
+    matmul_batch(products);
+    for (g, u) in gs.iter_mut().zip(&us) {
+        swiglu(g, u);
+    }
+    let mut ys: Vec<Vec<f32>> = jobs
+        .iter()
+        .map(|(m, _, n)| vec![0f32; n * m.down_proj.rows])
+        .collect();
+    matmul_batch(
+        jobs.iter()
+            .zip(&gs)
+            .zip(&mut ys)
+            .map(|((&(m, _, n), g), y)| Product::new(g, n, &m.down_proj, y))
+            .collect(),
+    );
+    ys
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).
@@ -173,23 +199,36 @@ impl Moe {
                 buckets[e].push((t, w));
             }
         }
+        let active: Vec<(usize, Vec<f32>)> = buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(e, bucket)| {
+                let xe = bucket
+                    .iter()
+                    .flat_map(|&(t, _)| &x[t * d..(t + 1) * d])
+                    .copied()
+                    .collect();
+                (e, xe)
+            })
+            .collect();
+        // routed experts and the shared experts in the same passes
+        let mut jobs: Vec<(&Mlp, &[f32], usize)> = active
+            .iter()
+            .map(|(e, xe)| (&self.experts[*e], &xe[..], buckets[*e].len()))
+            .collect();
+        if let Some(s) = &self.shared_experts {
+            jobs.push((s, x, n));
+        }
+        let mut ys = forward_many(&jobs);
+        let shared = self.shared_experts.as_ref().and_then(|_| ys.pop());
         let mut out = vec![0f32; n * d];
-        for (e, bucket) in buckets.iter().enumerate() {
-            if bucket.is_empty() {
-                continue;
-            }
-            let xe: Vec<f32> = bucket
-                .iter()
-                .flat_map(|&(t, _)| &x[t * d..(t + 1) * d])
-                .copied()
-                .collect();
-            let ye = self.experts[e].forward(&xe, bucket.len());
-            for (i, &(t, w)) in bucket.iter().enumerate() {
+        for ((e, _), ye) in active.iter().zip(&ys) {
+            for (i, &(t, w)) in buckets[*e].iter().enumerate() {
                 axpy(w, &ye[i * d..(i + 1) * d], &mut out[t * d..(t + 1) * d]);
             }
         }
-        if let Some(s) = &self.shared_experts {
-            let ys = s.forward(x, n);
+        if let Some(ys) = shared {
             out.iter_mut().zip(&ys).for_each(|(o, y)| *o += y);
         }
         out
