@@ -343,12 +343,24 @@ fn rows_times_tokens(
         let w4 = rows4(w, r, bufs);
         let mut t = 0;
         while t < n_tok {
-            // a last group of 1-3 tokens repeats its last token to fill the kernel; the
-            // repeated cells are dropped (each cell is independent, so the others are unchanged)
             let m = (n_tok - t).min(4);
-            let y = simd::dot_4x4(w4, std::array::from_fn(|j| tok(t + j.min(m - 1))));
-            for (ri, yr) in y.iter().enumerate() {
-                o[(i0 + ri) * n_tok + t..][..m].copy_from_slice(&yr[..m]);
+            let mut put =
+                |ri: usize, yr: &[f32]| o[(i0 + ri) * n_tok + t..][..m].copy_from_slice(yr);
+            macro_rules! tile {
+                ($m:literal) => {
+                    for (ri, yr) in simd::dot_4xt::<$m>(w4, std::array::from_fn(|j| tok(t + j)))
+                        .iter()
+                        .enumerate()
+                    {
+                        put(ri, yr);
+                    }
+                };
+            }
+            match m {
+                1 => tile!(1),
+                2 => tile!(2),
+                3 => tile!(3),
+                _ => tile!(4),
             }
             t += m;
         }

@@ -103,10 +103,10 @@ pub enum Rows4<'a> {
     Bf16([&'a [bf16]; 4]),
 }
 
-/// out[r][t] = dot(w[r], x[t]) for four weight rows and four activation rows of length k:
-/// every loaded weight vector serves four tokens and every activation vector four rows.
+/// out[r][t] = dot(w[r], x[t]) for four weight rows and `T` (1 to 4) activation rows of length
+/// k: every loaded weight vector serves T tokens and every activation vector four rows.
 #[inline]
-pub fn dot_4x4(w: Rows4, x: [&[f32]; 4]) -> [[f32; 4]; 4] {
+pub fn dot_4xt<const T: usize>(w: Rows4, x: [&[f32]; T]) -> [[f32; T]; 4] {
     let k = x[0].len();
     assert!(x.iter().all(|r| r.len() == k));
     match w {
@@ -115,7 +115,7 @@ pub fn dot_4x4(w: Rows4, x: [&[f32]; 4]) -> [[f32; 4]; 4] {
             match isa() {
                 // SAFETY: feature detected; all rows have length k.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { x86::dot_4x4_f32_avx512(w, x) },
+                Isa::Avx512 => unsafe { x86::dot_4xt_f32_avx512(w, x) },
                 _ => std::array::from_fn(|r| std::array::from_fn(|t| dot_f32(w[r], x[t]))),
             }
         }
@@ -124,7 +124,7 @@ pub fn dot_4x4(w: Rows4, x: [&[f32]; 4]) -> [[f32; 4]; 4] {
             match isa() {
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { x86::dot_4x4_bf16_avx512(w.map(bf16_bits), x) },
+                Isa::Avx512 => unsafe { x86::dot_4xt_bf16_avx512(w.map(bf16_bits), x) },
                 _ => std::array::from_fn(|r| std::array::from_fn(|t| dot_bf16(w[r], x[t]))),
             }
         }
@@ -346,32 +346,28 @@ mod x86 {
         s
     }
 
-    /// 4 weight rows x 4 activation rows, 16 accumulators.
-    macro_rules! dot_4x4 {
+    /// 4 weight rows x T activation rows, 4T accumulators.
+    macro_rules! dot_4xt {
         ($name:ident, $wt:ty, $load_w:expr, $tail_w:expr) => {
             #[target_feature(enable = "avx512f")]
-            pub unsafe fn $name(w: [&[$wt]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
+            pub unsafe fn $name<const T: usize>(w: [&[$wt]; 4], x: [&[f32]; T]) -> [[f32; T]; 4] {
                 let k = x[0].len();
-                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                let mut acc = [[_mm512_setzero_ps(); T]; 4];
                 let mut i = 0;
                 while i + 16 <= k {
-                    let xv = [
-                        _mm512_loadu_ps(x[0].as_ptr().add(i)),
-                        _mm512_loadu_ps(x[1].as_ptr().add(i)),
-                        _mm512_loadu_ps(x[2].as_ptr().add(i)),
-                        _mm512_loadu_ps(x[3].as_ptr().add(i)),
-                    ];
+                    let xv: [__m512; T] =
+                        std::array::from_fn(|t| _mm512_loadu_ps(x[t].as_ptr().add(i)));
                     for r in 0..4 {
                         let wv = $load_w(w[r].as_ptr().add(i));
-                        for t in 0..4 {
+                        for t in 0..T {
                             acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
                         }
                     }
                     i += 16;
                 }
-                let mut out = [[0f32; 4]; 4];
+                let mut out = [[0f32; T]; 4];
                 for r in 0..4 {
-                    for t in 0..4 {
+                    for t in 0..T {
                         let mut s = _mm512_reduce_add_ps(acc[r][t]);
                         for j in i..k {
                             s += $tail_w(w[r][j]) * x[t][j];
@@ -384,14 +380,14 @@ mod x86 {
         };
     }
 
-    dot_4x4!(
-        dot_4x4_f32_avx512,
+    dot_4xt!(
+        dot_4xt_f32_avx512,
         f32,
         |p: *const f32| _mm512_loadu_ps(p),
         |v: f32| v
     );
-    dot_4x4!(
-        dot_4x4_bf16_avx512,
+    dot_4xt!(
+        dot_4xt_bf16_avx512,
         u16,
         |p: *const u16| widen16(p),
         |v: u16| f32::from_bits((v as u32) << 16)
@@ -430,18 +426,26 @@ mod tests {
                 .iter()
                 .map(|r| r.iter().map(|&v| bf16::from_f32(v)).collect())
                 .collect();
-            let gf = dot_4x4(
+            let gf = dot_4xt(
                 Rows4::F32([&wf[0][..], &wf[1][..], &wf[2][..], &wf[3][..]]),
                 x,
             );
-            let gb = dot_4x4(
+            let gb = dot_4xt(
                 Rows4::Bf16([&wb[0][..], &wb[1][..], &wb[2][..], &wb[3][..]]),
                 x,
+            );
+            // fewer tokens per tile (a bucket of 1-3 tokens) give the same bits too
+            let g3 = dot_4xt(
+                Rows4::Bf16([&wb[0][..], &wb[1][..], &wb[2][..], &wb[3][..]]),
+                [x[0], x[1], x[2]],
             );
             for r in 0..4 {
                 for t in 0..4 {
                     assert_eq!(gf[r][t].to_bits(), dot_f32(&wf[r], x[t]).to_bits());
                     assert_eq!(gb[r][t].to_bits(), dot_bf16(&wb[r], x[t]).to_bits());
+                }
+                for t in 0..3 {
+                    assert_eq!(g3[r][t].to_bits(), gb[r][t].to_bits());
                 }
             }
         }
@@ -500,7 +504,7 @@ mod tests {
                 let ws: Vec<Vec<bf16>> = (0..4)
                     .map(|r| seq(n, 20 + r).iter().map(|&v| bf16::from_f32(v)).collect())
                     .collect();
-                let got = dot_4x4(
+                let got = dot_4xt(
                     Rows4::Bf16([&ws[0][..], &ws[1][..], &ws[2][..], &ws[3][..]]),
                     x,
                 );
