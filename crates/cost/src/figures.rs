@@ -66,9 +66,26 @@ impl Figures {
         self.attn_flops_plain(ctx) + l * 2.0 * ctx * dc * h * (nope + dv)
     }
 
+    /// Multiply-adds of the output head, as FLOPs, for one token's logits.
+    pub fn head_flops(&self) -> f64 {
+        let p = &self.params;
+        let head = if self.config.tie_word_embeddings {
+            p.embedding
+        } else {
+            p.lm_head
+        };
+        2.0 * head as f64
+    }
+
+    /// FLOPs of the weight products of prefilling a `p`-token prompt: every token through the
+    /// layers, the head once (only the last position's logits pick the next token).
+    pub fn prefill_linear_flops(&self, p: f64) -> f64 {
+        p * (self.linear_flops() - self.head_flops()) + self.head_flops()
+    }
+
     /// FLOPs of prefilling a `p`-token prompt (causal: token t attends to t positions).
     pub fn prefill_flops(&self, p: f64) -> f64 {
-        p * self.linear_flops() + self.attn_flops_plain(p * (p + 1.0) / 2.0)
+        self.prefill_linear_flops(p) + self.attn_flops_plain(p * (p + 1.0) / 2.0)
     }
 
     /// FLOPs of decoding one token at context `ctx`.
@@ -158,11 +175,13 @@ mod tests {
         // V3: 61 layers x 128 heads x 2 x (2*512 + 64) FLOPs per position
         assert_eq!(f.attn_flops_absorbed(1.0), 61.0 * 128.0 * 2.0 * 1088.0);
         assert!(f.attn_flops_plain_decode(ctx) > 3.0 * f.attn_flops_absorbed(ctx));
-        // prefill of p tokens sums the causal contexts 1..p
+        // prefill of p tokens sums the causal contexts 1..p; the head runs for the last only
         let p = 100.0;
+        let head = 2.0 * (f.config.vocab_size * f.config.hidden_size) as f64;
         let by_hand: f64 = (1..=100)
-            .map(|t| f.linear_flops() + f.attn_flops_plain(t as f64))
-            .sum();
+            .map(|t| f.linear_flops() - head + f.attn_flops_plain(t as f64))
+            .sum::<f64>()
+            + head;
         assert!((f.prefill_flops(p) - by_hand).abs() / by_hand < 1e-12);
     }
 

@@ -204,8 +204,8 @@ impl Setup {
         let nodes = self.nodes() as f64;
         self.step(
             p,
-            p * f.linear_flops(),
-            f.prefill_flops(p) - p * f.linear_flops(),
+            f.prefill_linear_flops(p),
+            f.prefill_flops(p) - f.prefill_linear_flops(p),
             f.dense_bytes_read(p / nodes, self.dtype),
             f.routed_bytes_read(p, self.dtype),
             p * f.kv_per_token(self.kv_dtype).mla as f64,
