@@ -636,29 +636,44 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let (n, k, t) = (301, 130, 7);
-        let w: Vec<bf16> = pseudo(n * k, 5)
-            .iter()
-            .map(|&v| bf16::from_f32(v))
-            .collect();
-        let m = Matrix {
+        let (n, t) = (301, 7);
+        let bf = |k: usize| Matrix {
             rows: n,
             cols: k,
-            data: WeightData::BF16(Buf::owned(w)),
+            data: WeightData::BF16(Buf::owned(
+                pseudo(n * k, 5)
+                    .iter()
+                    .map(|&v| bf16::from_f32(v))
+                    .collect(),
+            )),
         };
-        let x = pseudo(t * k, 6);
-        let run = |threads: usize, tok: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let mut y = vec![0f32; tok * n];
-            pool.install(|| matmul(&x[..tok * k], tok, &m, &mut y));
-            y
-        };
-        for tok in [1, t] {
-            assert_eq!(run(1, tok), run(2, tok));
-            assert_eq!(run(1, tok), run(3, tok));
+        // 130 columns exercise the bf16 tails; 224 = 7 blocks of 32 leave partial groups in
+        // the integer kernels of both block formats
+        let cases = [
+            bf(130),
+            bf(224),
+            bf(224).convert(Format::Q8_0).unwrap(),
+            bf(224).convert(Format::Q4_0).unwrap(),
+        ];
+        for m in &cases {
+            let k = m.cols;
+            let x = pseudo(t * k, 6);
+            let run = |threads: usize, tok: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut y = vec![0f32; tok * n];
+                pool.install(|| matmul(&x[..tok * k], tok, m, &mut y));
+                y
+            };
+            for tok in [1, t] {
+                assert_eq!(run(1, tok), run(2, tok), "{}", m.format_name());
+                assert_eq!(run(1, tok), run(3, tok), "{}", m.format_name());
+            }
+            // a token gets the same bits alone as inside a batch of seven
+            let alone = run(2, 1);
+            assert_eq!(alone[..], run(2, t)[..n], "{}", m.format_name());
         }
     }
 

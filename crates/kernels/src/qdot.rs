@@ -163,6 +163,7 @@ pub fn rows_times_tokens(w: QRows, rows: std::ops::Range<usize>, x: &[QAct], out
     assert!(w.cols.is_multiple_of(QK) && rows.end * rb <= w.bytes.len());
     assert!(rows.end * nb <= w.scales.len() && out.len() == rows.len() * n_tok);
     assert!(x.iter().all(|a| a.layout == w.layout && a.len() == w.cols));
+    // One token (decode) streams the rows in order; several share each unpacked pair of rows.
     if n_tok == 1 {
         // SAFETY: as below.
         #[cfg(target_arch = "x86_64")]
@@ -173,8 +174,7 @@ pub fn rows_times_tokens(w: QRows, rows: std::ops::Range<usize>, x: &[QAct], out
     }
     let mut r = rows.start;
     while r < rows.end {
-        // one token streams row after row; several share each unpacked pair of rows
-        let rn = if n_tok > 1 && r + 2 <= rows.end { 2 } else { 1 };
+        let rn = if r + 2 <= rows.end { 2 } else { 1 };
         let mut t = 0;
         while t < n_tok {
             let tn = (n_tok - t).min(4);
