@@ -401,18 +401,7 @@ pub fn reference_dot(w: QRows, row: usize, x: &[f32]) -> f64 {
 mod tests {
     use super::*;
     use crate::quant::{quantize_q4_0, quantize_q8_0};
-
-    fn seq(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(747796405).wrapping_add(2891336453);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 20001) as f32 / 10000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::simd::tests::seq;
 
     #[test]
     fn integer_tiles_match_the_reference_and_do_not_depend_on_the_tile() {

@@ -395,10 +395,11 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn seq(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-1, 1] (also used by the other kernels' tests).
+    pub(crate) fn seq(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(747796405).wrapping_add(2891336453);
         (0..n)
             .map(|_| {
