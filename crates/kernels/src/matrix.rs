@@ -335,7 +335,7 @@ fn rows_times_tokens(
     let k = w.cols;
     let tok = |t: usize| &x[t * k..(t + 1) * k];
     let mut r = rows.start;
-    // Block-quantised rows scale per block in their single-row dot, which the 4x4 kernel does
+    // Block-quantised rows scale per block in their single-row dot, which the 4-row kernel does
     // not reproduce: they go row by row so a token gets the same bits alone and in a batch.
     let blocked = !matches!(w.data, WeightData::Q8_0 { .. } | WeightData::Q4_0 { .. });
     while blocked && r + 4 <= rows.end {
@@ -397,14 +397,14 @@ impl<'a> Product<'a> {
     }
 }
 
-/// What one product's tasks read: its activations, quantised once for the integer kernels
-/// where the weights are block-quantised and the CPU has them.
+/// What one product's tasks read: its activations and, where the weights are block-quantised
+/// and the CPU has the integer kernels, which of the batch's quantised activations it uses.
 struct Input<'a> {
     x: &'a [f32],
     n_tok: usize,
     w: &'a Matrix,
     rows_start: usize,
-    acts: Option<std::sync::Arc<Vec<QAct>>>,
+    acts: Option<usize>,
 }
 
 /// Several products in one parallel pass: their row bands are cut into tasks that all threads
@@ -416,7 +416,8 @@ struct Input<'a> {
 pub fn matmul_batch(products: Vec<Product>) {
     let mut inputs = Vec::with_capacity(products.len());
     let mut outs = Vec::with_capacity(products.len());
-    let mut quantised: Vec<(*const f32, qdot::Layout, std::sync::Arc<Vec<QAct>>)> = Vec::new();
+    // activations quantised once per (slice address, layout), shared by the products that read them
+    let mut quantised: Vec<(usize, qdot::Layout, Vec<QAct>)> = Vec::new();
     for p in products {
         let (k, n) = (p.w.cols, p.rows.len());
         assert!(p.rows.end <= p.w.rows, "row band outside the matrix");
@@ -431,19 +432,15 @@ pub fn matmul_batch(products: Vec<Product>) {
             "output length does not match the row band"
         );
         let acts = p.w.qrows().filter(|_| qdot::available()).map(|q| {
-            let key = (p.x.as_ptr(), q.layout);
-            match quantised.iter().find(|c| (c.0, c.1) == key) {
-                Some(c) => c.2.clone(),
-                None => {
-                    let a = std::sync::Arc::new(
-                        p.x.chunks_exact(k)
-                            .map(|r| QAct::new(r, q.layout))
-                            .collect(),
-                    );
-                    quantised.push((key.0, key.1, std::sync::Arc::clone(&a)));
-                    a
-                }
-            }
+            let key = (p.x.as_ptr() as usize, q.layout);
+            quantised
+                .iter()
+                .position(|c| (c.0, c.1) == key)
+                .unwrap_or_else(|| {
+                    let a = p.x.chunks_exact(k).map(|r| QAct::new(r, q.layout));
+                    quantised.push((key.0, key.1, a.collect()));
+                    quantised.len() - 1
+                })
         });
         inputs.push(Input {
             x: p.x,
@@ -483,8 +480,8 @@ pub fn matmul_batch(products: Vec<Product>) {
             let inp = &inputs[pi];
             let r0 = inp.rows_start + off;
             let rows = r0..r0 + chunk.len() / inp.n_tok;
-            match (&inp.acts, inp.w.qrows()) {
-                (Some(acts), Some(q)) => qdot::rows_times_tokens(q, rows, acts, chunk),
+            match (inp.acts, inp.w.qrows()) {
+                (Some(a), Some(q)) => qdot::rows_times_tokens(q, rows, &quantised[a].2, chunk),
                 _ if inp.n_tok == 1 => {
                     for (o, r) in chunk.iter_mut().zip(rows) {
                         *o = inp.w.row_dot(r, inp.x, &mut bufs[0]);
