@@ -22,7 +22,7 @@ pub struct BenchArgs {
     /// repeat the measurement and report each run
     #[arg(long, default_value_t = 1)]
     repeats: usize,
-    /// weight format: auto (as stored), f32, bf16, f16, int8, int4
+    /// weight format: auto (as stored), f32, bf16, bf16-fast (bf16 products, not exact), f16, int8, int4
     #[arg(long, default_value = "auto")]
     dtype: String,
     #[arg(long)]

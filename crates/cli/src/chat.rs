@@ -27,7 +27,7 @@ pub struct SamplingArgs {
     /// hide the reasoning, print only the answer
     #[arg(long)]
     no_reasoning: bool,
-    /// weight format: auto (as stored), f32, bf16, f16, int8, int4
+    /// weight format: auto (as stored), f32, bf16, bf16-fast (bf16 products, not exact), f16, int8, int4
     #[arg(long, default_value = "auto")]
     dtype: String,
 }

@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// require `Authorization: Bearer KEY`
     #[arg(long)]
     api_key: Option<String>,
-    /// weight format: auto (as stored), f32, bf16, f16, int8, int4
+    /// weight format: auto (as stored), f32, bf16, bf16-fast (bf16 products, not exact), f16, int8, int4
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// tokens per cache block

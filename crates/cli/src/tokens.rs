@@ -22,7 +22,7 @@ pub struct LogitsArgs {
     ids: String,
     #[arg(long)]
     out: PathBuf,
-    /// weight format: auto (as stored), f32, bf16, f16, int8, int4
+    /// weight format: auto (as stored), f32, bf16, bf16-fast (bf16 products, not exact), f16, int8, int4
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// attention form for the prompt
@@ -38,7 +38,7 @@ pub struct GenerateArgs {
     ids: String,
     #[arg(long, default_value_t = 16)]
     max_tokens: usize,
-    /// weight format: auto (as stored), f32, bf16, f16, int8, int4
+    /// weight format: auto (as stored), f32, bf16, bf16-fast (bf16 products, not exact), f16, int8, int4
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// always take the most likely token (the default when no --temperature is given)

@@ -585,3 +585,50 @@ fn cost_refuses_bad_questions() {
     );
     assert_clean_error(&whale(&["cost", "--hardware", "h100"]), "--model");
 }
+
+/// `whale bench` reports every run against the bandwidth roofline it measures, for any format;
+/// bad settings are refused in one line.
+#[test]
+fn bench_reports_runs_and_refuses_bad_settings() {
+    let m = fixture("tiny-v3");
+    let m = m.to_str().unwrap();
+    let base = ["bench", "--model", m, "--prompt-len", "8", "--threads", "2"];
+    let r = json_of(&whale(
+        &[
+            &base[..],
+            &[
+                "--gen-len",
+                "4",
+                "--repeats",
+                "2",
+                "--dtype",
+                "bf16-fast",
+                "--json",
+            ],
+        ]
+        .concat(),
+    ));
+    assert_eq!(r["dtype"], "bf16-fast");
+    assert_eq!(r["threads"], 2);
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        for k in ["prefill_tok_s", "decode_tok_s", "decode_pct_roofline"] {
+            assert!(run[k].as_f64().unwrap() > 0.0, "{k}: {run}");
+        }
+    }
+    assert!(r["weight_bytes_per_decode_step"].as_f64().unwrap() > 0.0);
+    assert!(r["peak_rss_bytes"].as_f64().unwrap() >= r["weight_bytes"].as_f64().unwrap());
+    assert_clean_error(
+        &whale(&[&base[..], &["--dtype", "bf17"]].concat()),
+        "unknown format `bf17`",
+    );
+    assert_clean_error(
+        &whale(&[&base[..], &["--gen-len", "0"]].concat()),
+        "must be positive",
+    );
+    assert_clean_error(
+        &whale(&[&base[..], &["--gen-len", "100000"]].concat()),
+        "max_position_embeddings",
+    );
+}

@@ -8,6 +8,7 @@
 //! memory-bandwidth target need control over how each weight byte is read exactly once.
 
 pub mod attention;
+pub mod bdot;
 pub mod buf;
 pub mod fp8;
 pub mod matrix;

@@ -354,9 +354,12 @@ mod x86 {
                 let k = x[0].len();
                 let mut acc = [[_mm512_setzero_ps(); T]; 4];
                 let mut i = 0;
+                // a loop rather than `array::from_fn`: a closure's loads are not always inlined
+                let mut xv = [_mm512_setzero_ps(); T];
                 while i + 16 <= k {
-                    let xv: [__m512; T] =
-                        std::array::from_fn(|t| _mm512_loadu_ps(x[t].as_ptr().add(i)));
+                    for t in 0..T {
+                        xv[t] = _mm512_loadu_ps(x[t].as_ptr().add(i));
+                    }
                     for r in 0..4 {
                         let wv = $load_w(w[r].as_ptr().add(i));
                         for t in 0..T {

@@ -297,14 +297,17 @@ impl Checkpoint {
     pub fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
         let m = self.matrix(name, rows, cols)?;
         Ok(match self.dtype {
-            Some(f) if m.format() != Some(f) => match m.convert(f) {
-                Some(converted) => {
-                    // the stored bytes are not read again: let the kernel drop their pages so a
-                    // converted model does not also keep the original resident
-                    self.release(name);
-                    converted
-                }
-                None => m,
+            Some(f) if m.format() != Some(f) => match m.retag(f) {
+                Ok(same_bytes) => same_bytes,
+                Err(m) => match m.convert(f) {
+                    Some(converted) => {
+                        // the stored bytes are not read again: let the kernel drop their pages so a
+                        // converted model does not also keep the original resident
+                        self.release(name);
+                        converted
+                    }
+                    None => m,
+                },
             },
             _ => m,
         })

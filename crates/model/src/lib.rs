@@ -25,7 +25,7 @@ pub fn parse_dtype(s: &str) -> anyhow::Result<Option<Format>> {
     }
     Format::parse(s).map(Some).ok_or_else(|| {
         anyhow::anyhow!(
-            "--dtype: unknown format `{s}` (auto, f32, bf16, f16, int8/q8_0, int4/q4_0)"
+            "--dtype: unknown format `{s}` (auto, f32, bf16, bf16-fast, f16, int8/q8_0, int4/q4_0)"
         )
     })
 }

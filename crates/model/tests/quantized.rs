@@ -79,9 +79,11 @@ fn mean_kl_of(base: &Model, quant: &Model, prompts: &[Vec<u32>]) -> f64 {
 #[test]
 fn quantised_next_token_distributions_order_by_bits() {
     for name in ["tiny-v3", "tiny-v2-lite"] {
+        let b16 = mean_kl(name, Format::Bf16Fast);
         let q8 = mean_kl(name, Format::Q8_0);
         let q4 = mean_kl(name, Format::Q4_0);
-        eprintln!("{name}: mean KL int8 {q8:.5}, int4 {q4:.5}");
+        eprintln!("{name}: mean KL bf16-fast {b16:.6}, int8 {q8:.5}, int4 {q4:.5}");
+        assert!(b16 > 0.0 && b16 < q8, "{name}: bf16-fast {b16}, int8 {q8}");
         assert!(q8 > 0.0 && q8 < q4, "{name}: int8 {q8}, int4 {q4}");
     }
 }
@@ -94,6 +96,13 @@ fn conversion_covers_the_linear_layers() {
     assert_eq!(m.lm_head.format(), Some(Format::Q4_0));
     // the embedding is looked up, not multiplied: it stays as stored
     assert_eq!(m.embed_tokens.format(), Some(Format::Bf16));
+    // bf16-fast keeps the stored bf16 bytes and changes only how products are computed
+    let f = load("tiny-v3", Some(Format::Bf16Fast));
+    assert_eq!(
+        f.layers[0].self_attn.o_proj.format(),
+        Some(Format::Bf16Fast)
+    );
+    assert_eq!(f.lm_head.format(), Some(Format::Bf16Fast));
 }
 
 /// The bar, on rows as wide as DeepSeek-V2-Lite's (hidden 2048, experts 1408 wide):
@@ -119,9 +128,13 @@ fn quantised_distributions_stay_close_at_v2_lite_width() {
     .unwrap();
     let base = load_dir(&dir, None);
     let ps = prompts("tiny-v3");
+    let b16 = mean_kl_of(&base, &load_dir(&dir, Some(Format::Bf16Fast)), &ps);
     let q8 = mean_kl_of(&base, &load_dir(&dir, Some(Format::Q8_0)), &ps);
     let q4 = mean_kl_of(&base, &load_dir(&dir, Some(Format::Q4_0)), &ps);
-    eprintln!("v2-lite width: mean KL int8 {q8:.5}, int4 {q4:.5}");
+    eprintln!("v2-lite width: mean KL bf16-fast {b16:.6}, int8 {q8:.5}, int4 {q4:.5}");
+    // rounding activations to bf16 (8 significant bits) perturbs far less than int8 (7 bits per
+    // block, no per-value exponent)
+    assert!(b16 < q8 / 4.0, "bf16-fast {b16}, int8 {q8}");
     assert!(q8 < 0.01, "int8 {q8}");
     assert!(q4 < 0.05, "int4 {q4}");
     std::fs::remove_dir_all(&dir).ok();

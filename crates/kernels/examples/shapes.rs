@@ -1,0 +1,47 @@
+//! Multiply rate of one product shape per weight format, from memory (a fresh matrix each
+//! repeat, so weights are not cache-resident): `cargo run --release -p whale-kernels --example
+//! shapes -- ROWS COLS TOKENS [MATRICES]`. Prints GMAC/s and GB/s of weights for each format.
+
+use std::time::Instant;
+use whale_kernels::{matmul_batch, Format, Matrix, Product};
+
+fn main() {
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().expect("numbers: ROWS COLS TOKENS [MATRICES]"))
+        .collect();
+    let (rows, cols, n_tok) = (a[0], a[1], a[2]);
+    let count = a.get(3).copied().unwrap_or(64);
+    let mut s = 1u32;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s % 2001) as f32 / 1000.0 - 1.0
+    };
+    let base: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+    let x: Vec<f32> = (0..n_tok * cols).map(|_| next()).collect();
+    for fmt in ["bf16", "bf16-fast", "int8", "int4"] {
+        let f = Format::parse(fmt).unwrap();
+        let proto = Matrix::from_f32(rows, cols, base.clone());
+        let ms: Vec<Matrix> = (0..count).map(|_| proto.convert(f).unwrap()).collect();
+        let mut out = vec![vec![0f32; n_tok * rows]; count];
+        let t = Instant::now();
+        for _ in 0..3 {
+            let products = ms
+                .iter()
+                .zip(out.iter_mut())
+                .map(|(m, o)| Product::new(&x, n_tok, m, o))
+                .collect();
+            matmul_batch(products);
+        }
+        let secs = t.elapsed().as_secs_f64() / 3.0;
+        let macs = (count * rows * cols * n_tok) as f64;
+        let bytes = (count * ms[0].stored_bytes()) as f64;
+        println!(
+            "{fmt:>9}: {:6.1} GMAC/s  {:5.1} GB/s of weights",
+            macs / secs / 1e9,
+            bytes / secs / 1e9
+        );
+    }
+}
