@@ -519,10 +519,19 @@ pub fn matmul_batch(products: Vec<Product>) {
         });
         outs.push(p.out);
     }
-    let converted: Vec<Acts> = to_convert
-        .into_par_iter()
-        .map(|(_, c, x, k)| c.convert(x, k))
-        .collect();
+    // in parallel only when there is enough of it to pay for a fork-join (decode has a few KB)
+    let volume: usize = to_convert.iter().map(|c| c.2.len()).sum();
+    let converted: Vec<Acts> = if volume >= 1 << 16 {
+        to_convert
+            .into_par_iter()
+            .map(|(_, c, x, k)| c.convert(x, k))
+            .collect()
+    } else {
+        to_convert
+            .into_iter()
+            .map(|(_, c, x, k)| c.convert(x, k))
+            .collect()
+    };
     // Several tokens are computed W-row-major ([n, n_tok]) so tasks write disjoint slices, then
     // transposed; a single token's output already is that layout.
     let mut tmps: Vec<Vec<f32>> = outs
@@ -576,6 +585,9 @@ pub fn matmul_batch(products: Vec<Product>) {
                 _ => rows_times_tokens(inp.w, inp.x, inp.n_tok, rows, chunk, bufs),
             }
         });
+    if inputs.iter().all(|i| i.n_tok == 1) {
+        return;
+    }
     outs.into_par_iter()
         .zip(&tmps)
         .zip(&inputs)
