@@ -33,7 +33,7 @@ pub fn round(x: &[f32]) -> Vec<u16> {
 }
 
 /// out[i * n_tok + t] = dot(W[rows.start + i], x[t]) where W is row-major bf16 `cols` wide and x
-/// holds `n_tok` rounded activation rows. A single token streams the rows in order; several go
+/// holds `n_tok` rounded activation rows. Up to three tokens stream the rows in order; more go
 /// four rows at a time, each group of rows (in L1 after the first tile) taken by every tile of up
 /// to four tokens in turn.
 pub fn rows_times_tokens(
@@ -49,7 +49,7 @@ pub fn rows_times_tokens(
     let wrow = |r: usize| &w[r * cols..(r + 1) * cols];
     let tok = |t: usize| &x[t * cols..(t + 1) * cols];
     let mut r = rows.start;
-    while n_tok > 1 && r + 4 <= rows.end {
+    while n_tok >= 4 && r + 4 <= rows.end {
         let i0 = r - rows.start;
         let w4: [&[u16]; 4] = std::array::from_fn(|i| wrow(r + i));
         let mut t = 0;
@@ -78,12 +78,39 @@ pub fn rows_times_tokens(
         }
         r += 4;
     }
+    // A few tokens (a batch's decode step) read one row at a time: four rows in lockstep are
+    // four memory streams per core, which fetch well below one stream's bandwidth.
     for r in r..rows.end {
-        let i = r - rows.start;
-        for t in 0..n_tok {
-            out[i * n_tok + t] = dot(wrow(r), tok(t));
+        let o = &mut out[(r - rows.start) * n_tok..][..n_tok];
+        let mut t = 0;
+        while t < n_tok {
+            let m = (n_tok - t).min(4);
+            macro_rules! row {
+                ($t:literal) => {
+                    o[t..t + $t]
+                        .copy_from_slice(&row::<$t>(wrow(r), std::array::from_fn(|j| tok(t + j))))
+                };
+            }
+            match m {
+                1 => row!(1),
+                2 => row!(2),
+                3 => row!(3),
+                _ => row!(4),
+            }
+            t += m;
         }
     }
+}
+
+/// One weight row by `T` tokens; each cell as `dot` computes it.
+fn row<const T: usize>(w: &[u16], x: [&[u16]; T]) -> [f32; T] {
+    assert!(x.iter().all(|r| r.len() == w.len()));
+    if available() {
+        // SAFETY: features detected; all rows have the same length.
+        #[cfg(target_arch = "x86_64")]
+        return unsafe { x86::tile::<1, T>([w], x)[0] };
+    }
+    std::array::from_fn(|t| portable(w, x[t]))
 }
 
 /// One cell: sum_j w[j] * x[j] over bf16 values.
