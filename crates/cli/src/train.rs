@@ -181,26 +181,40 @@ pub fn distill(a: DistillArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct RecipeArgs {
-    /// the recipe: tiny-r1 (SFT -> GRPO, side runs, report card)
+    /// the recipe: tiny-r1 (SFT -> GRPO, side runs, report card), or side-runs (the report
+    /// card's balancing and FP8 comparisons over several seeds)
     name: String,
-    /// where the shipped checkpoint and its report card go
-    #[arg(long, default_value = "models/tiny-r1")]
-    out: PathBuf,
-    /// scratch directory for intermediate checkpoints (default: OUT/../.recipe-work)
+    /// where the output goes: the shipped checkpoint and its report card (tiny-r1, default
+    /// models/tiny-r1), or the side runs' report (default side-runs-report)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// scratch directory for intermediate checkpoints (default: in the system temp directory)
     #[arg(long)]
     work: Option<PathBuf>,
+    /// side-runs: how many seeds (three runs each)
+    #[arg(long, default_value_t = 3)]
+    seeds: usize,
 }
 
+/// A recipe's entry point: its options and the number of seeds (side-runs only).
+type Recipe = fn(&whale_train::recipe::RecipeOptions, usize) -> Result<()>;
+
 pub fn recipe(a: RecipeArgs) -> Result<()> {
-    if a.name != "tiny-r1" {
-        anyhow::bail!("unknown recipe `{}` (known: tiny-r1)", a.name);
-    }
+    let (default_out, run): (&str, Recipe) = match a.name.as_str() {
+        "tiny-r1" => ("models/tiny-r1", |o, _| whale_train::recipe::tiny_r1(o)),
+        "side-runs" => (
+            "side-runs-report",
+            whale_train::recipe::side_runs_over_seeds,
+        ),
+        other => anyhow::bail!("unknown recipe `{other}` (known: tiny-r1, side-runs)"),
+    };
     let work = a
         .work
-        .unwrap_or_else(|| std::env::temp_dir().join("whale-recipe-tiny-r1"));
-    whale_train::recipe::tiny_r1(&whale_train::recipe::RecipeOptions {
-        out: a.out,
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("whale-recipe-{}", a.name)));
+    let o = whale_train::recipe::RecipeOptions {
+        out: a.out.unwrap_or_else(|| default_out.into()),
         work,
         progress: true,
-    })
+    };
+    run(&o, a.seeds)
 }

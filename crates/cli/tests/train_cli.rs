@@ -122,6 +122,14 @@ fn training_commands_refuse_bad_input() {
             "1",
         ],
         vec!["recipe", "huge-r1"],
+        vec![
+            "recipe",
+            "side-runs",
+            "--seeds",
+            "0",
+            "--out",
+            d.to_str().unwrap(),
+        ],
     ];
     for args in cases {
         let o = whale(&args);
