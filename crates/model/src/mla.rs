@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use whale_kernels::attention::{multi_head, shared_latent, Causal};
-use whale_kernels::matrix::{accumulate_rows_each, matmul, matmul_rows};
+use whale_kernels::matrix::{accumulate_rows_each, matmul, matmul_batch, Product};
 use whale_kernels::ops::rms_norm;
 use whale_kernels::Matrix;
 
@@ -287,20 +287,37 @@ impl Mla {
             );
             at += seg.len;
         }
-        // o[t,h] = W^UV_h lat_out[t,h]
-        let mut lat_h = vec![0f32; m * dc];
-        let mut o_h = vec![0f32; m * dv];
-        for h in 0..h_n {
+        // o[t,h] = W^UV_h lat_out[t,h], all heads' products in one parallel pass
+        let mut lat_h = vec![0f32; h_n * m * dc];
+        for (h, lh) in lat_h.chunks_exact_mut(m * dc).enumerate() {
             for t in 0..m {
-                lat_h[t * dc..][..dc].copy_from_slice(&lat_out[(t * h_n + h) * dc..][..dc]);
+                lh[t * dc..][..dc].copy_from_slice(&lat_out[(t * h_n + h) * dc..][..dc]);
             }
-            let band = h * (nope + dv) + nope;
-            matmul_rows(&lat_h, m, &self.kv_b_proj, band..band + dv, &mut o_h);
+        }
+        let mut o_h = vec![0f32; h_n * m * dv];
+        matmul_batch(
+            lat_h
+                .chunks_exact(m * dc)
+                .zip(o_h.chunks_exact_mut(m * dv))
+                .enumerate()
+                .map(|(h, (x, out))| {
+                    let band = h * (nope + dv) + nope;
+                    Product {
+                        x,
+                        n_tok: m,
+                        w: &self.kv_b_proj,
+                        rows: band..band + dv,
+                        out,
+                    }
+                })
+                .collect(),
+        );
+        for (h, oh) in o_h.chunks_exact(m * dv).enumerate() {
             let mut t = 0;
             for (seg, _) in segs {
                 for j in 0..seg.len {
                     o[((seg.start + j) * h_n + h) * dv..][..dv]
-                        .copy_from_slice(&o_h[t * dv..][..dv]);
+                        .copy_from_slice(&oh[t * dv..][..dv]);
                     t += 1;
                 }
             }
