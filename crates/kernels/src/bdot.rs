@@ -58,7 +58,7 @@ pub fn rows_times_tokens(
             let mut put = |ri: usize, ti: usize, v: f32| out[(i0 + ri) * n_tok + t + ti] = v;
             macro_rules! tile {
                 ($t:literal) => {
-                    for (ri, yr) in tile::<$t>(w4, std::array::from_fn(|j| tok(t + j)))
+                    for (ri, yr) in cells::<4, $t>(w4, std::array::from_fn(|j| tok(t + j)))
                         .iter()
                         .enumerate()
                     {
@@ -87,8 +87,9 @@ pub fn rows_times_tokens(
             let m = (n_tok - t).min(4);
             macro_rules! row {
                 ($t:literal) => {
-                    o[t..t + $t]
-                        .copy_from_slice(&row::<$t>(wrow(r), std::array::from_fn(|j| tok(t + j))))
+                    o[t..t + $t].copy_from_slice(
+                        &cells::<1, $t>([wrow(r)], std::array::from_fn(|j| tok(t + j)))[0],
+                    )
                 };
             }
             match m {
@@ -102,36 +103,19 @@ pub fn rows_times_tokens(
     }
 }
 
-/// One weight row by `T` tokens; each cell as `dot` computes it.
-fn row<const T: usize>(w: &[u16], x: [&[u16]; T]) -> [f32; T] {
-    assert!(x.iter().all(|r| r.len() == w.len()));
-    if available() {
-        // SAFETY: features detected; all rows have the same length.
-        #[cfg(target_arch = "x86_64")]
-        return unsafe { x86::tile::<1, T>([w], x)[0] };
-    }
-    std::array::from_fn(|t| portable(w, x[t]))
-}
-
 /// One cell: sum_j w[j] * x[j] over bf16 values.
 pub fn dot(w: &[u16], x: &[u16]) -> f32 {
-    assert_eq!(w.len(), x.len());
-    if available() {
-        // SAFETY: features detected; lengths equal.
-        #[cfg(target_arch = "x86_64")]
-        return unsafe { x86::tile::<1, 1>([w], [x])[0][0] };
-    }
-    portable(w, x)
+    cells::<1, 1>([w], [x])[0][0]
 }
 
-/// Four weight rows by `T` tokens; each cell as `dot` computes it.
-fn tile<const T: usize>(w: [&[u16]; 4], x: [&[u16]; T]) -> [[f32; T]; 4] {
+/// R weight rows by T tokens; every cell runs the same steps whatever R and T are.
+fn cells<const R: usize, const T: usize>(w: [&[u16]; R], x: [&[u16]; T]) -> [[f32; T]; R] {
     let k = x[0].len();
     assert!(w.iter().all(|r| r.len() == k) && x.iter().all(|r| r.len() == k));
     if available() {
         // SAFETY: features detected; all rows have length k.
         #[cfg(target_arch = "x86_64")]
-        return unsafe { x86::tile::<4, T>(w, x) };
+        return unsafe { x86::tile::<R, T>(w, x) };
     }
     std::array::from_fn(|r| std::array::from_fn(|t| portable(w[r], x[t])))
 }
