@@ -372,7 +372,9 @@ fn rows_times_tokens(
     // Block-quantised rows scale per block in their single-row dot, which the 4-row kernel does
     // not reproduce: they go row by row so a token gets the same bits alone and in a batch.
     let blocked = !matches!(w.data, WeightData::Q8_0 { .. } | WeightData::Q4_0 { .. });
-    while blocked && r + 4 <= rows.end {
+    // Fewer than four tokens (a batch's decode step) also go row by row: four rows in lockstep
+    // are four memory streams per core, which fetch below one stream's bandwidth.
+    while blocked && n_tok >= 4 && r + 4 <= rows.end {
         let i0 = r - rows.start;
         let w4 = rows4(w, r, bufs);
         let mut t = 0;
