@@ -36,6 +36,7 @@ pub fn quantize_q4_0(row: &[f32], qs: &mut Vec<u8>, scales: &mut Vec<f16>) {
     }
 }
 
+#[inline(always)]
 pub fn dequantize_q8_0(qs: &[i8], scales: &[f16], out: &mut [f32]) {
     for ((o, q), d) in out
         .chunks_exact_mut(QK)
@@ -49,6 +50,7 @@ pub fn dequantize_q8_0(qs: &[i8], scales: &[f16], out: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 pub fn dequantize_q4_0(qs: &[u8], scales: &[f16], out: &mut [f32]) {
     for ((o, q), d) in out
         .chunks_exact_mut(QK)
