@@ -244,24 +244,15 @@ impl Matrix {
     /// The same stored bytes under another format that differs only in how products are computed
     /// (bf16 <-> bf16-fast), with no copy; any other change is not a retag (returns self).
     pub fn retag(self, to: Format) -> Result<Matrix, Matrix> {
-        let data = match (self.data, to) {
+        let Matrix { rows, cols, data } = self;
+        let data = match (data, to) {
             (WeightData::BF16(b) | WeightData::BF16Fast(b), Format::Bf16) => WeightData::BF16(b),
             (WeightData::BF16(b) | WeightData::BF16Fast(b), Format::Bf16Fast) => {
                 WeightData::BF16Fast(b)
             }
-            (data, _) => {
-                return Err(Matrix {
-                    rows: self.rows,
-                    cols: self.cols,
-                    data,
-                })
-            }
+            (data, _) => return Err(Matrix { rows, cols, data }),
         };
-        Ok(Matrix {
-            rows: self.rows,
-            cols: self.cols,
-            data,
-        })
+        Ok(Matrix { rows, cols, data })
     }
 
     fn to_bf16(&self) -> Vec<bf16> {
@@ -488,7 +479,7 @@ pub fn matmul_batch(products: Vec<Product>) {
     let mut outs = Vec::with_capacity(products.len());
     // activations converted once per (slice address, conversion), shared by the products that
     // read them
-    let mut to_convert: Vec<(usize, Converted, &[f32], usize)> = Vec::new();
+    let mut to_convert: Vec<(Converted, &[f32], usize)> = Vec::new();
     for p in products {
         let (k, n) = (p.w.cols, p.rows.len());
         assert!(p.rows.end <= p.w.rows, "row band outside the matrix");
@@ -503,12 +494,11 @@ pub fn matmul_batch(products: Vec<Product>) {
             "output length does not match the row band"
         );
         let acts = Converted::of(p.w).map(|c| {
-            let key = p.x.as_ptr() as usize;
             to_convert
                 .iter()
-                .position(|e: &(usize, Converted, &[f32], usize)| (e.0, e.1) == (key, c))
+                .position(|e: &(Converted, &[f32], usize)| (e.0, e.1.as_ptr()) == (c, p.x.as_ptr()))
                 .unwrap_or_else(|| {
-                    to_convert.push((key, c, p.x, k));
+                    to_convert.push((c, p.x, k));
                     to_convert.len() - 1
                 })
         });
@@ -522,16 +512,16 @@ pub fn matmul_batch(products: Vec<Product>) {
         outs.push(p.out);
     }
     // in parallel only when there is enough of it to pay for a fork-join (decode has a few KB)
-    let volume: usize = to_convert.iter().map(|c| c.2.len()).sum();
+    let volume: usize = to_convert.iter().map(|c| c.1.len()).sum();
     let converted: Vec<Acts> = if volume >= 1 << 16 {
         to_convert
             .into_par_iter()
-            .map(|(_, c, x, k)| c.convert(x, k))
+            .map(|(c, x, k)| c.convert(x, k))
             .collect()
     } else {
         to_convert
             .into_iter()
-            .map(|(_, c, x, k)| c.convert(x, k))
+            .map(|(c, x, k)| c.convert(x, k))
             .collect()
     };
     // Several tokens are computed W-row-major ([n, n_tok]) so tasks write disjoint slices, then
@@ -597,24 +587,6 @@ pub fn matmul_batch(products: Vec<Product>) {
         .for_each(|((o, tmp), inp)| transpose_into(tmp, o.len() / inp.n_tok, inp.n_tok, o));
 }
 
-/// out[t, i] = sum_j x[t, j] * W[rows.start + i, j] for t < n_tok (one product; see
-/// `matmul_batch`).
-pub fn matmul_rows(
-    x: &[f32],
-    n_tok: usize,
-    w: &Matrix,
-    rows: std::ops::Range<usize>,
-    out: &mut [f32],
-) {
-    matmul_batch(vec![Product {
-        x,
-        n_tok,
-        w,
-        rows,
-        out,
-    }])
-}
-
 /// out[t * n + i] = tmp[i * n_tok + t], tokens in parallel (the transposes of a batch's products
 /// run in parallel too: done serially they kept one thread busy while the others waited)
 fn transpose_into(tmp: &[f32], n: usize, n_tok: usize, out: &mut [f32]) {
@@ -625,9 +597,9 @@ fn transpose_into(tmp: &[f32], n: usize, n_tok: usize, out: &mut [f32]) {
     });
 }
 
-/// y = x W^T for `n_tok` rows of x: out is [n_tok, W.rows].
+/// y = x W^T for `n_tok` rows of x: out is [n_tok, W.rows] (one product; see `matmul_batch`).
 pub fn matmul(x: &[f32], n_tok: usize, w: &Matrix, out: &mut [f32]) {
-    matmul_rows(x, n_tok, w, 0..w.rows, out)
+    matmul_batch(vec![Product::new(x, n_tok, w, out)])
 }
 
 /// out += sum_i coef[i] * W[rows.start + i, :]  (x^T W for a band of rows; used to fold a

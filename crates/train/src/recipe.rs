@@ -99,7 +99,7 @@ pub fn tiny_r1(o: &RecipeOptions) -> Result<()> {
 
     stage("side runs: bias balancing on/off, FP8 vs f32");
     let ts = Instant::now();
-    let side = side_runs(&tc, work)?;
+    let side = side_runs(&tc, work, false)?;
     timings.push(("side runs", ts.elapsed().as_secs_f64()));
 
     for (src, dst) in [
@@ -193,15 +193,7 @@ fn mtp_check(dir: &Path) -> Result<MtpCheck> {
 
 /// The same short run three ways: gamma > 0 (V3), gamma = 0 with no auxiliary loss, and
 /// gamma > 0 through simulated FP8.
-fn side_runs(tc: &TrainConfig, work: &Path) -> Result<Vec<(String, Summary)>> {
-    side_runs_progress(tc, work, false)
-}
-
-fn side_runs_progress(
-    tc: &TrainConfig,
-    work: &Path,
-    progress: bool,
-) -> Result<Vec<(String, Summary)>> {
+fn side_runs(tc: &TrainConfig, work: &Path, progress: bool) -> Result<Vec<(String, Summary)>> {
     let mut v = vec![];
     for (name, gamma, fp8) in [
         ("balanced-f32", SIDE_GAMMA, false),
@@ -243,7 +235,7 @@ pub fn side_runs_over_seeds(o: &RecipeOptions, seeds: usize) -> Result<()> {
             t0.elapsed().as_secs_f64()
         );
         tc.train.seed = seed;
-        runs.push(side_runs_progress(
+        runs.push(side_runs(
             &tc,
             &o.work.join(format!("seed-{seed}")),
             o.progress,
