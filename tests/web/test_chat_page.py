@@ -213,7 +213,10 @@ def test_wrong_api_key_is_shown(browser):
 
 def test_sample_and_vote(page, tiny):
     open_chat(page, tiny, "tiny-r1")
-    page.fill("#temperature", "0.3")
+    # 0.1, not higher: at 0.3 the tiny model misreads "17" as "27" in about one sample of ten,
+    # so a 4-sample vote lost its majority in ~5% of runs (2 of 40 measured); at 0.1, 0 of 40
+    # single samples were wrong
+    page.fill("#temperature", "0.1")
     page.check("#vote")
     page.fill("#vote-n", "4")
     turn = ask(page, "What is 25 + 17?")
