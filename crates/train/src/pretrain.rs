@@ -40,6 +40,8 @@ pub struct Summary {
     /// same for every run of one config and seed, computed with the run's own numerics), so two
     /// runs compare without batch-to-batch noise
     pub val_loss: f64,
+    /// the same on the response tokens only (equal to `val_loss` for SFT)
+    pub val_response_loss: f64,
     pub tokens: u64,
     pub seconds: f64,
     pub tokens_per_second: f64,
@@ -177,7 +179,17 @@ pub fn run_on(
         balance_alpha: t.balance_alpha,
         mtp: t.mtp_lambda > 0.0,
     };
-    let mut log = JsonlLog::open(&out.join("metrics.jsonl"), resuming)?;
+    let log_path = out.join("metrics.jsonl");
+    if resuming {
+        // a run stopped after its last save logged steps the resumed run does again
+        let kept: String = read_jsonl(&log_path)?
+            .iter()
+            .filter(|r| r["step"].as_u64().is_some_and(|s| s <= state.step as u64))
+            .map(|r| format!("{r}\n"))
+            .collect();
+        std::fs::write(&log_path, kept)?;
+    }
+    let mut log = JsonlLog::open(&log_path, resuming)?;
     let bar = if progress {
         ProgressBar::new(t.steps as u64)
     } else {
@@ -250,7 +262,7 @@ pub fn run_on(
         }
     }
     bar.finish_and_clear();
-    let val_loss = validation_loss(&model, data, &tok, t, opts)?;
+    let (val_loss, val_response_loss) = validation_loss(&model, data, &tok, t, opts)?;
     plot(out)?;
     let rows = read_jsonl(&out.join("metrics.jsonl"))?;
     let tail = (rows.len() / 10).max(1);
@@ -268,6 +280,7 @@ pub fn run_on(
         final_max_vio: mean("max_vio").unwrap_or(0.0),
         final_mtp_accuracy: mean("mtp_accuracy"),
         val_loss,
+        val_response_loss,
         tokens: state.tokens,
         seconds: state.seconds,
         tokens_per_second: state.tokens as f64 / state.seconds.max(1e-9),
@@ -278,14 +291,14 @@ pub fn run_on(
 pub const VALIDATION_EXAMPLES: usize = 512;
 
 /// Token-weighted cross-entropy on VALIDATION_EXAMPLES examples drawn with a seed no training
-/// step uses.
+/// step uses: on the run's own objective, and on the response tokens only.
 fn validation_loss(
     model: &TrainModel,
     data: &Data,
     tok: &ChatTokenizer,
     t: &crate::config::TrainSettings,
     opts: Options,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let mut rng = StdRng::seed_from_u64(t.seed ^ 0x7a11_da7e_0000_0000);
     let examples = (0..VALIDATION_EXAMPLES)
         .map(|_| {
@@ -293,23 +306,28 @@ fn validation_loss(
             example(tok, &h, &q, &r, 1)
         })
         .collect::<Result<Vec<_>>>()?;
-    let (mut sum, mut n) = (0f64, 0f64);
+    // [objective, response only]: (sum of token losses, tokens)
+    let mut sums = [(0f64, 0f64); 2];
     for part in examples.chunks(t.batch_size.max(1)) {
-        let b = Batch::new(part, t.response_only, 2);
+        let objective = Batch::new(part, t.response_only, 2);
+        let response = Batch::new(part, true, 2);
         let out = model.forward(
-            &b.inputs,
-            &b.lens,
+            &objective.inputs,
+            &objective.lens,
             Options {
                 balance_alpha: 0.0,
                 mtp: false,
                 ..opts
             },
         )?;
-        let (loss, count) = masked_cross_entropy(&out.logits, &b.targets, &b.weights)?;
-        sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * count as f64;
-        n += count as f64;
+        for (b, (sum, n)) in [&objective, &response].into_iter().zip(sums.iter_mut()) {
+            let (loss, count) = masked_cross_entropy(&out.logits, &b.targets, &b.weights)?;
+            *sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * count as f64;
+            *n += count as f64;
+        }
     }
-    Ok(sum / n.max(1.0))
+    let [a, r] = sums.map(|(sum, n)| sum / n.max(1.0));
+    Ok((a, r))
 }
 
 pub struct StepResult {

@@ -107,9 +107,18 @@ fn loss_falls_and_a_resumed_run_matches_an_uninterrupted_one() -> anyhow::Result
         false,
         false,
     )?;
+    // as if the process had died after logging steps it did not save
+    let log_b = b.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&log_b)?;
+    text.push_str("{\"step\": 6, \"loss\": 99.0}\n{\"step\": 7, \"loss\": 99.0}\n");
+    std::fs::write(&log_b, text)?;
     let resumed = whale_train::pretrain::run(&TrainConfig::parse(&tiny_run(16))?, &b, true, false)?;
     assert_eq!(resumed.steps, 16);
     let rows = whale_train::metrics::read_jsonl(&a.join("metrics.jsonl"))?;
+    let rows_b = whale_train::metrics::read_jsonl(&log_b)?;
+    let steps = |r: &[serde_json::Value]| r.iter().map(|x| x["step"].as_u64()).collect::<Vec<_>>();
+    assert_eq!(steps(&rows_b), (1..=16).map(Some).collect::<Vec<_>>());
+    assert_eq!(rows_b[6]["loss"], rows[6]["loss"]);
     let first = rows[0]["loss"].as_f64().unwrap();
     let last = rows.last().unwrap()["loss"].as_f64().unwrap();
     assert!(last < 0.6 * first, "loss {first} -> {last}");
