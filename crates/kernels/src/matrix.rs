@@ -602,61 +602,6 @@ pub fn matmul(x: &[f32], n_tok: usize, w: &Matrix, out: &mut [f32]) {
     matmul_batch(vec![Product::new(x, n_tok, w, out)])
 }
 
-/// out += sum_i coef[i] * W[rows.start + i, :]  (x^T W for a band of rows; used to fold a
-/// projection into a query without materialising the transposed weights).
-pub fn accumulate_rows(coef: &[f32], w: &Matrix, rows_start: usize, out: &mut [f32]) {
-    assert_eq!(
-        out.len(),
-        w.cols,
-        "output length does not match the matrix width"
-    );
-    match simd::isa() {
-        // SAFETY: the feature was detected at run time.
-        #[cfg(target_arch = "x86_64")]
-        simd::Isa::Avx512 => unsafe { accumulate_rows_avx512(coef, w, rows_start, out) },
-        _ => accumulate_rows_in(coef, w, rows_start, out),
-    }
-}
-
-/// The same loops compiled for AVX-512, which the compiler vectorises 16 wide (decoding a
-/// quantised row and adding it scaled); separate multiplies and adds, as in the portable build,
-/// so both give the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn accumulate_rows_avx512(coef: &[f32], w: &Matrix, rows_start: usize, out: &mut [f32]) {
-    accumulate_rows_in(coef, w, rows_start, out)
-}
-
-#[inline(always)]
-fn accumulate_rows_in(coef: &[f32], w: &Matrix, rows_start: usize, out: &mut [f32]) {
-    let mut buf = vec![0f32; w.cols];
-    for (i, &c) in coef.iter().enumerate() {
-        let row = w.row(rows_start + i, &mut buf);
-        for (o, v) in out.iter_mut().zip(row) {
-            *o += c * v;
-        }
-    }
-}
-
-/// `accumulate_rows` for many items in parallel: item i adds coef[i*k..(i+1)*k] times the k rows
-/// of W starting at `rows_start(i)` into out[i*W.cols..]. Each item is one fixed-order sum.
-pub fn accumulate_rows_each(
-    coef: &[f32],
-    k: usize,
-    w: &Matrix,
-    rows_start: impl Fn(usize) -> usize + Sync,
-    out: &mut [f32],
-) {
-    assert_eq!(
-        coef.len() / k.max(1) * w.cols,
-        out.len(),
-        "one output row per item"
-    );
-    out.par_chunks_mut(w.cols)
-        .enumerate()
-        .for_each(|(i, o)| accumulate_rows(&coef[i * k..(i + 1) * k], w, rows_start(i), o));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -825,34 +770,6 @@ mod tests {
                 let want = fp8::e4m3_to_f32(codes[r * k + c]) * scales[(r / br) * 3 + c / bc];
                 assert_eq!(dense[r * k + c], want);
             }
-        }
-    }
-
-    #[test]
-    fn accumulate_rows_is_transposed_product() {
-        let (n, k) = (6, 4);
-        let w = pseudo(n * k, 9);
-        let m = Matrix::from_f32(n, k, w.clone());
-        let coef = [0.5f32, -1.0, 2.0];
-        let mut out = vec![0f32; k];
-        accumulate_rows(&coef, &m, 2, &mut out);
-        for j in 0..k {
-            let want: f32 = (0..3).map(|i| coef[i] * w[(2 + i) * k + j]).sum();
-            assert!((out[j] - want).abs() < 1e-6);
-        }
-    }
-
-    #[test]
-    fn accumulate_rows_gives_the_portable_bits_on_every_isa() {
-        let (n, k) = (40, 96);
-        let base = Matrix::from_f32(n, k, pseudo(n * k, 11));
-        let coef = pseudo(24, 12);
-        for f in [Format::Bf16, Format::Q8_0, Format::Q4_0] {
-            let m = base.convert(f).unwrap();
-            let (mut fast, mut plain) = (pseudo(k, 13), pseudo(k, 13));
-            accumulate_rows(&coef, &m, 7, &mut fast);
-            accumulate_rows_in(&coef, &m, 7, &mut plain);
-            assert_eq!(fast, plain, "{}", m.format_name());
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use whale_kernels::attention::{multi_head, shared_latent, Causal};
-use whale_kernels::matrix::{accumulate_rows_each, matmul, matmul_batch, Product};
+use whale_kernels::matrix::{matmul, matmul_batch, Product};
 use whale_kernels::ops::rms_norm;
 use whale_kernels::Matrix;
 
@@ -52,6 +52,11 @@ pub struct Mla {
     pub kv_a_proj_with_mqa: Matrix,
     pub kv_a_layernorm: Vec<f32>,
     pub kv_b_proj: Matrix,
+    /// W^UK of every head transposed, [heads * kv_lora_rank, qk_nope_head_dim], made once at
+    /// load in kv_b_proj's format: the absorbed form's query fold, q_lat = W^UK^T q_nope, is
+    /// then an ordinary product in the weights' own kernels instead of a pass that dequantises
+    /// kv_b's rows for every token.
+    pub kv_b_k_t: Matrix,
     pub o_proj: Matrix,
     heads: usize,
     nope: usize,
@@ -75,6 +80,12 @@ impl Mla {
                 q_proj: ck.linear(&format!("{p}q_proj.weight"), h * dqk, d)?,
             },
         };
+        let kv_b_proj = ck.linear(
+            &format!("{p}kv_b_proj.weight"),
+            h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+            cfg.kv_lora_rank,
+        )?;
+        let kv_b_k_t = transpose_keys(&kv_b_proj, h, cfg.qk_nope_head_dim, cfg.v_head_dim);
         Ok(Mla {
             q,
             kv_a_proj_with_mqa: ck.linear(
@@ -83,11 +94,8 @@ impl Mla {
                 d,
             )?,
             kv_a_layernorm: ck.vector(&format!("{p}kv_a_layernorm.weight"), cfg.kv_lora_rank)?,
-            kv_b_proj: ck.linear(
-                &format!("{p}kv_b_proj.weight"),
-                h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-                cfg.kv_lora_rank,
-            )?,
+            kv_b_proj,
+            kv_b_k_t,
             o_proj: ck.linear(&format!("{p}o_proj.weight"), d, h * cfg.v_head_dim)?,
             heads: h,
             nope: cfg.qk_nope_head_dim,
@@ -107,6 +115,15 @@ impl Mla {
         };
         m.extend([&self.kv_a_proj_with_mqa, &self.kv_b_proj, &self.o_proj]);
         m
+    }
+
+    /// Stored bytes of the attention weights: all of them (with the load-time W^UK^T), or with
+    /// `decode` what a decode step reads (W^UK^T in place of kv_b's key rows).
+    pub fn stored_bytes(&self, decode: bool) -> f64 {
+        let all: usize = self.matrices().iter().map(|m| m.stored_bytes()).sum();
+        let keys = self.kv_b_proj.stored_bytes() as f64 * self.nope as f64
+            / (self.nope + self.v_dim) as f64;
+        all as f64 + self.kv_b_k_t.stored_bytes() as f64 - if decode { keys } else { 0.0 }
     }
 
     /// Attention for the tokens of a batch: `x` holds the normed hidden rows of every segment
@@ -258,14 +275,33 @@ impl Mla {
                 q_pos.extend_from_slice(&qh[nope..]);
             }
         }
-        let mut q_lat = vec![0f32; m * h_n * dc];
-        accumulate_rows_each(
-            &q_nope,
-            nope,
-            &self.kv_b_proj,
-            |i| (i % h_n) * (nope + dv),
-            &mut q_lat,
+        // per head: its tokens' q_nope rows times its band of W^UK^T, all heads in one pass
+        let mut q_h = vec![0f32; h_n * m * nope];
+        for (h, qh) in q_h.chunks_exact_mut(m * nope).enumerate() {
+            for t in 0..m {
+                qh[t * nope..][..nope].copy_from_slice(&q_nope[(t * h_n + h) * nope..][..nope]);
+            }
+        }
+        let mut lat_h = vec![0f32; h_n * m * dc];
+        matmul_batch(
+            q_h.chunks_exact(m * nope)
+                .zip(lat_h.chunks_exact_mut(m * dc))
+                .enumerate()
+                .map(|(h, (x, out))| Product {
+                    x,
+                    n_tok: m,
+                    w: &self.kv_b_k_t,
+                    rows: h * dc..(h + 1) * dc,
+                    out,
+                })
+                .collect(),
         );
+        let mut q_lat = vec![0f32; m * h_n * dc];
+        for (h, lh) in lat_h.chunks_exact(m * dc).enumerate() {
+            for t in 0..m {
+                q_lat[(t * h_n + h) * dc..][..dc].copy_from_slice(&lh[t * dc..][..dc]);
+            }
+        }
         let mut lat_out = vec![0f32; m * h_n * dc];
         let mut at = 0;
         for (seg, pos0) in segs {
@@ -288,7 +324,6 @@ impl Mla {
             at += seg.len;
         }
         // o[t,h] = W^UV_h lat_out[t,h], all heads' products in one parallel pass
-        let mut lat_h = vec![0f32; h_n * m * dc];
         for (h, lh) in lat_h.chunks_exact_mut(m * dc).enumerate() {
             for t in 0..m {
                 lh[t * dc..][..dc].copy_from_slice(&lat_out[(t * h_n + h) * dc..][..dc]);
@@ -322,5 +357,27 @@ impl Mla {
                 }
             }
         }
+    }
+}
+
+/// W^UK_h^T of every head stacked: row h * kv_lora + c is column c of head h's key rows of
+/// kv_b_proj ([heads * (nope + v), kv_lora]). Kept in kv_b's format where that format can hold
+/// rows of `nope` values (FP8 blocks are load-only: f32 then).
+fn transpose_keys(kv_b: &Matrix, heads: usize, nope: usize, dv: usize) -> Matrix {
+    let dc = kv_b.cols;
+    let mut t = vec![0f32; heads * dc * nope];
+    let mut buf = vec![0f32; dc];
+    for h in 0..heads {
+        for r in 0..nope {
+            let row = kv_b.row(h * (nope + dv) + r, &mut buf);
+            for (c, &v) in row.iter().enumerate() {
+                t[(h * dc + c) * nope + r] = v;
+            }
+        }
+    }
+    let t = Matrix::from_f32(heads * dc, nope, t);
+    match kv_b.format() {
+        Some(f) => t.convert(f).unwrap_or(t),
+        None => t,
     }
 }

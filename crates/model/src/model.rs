@@ -383,6 +383,6 @@ impl DecoderLayer {
                 shared + routed * share + m.gate.stored_bytes() as f64
             }
         };
-        sum(&self.self_attn.matrices()) + ffn
+        self.self_attn.stored_bytes(batch.is_some()) + ffn
     }
 }

@@ -46,16 +46,20 @@ fn mean_kl(name: &str, dtype: Format) -> f64 {
     mean_kl_of(&load(name, None), &load(name, Some(dtype)), &prompts(name))
 }
 
+/// The reference in the plain attention form, the quantised model in `form`.
 fn mean_kl_of(base: &Model, quant: &Model, prompts: &[Vec<u32>]) -> f64 {
+    mean_kl_in(base, quant, prompts, AttentionForm::Plain)
+}
+
+fn mean_kl_in(base: &Model, quant: &Model, prompts: &[Vec<u32>], form: AttentionForm) -> f64 {
     let v = base.config.vocab_size;
     let (mut sum, mut n) = (0f64, 0usize);
     for p in prompts {
-        let run = |m: &Model| {
+        let run = |m: &Model, form| {
             let mut cache = m.new_cache(p.len());
-            m.forward(p, &mut cache, AttentionForm::Plain, Logits::All)
-                .unwrap()
+            m.forward(p, &mut cache, form, Logits::All).unwrap()
         };
-        let (a, b) = (run(base), run(quant));
+        let (a, b) = (run(base, AttentionForm::Plain), run(quant, form));
         for t in 0..p.len() {
             let (la, lb) = (
                 log_softmax(&a[t * v..(t + 1) * v]),
@@ -129,9 +133,19 @@ fn quantised_distributions_stay_close_at_v2_lite_width() {
     let base = load_dir(&dir, None);
     let ps = prompts("tiny-v3");
     let b16 = mean_kl_of(&base, &load_dir(&dir, Some(Format::Bf16Fast)), &ps);
-    let q8 = mean_kl_of(&base, &load_dir(&dir, Some(Format::Q8_0)), &ps);
-    let q4 = mean_kl_of(&base, &load_dir(&dir, Some(Format::Q4_0)), &ps);
+    let (m8, m4) = (
+        load_dir(&dir, Some(Format::Q8_0)),
+        load_dir(&dir, Some(Format::Q4_0)),
+    );
+    let (q8, q4) = (mean_kl_of(&base, &m8, &ps), mean_kl_of(&base, &m4, &ps));
     eprintln!("v2-lite width: mean KL bf16-fast {b16:.6}, int8 {q8:.5}, int4 {q4:.5}");
+    // decode's absorbed form reads W^UK transposed and quantised again along its other axis
+    let (a8, a4) = (
+        mean_kl_in(&base, &m8, &ps, AttentionForm::Absorbed),
+        mean_kl_in(&base, &m4, &ps, AttentionForm::Absorbed),
+    );
+    eprintln!("v2-lite width, absorbed form: mean KL int8 {a8:.5}, int4 {a4:.5}");
+    assert!(a8 < 0.01 && a4 < 0.05, "absorbed: int8 {a8}, int4 {a4}");
     // rounding activations to bf16 (8 significant bits) perturbs far less than int8 (7 bits per
     // block, no per-value exponent)
     assert!(b16 < q8 / 4.0, "bf16-fast {b16}, int8 {q8}");
