@@ -52,15 +52,21 @@ pub fn rows_times_tokens(
     while n_tok >= 4 && r + 4 <= rows.end {
         let i0 = r - rows.start;
         let w4: [&[u16]; 4] = std::array::from_fn(|i| wrow(r + i));
+        // the first tile of a group fetches the next group's rows into L2 as it goes, so their
+        // memory latency hides behind this group's products
+        let next: Option<[&[u16]; 4]> =
+            (r + 8 <= rows.end).then(|| std::array::from_fn(|i| wrow(r + 4 + i)));
         let mut t = 0;
         while t < n_tok {
             let m = (n_tok - t).min(4);
             let mut put = |ri: usize, ti: usize, v: f32| out[(i0 + ri) * n_tok + t + ti] = v;
+            let pf = if t == 0 { next } else { None };
             macro_rules! tile {
                 ($t:literal) => {
-                    for (ri, yr) in cells::<4, $t>(w4, std::array::from_fn(|j| tok(t + j)))
-                        .iter()
-                        .enumerate()
+                    for (ri, yr) in
+                        cells_ahead::<4, $t>(w4, std::array::from_fn(|j| tok(t + j)), pf)
+                            .iter()
+                            .enumerate()
                     {
                         for (ti, &v) in yr.iter().enumerate() {
                             put(ri, ti, v);
@@ -110,12 +116,29 @@ pub fn dot(w: &[u16], x: &[u16]) -> f32 {
 
 /// R weight rows by T tokens; every cell runs the same steps whatever R and T are.
 fn cells<const R: usize, const T: usize>(w: [&[u16]; R], x: [&[u16]; T]) -> [[f32; T]; R] {
+    cells_ahead(w, x, None)
+}
+
+/// `cells`, also prefetching rows `ahead` (as long as `w`'s) into L2 in step with the work.
+fn cells_ahead<const R: usize, const T: usize>(
+    w: [&[u16]; R],
+    x: [&[u16]; T],
+    ahead: Option<[&[u16]; R]>,
+) -> [[f32; T]; R] {
     let k = x[0].len();
     assert!(w.iter().all(|r| r.len() == k) && x.iter().all(|r| r.len() == k));
     if available() {
-        // SAFETY: features detected; all rows have length k.
+        // SAFETY: features detected; all rows have length k (`ahead` too: checked here).
         #[cfg(target_arch = "x86_64")]
-        return unsafe { x86::tile::<R, T>(w, x) };
+        return unsafe {
+            match ahead {
+                Some(a) => {
+                    assert!(a.iter().all(|r| r.len() == k));
+                    x86::tile::<R, T, true>(w, x, a)
+                }
+                None => x86::tile::<R, T, false>(w, x, w),
+            }
+        };
     }
     std::array::from_fn(|r| std::array::from_fn(|t| portable(w[r], x[t])))
 }
@@ -143,9 +166,10 @@ mod x86 {
 
     /// R weight rows x T tokens, R*T accumulators: 32 columns a step, the rest in one masked step.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn tile<const R: usize, const T: usize>(
+    pub unsafe fn tile<const R: usize, const T: usize, const AHEAD: bool>(
         w: [&[u16]; R],
         x: [&[u16]; T],
+        ahead: [&[u16]; R],
     ) -> [[f32; T]; R] {
         // plain loops, no closures: a closure would not inherit the target features and its
         // loads would not be inlined; and no branch among the loads of a whole step
@@ -158,6 +182,9 @@ mod x86 {
                 xv[t] = load(x[t].as_ptr().add(i), 32);
             }
             for r in 0..R {
+                if AHEAD {
+                    _mm_prefetch::<_MM_HINT_T1>(ahead[r].as_ptr().add(i) as *const i8);
+                }
                 let wv = load(w[r].as_ptr().add(i), 32);
                 for t in 0..T {
                     acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv, xv[t]);
