@@ -149,24 +149,32 @@ impl Mla {
         let width = dc + dr;
         let n: usize = segs.iter().map(|s| s.len).sum();
 
-        // Projections for every token of the batch at once (weights read once per step).
-        let mut q = vec![0f32; n * h_n * dqk];
-        match &self.q {
+        // Projections for every token of the batch at once (weights read once per step); the
+        // two that read x share one parallel pass.
+        let mut rows = vec![0f32; n * width];
+        let first = match &self.q {
+            QueryProj::LowRank { q_a_proj, .. } => q_a_proj,
+            QueryProj::Full { q_proj } => q_proj,
+        };
+        let mut first_out = vec![0f32; n * first.rows];
+        matmul_batch(vec![
+            Product::new(x, n, first, &mut first_out),
+            Product::new(x, n, &self.kv_a_proj_with_mqa, &mut rows),
+        ]);
+        let mut q = match &self.q {
             QueryProj::LowRank {
-                q_a_proj,
                 q_a_layernorm,
                 q_b_proj,
+                ..
             } => {
-                let mut c = vec![0f32; n * q_a_proj.rows];
-                matmul(x, n, q_a_proj, &mut c);
-                let mut cn = vec![0f32; c.len()];
-                rms_norm(&c, q_a_layernorm, LATENT_NORM_EPS, &mut cn);
+                let mut cn = vec![0f32; first_out.len()];
+                rms_norm(&first_out, q_a_layernorm, LATENT_NORM_EPS, &mut cn);
+                let mut q = vec![0f32; n * h_n * dqk];
                 matmul(&cn, n, q_b_proj, &mut q);
+                q
             }
-            QueryProj::Full { q_proj } => matmul(x, n, q_proj, &mut q),
-        }
-        let mut rows = vec![0f32; n * width];
-        matmul(x, n, &self.kv_a_proj_with_mqa, &mut rows);
+            QueryProj::Full { .. } => first_out,
+        };
 
         let mut o = vec![0f32; n * h_n * dv];
         // (segment, its first position) of the segments that take the absorbed form
