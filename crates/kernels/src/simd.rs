@@ -361,6 +361,11 @@ mod x86 {
                         xv[t] = _mm512_loadu_ps(x[t].as_ptr().add(i));
                     }
                     for r in 0..4 {
+                        // the matrix's next four rows (rows are contiguous, k apart) into L2
+                        // while these are worked on; past the end it fetches nothing useful
+                        _mm_prefetch::<_MM_HINT_T1>(
+                            w[r].as_ptr().wrapping_add(i + 4 * k) as *const i8
+                        );
                         let wv = $load_w(w[r].as_ptr().add(i));
                         for t in 0..T {
                             acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
