@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::bdot;
 use crate::qdot::{self, QAct, QRows};
-use crate::simd::{self, Rows4};
+use crate::simd::{self, Rows};
 use crate::{fp8, Buf};
 
 pub enum WeightData {
@@ -328,13 +328,13 @@ impl Matrix {
 }
 
 /// Rows `r0..r0 + 4` of `w` for the 4x4 kernel, decoding into `bufs` when the format needs it.
-fn rows4<'a>(w: &'a Matrix, r0: usize, bufs: &'a mut [Vec<f32>; 4]) -> Rows4<'a> {
+fn rows4<'a>(w: &'a Matrix, r0: usize, bufs: &'a mut [Vec<f32>; 4]) -> Rows<'a, 4> {
     let c = w.cols;
     match &w.data {
-        WeightData::F32(b) => Rows4::F32(std::array::from_fn(|i| {
+        WeightData::F32(b) => Rows::F32(std::array::from_fn(|i| {
             &b.as_slice()[(r0 + i) * c..(r0 + i + 1) * c]
         })),
-        WeightData::BF16(b) => Rows4::Bf16(std::array::from_fn(|i| {
+        WeightData::BF16(b) => Rows::Bf16(std::array::from_fn(|i| {
             &b.as_slice()[(r0 + i) * c..(r0 + i + 1) * c]
         })),
         _ => {
@@ -342,7 +342,7 @@ fn rows4<'a>(w: &'a Matrix, r0: usize, bufs: &'a mut [Vec<f32>; 4]) -> Rows4<'a>
                 w.row(r0 + i, buf);
             }
             let [a, b, cc, d] = bufs;
-            Rows4::F32([&a[..c], &b[..c], &cc[..c], &d[..c]])
+            Rows::F32([&a[..c], &b[..c], &cc[..c], &d[..c]])
         }
     }
 }
@@ -375,7 +375,7 @@ fn rows_times_tokens(
                 |ri: usize, yr: &[f32]| o[(i0 + ri) * n_tok + t..][..m].copy_from_slice(yr);
             macro_rules! tile {
                 ($m:literal) => {
-                    for (ri, yr) in simd::dot_4xt::<$m>(w4, std::array::from_fn(|j| tok(t + j)))
+                    for (ri, yr) in simd::dot_rxt::<4, $m>(w4, std::array::from_fn(|j| tok(t + j)))
                         .iter()
                         .enumerate()
                     {
@@ -393,10 +393,38 @@ fn rows_times_tokens(
         }
         r += 4;
     }
+    // The rest row by row; f32 and bf16 rows serve up to four tokens per load (a batched decode
+    // step's 1-3 tokens per expert), the same bits as `row_dot` gives each.
     for r in r..rows.end {
         let i = r - rows.start;
-        for t in 0..n_tok {
-            o[i * n_tok + t] = w.row_dot(r, tok(t), &mut bufs[0]);
+        let row = match &w.data {
+            WeightData::F32(b) => Some(Rows::F32([&b.as_slice()[r * k..(r + 1) * k]])),
+            WeightData::BF16(b) => Some(Rows::Bf16([&b.as_slice()[r * k..(r + 1) * k]])),
+            _ => None,
+        };
+        let Some(row) = row else {
+            for t in 0..n_tok {
+                o[i * n_tok + t] = w.row_dot(r, tok(t), &mut bufs[0]);
+            }
+            continue;
+        };
+        let mut t = 0;
+        while t < n_tok {
+            let m = (n_tok - t).min(4);
+            macro_rules! tile {
+                ($m:literal) => {
+                    o[i * n_tok + t..][..$m].copy_from_slice(
+                        &simd::dot_rxt::<1, $m>(row, std::array::from_fn(|j| tok(t + j)))[0],
+                    )
+                };
+            }
+            match m {
+                1 => tile!(1),
+                2 => tile!(2),
+                3 => tile!(3),
+                _ => tile!(4),
+            }
+            t += m;
         }
     }
 }

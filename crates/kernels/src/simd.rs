@@ -98,33 +98,34 @@ pub fn dot_q4_0(qs: &[u8], scales: &[f16], x: &[f32]) -> f32 {
 
 /// Weight rows in a form the 4x4 kernels read directly.
 #[derive(Clone, Copy)]
-pub enum Rows4<'a> {
-    F32([&'a [f32]; 4]),
-    Bf16([&'a [bf16]; 4]),
+pub enum Rows<'a, const R: usize> {
+    F32([&'a [f32]; R]),
+    Bf16([&'a [bf16]; R]),
 }
 
-/// out[r][t] = dot(w[r], x[t]) for four weight rows and `T` (1 to 4) activation rows of length
-/// k: every loaded weight vector serves T tokens and every activation vector four rows.
+/// out[r][t] = dot(w[r], x[t]) for `R` weight rows and `T` (1 to 4) activation rows of length
+/// k: every loaded weight vector serves T tokens and every activation vector R rows. Each cell is
+/// summed exactly as `dot_f32` / `dot_bf16` sum one row, so a token gets the same bits in any tile.
 #[inline]
-pub fn dot_4xt<const T: usize>(w: Rows4, x: [&[f32]; T]) -> [[f32; T]; 4] {
+pub fn dot_rxt<const R: usize, const T: usize>(w: Rows<R>, x: [&[f32]; T]) -> [[f32; T]; R] {
     let k = x[0].len();
     assert!(x.iter().all(|r| r.len() == k));
     match w {
-        Rows4::F32(w) => {
+        Rows::F32(w) => {
             assert!(w.iter().all(|r| r.len() == k));
             match isa() {
                 // SAFETY: feature detected; all rows have length k.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { x86::dot_4xt_f32_avx512(w, x) },
+                Isa::Avx512 => unsafe { x86::dot_rxt_f32_avx512(w, x) },
                 _ => std::array::from_fn(|r| std::array::from_fn(|t| dot_f32(w[r], x[t]))),
             }
         }
-        Rows4::Bf16(w) => {
+        Rows::Bf16(w) => {
             assert!(w.iter().all(|r| r.len() == k));
             match isa() {
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { x86::dot_4xt_bf16_avx512(w.map(bf16_bits), x) },
+                Isa::Avx512 => unsafe { x86::dot_rxt_bf16_avx512(w.map(bf16_bits), x) },
                 _ => std::array::from_fn(|r| std::array::from_fn(|t| dot_bf16(w[r], x[t]))),
             }
         }
@@ -346,13 +347,16 @@ mod x86 {
         s
     }
 
-    /// 4 weight rows x T activation rows, 4T accumulators.
-    macro_rules! dot_4xt {
+    /// R weight rows x T activation rows, R*T accumulators.
+    macro_rules! dot_rxt {
         ($name:ident, $wt:ty, $load_w:expr, $tail_w:expr) => {
             #[target_feature(enable = "avx512f")]
-            pub unsafe fn $name<const T: usize>(w: [&[$wt]; 4], x: [&[f32]; T]) -> [[f32; T]; 4] {
+            pub unsafe fn $name<const R: usize, const T: usize>(
+                w: [&[$wt]; R],
+                x: [&[f32]; T],
+            ) -> [[f32; T]; R] {
                 let k = x[0].len();
-                let mut acc = [[_mm512_setzero_ps(); T]; 4];
+                let mut acc = [[_mm512_setzero_ps(); T]; R];
                 let mut i = 0;
                 // a loop rather than `array::from_fn`: a closure's loads are not always inlined
                 let mut xv = [_mm512_setzero_ps(); T];
@@ -360,11 +364,11 @@ mod x86 {
                     for t in 0..T {
                         xv[t] = _mm512_loadu_ps(x[t].as_ptr().add(i));
                     }
-                    for r in 0..4 {
-                        // the matrix's next four rows (rows are contiguous, k apart) into L2
+                    for r in 0..R {
+                        // the matrix's next R rows (rows are contiguous, k apart) into L2
                         // while these are worked on; past the end it fetches nothing useful
                         _mm_prefetch::<_MM_HINT_T1>(
-                            w[r].as_ptr().wrapping_add(i + 4 * k) as *const i8
+                            w[r].as_ptr().wrapping_add(i + R * k) as *const i8
                         );
                         let wv = $load_w(w[r].as_ptr().add(i));
                         for t in 0..T {
@@ -373,8 +377,8 @@ mod x86 {
                     }
                     i += 16;
                 }
-                let mut out = [[0f32; T]; 4];
-                for r in 0..4 {
+                let mut out = [[0f32; T]; R];
+                for r in 0..R {
                     for t in 0..T {
                         let mut s = _mm512_reduce_add_ps(acc[r][t]);
                         for j in i..k {
@@ -388,14 +392,14 @@ mod x86 {
         };
     }
 
-    dot_4xt!(
-        dot_4xt_f32_avx512,
+    dot_rxt!(
+        dot_rxt_f32_avx512,
         f32,
         |p: *const f32| _mm512_loadu_ps(p),
         |v: f32| v
     );
-    dot_4xt!(
-        dot_4xt_bf16_avx512,
+    dot_rxt!(
+        dot_rxt_bf16_avx512,
         u16,
         |p: *const u16| widen16(p),
         |v: u16| f32::from_bits((v as u32) << 16)
@@ -435,17 +439,17 @@ pub(crate) mod tests {
                 .iter()
                 .map(|r| r.iter().map(|&v| bf16::from_f32(v)).collect())
                 .collect();
-            let gf = dot_4xt(
-                Rows4::F32([&wf[0][..], &wf[1][..], &wf[2][..], &wf[3][..]]),
+            let gf = dot_rxt(
+                Rows::F32([&wf[0][..], &wf[1][..], &wf[2][..], &wf[3][..]]),
                 x,
             );
-            let gb = dot_4xt(
-                Rows4::Bf16([&wb[0][..], &wb[1][..], &wb[2][..], &wb[3][..]]),
+            let gb = dot_rxt(
+                Rows::Bf16([&wb[0][..], &wb[1][..], &wb[2][..], &wb[3][..]]),
                 x,
             );
             // fewer tokens per tile (a bucket of 1-3 tokens) give the same bits too
-            let g3 = dot_4xt(
-                Rows4::Bf16([&wb[0][..], &wb[1][..], &wb[2][..], &wb[3][..]]),
+            let g3 = dot_rxt(
+                Rows::Bf16([&wb[0][..], &wb[1][..], &wb[2][..], &wb[3][..]]),
                 [x[0], x[1], x[2]],
             );
             for r in 0..4 {
@@ -513,8 +517,8 @@ pub(crate) mod tests {
                 let ws: Vec<Vec<bf16>> = (0..4)
                     .map(|r| seq(n, 20 + r).iter().map(|&v| bf16::from_f32(v)).collect())
                     .collect();
-                let got = dot_4xt(
-                    Rows4::Bf16([&ws[0][..], &ws[1][..], &ws[2][..], &ws[3][..]]),
+                let got = dot_rxt(
+                    Rows::Bf16([&ws[0][..], &ws[1][..], &ws[2][..], &ws[3][..]]),
                     x,
                 );
                 for r in 0..4 {
