@@ -368,29 +368,9 @@ fn rows_times_tokens(
     while blocked && n_tok >= 4 && r + 4 <= rows.end {
         let i0 = r - rows.start;
         let w4 = rows4(w, r, bufs);
-        let mut t = 0;
-        while t < n_tok {
-            let m = (n_tok - t).min(4);
-            let mut put =
-                |ri: usize, yr: &[f32]| o[(i0 + ri) * n_tok + t..][..m].copy_from_slice(yr);
-            macro_rules! tile {
-                ($m:literal) => {
-                    for (ri, yr) in simd::dot_rxt::<4, $m>(w4, std::array::from_fn(|j| tok(t + j)))
-                        .iter()
-                        .enumerate()
-                    {
-                        put(ri, yr);
-                    }
-                };
-            }
-            match m {
-                1 => tile!(1),
-                2 => tile!(2),
-                3 => tile!(3),
-                _ => tile!(4),
-            }
-            t += m;
-        }
+        token_tiles(w4, x, (n_tok, k), |t, ri, yr| {
+            o[(i0 + ri) * n_tok + t..][..yr.len()].copy_from_slice(yr)
+        });
         r += 4;
     }
     // The rest row by row; f32 and bf16 rows serve up to four tokens per load (a batched decode
@@ -408,24 +388,41 @@ fn rows_times_tokens(
             }
             continue;
         };
-        let mut t = 0;
-        while t < n_tok {
-            let m = (n_tok - t).min(4);
-            macro_rules! tile {
-                ($m:literal) => {
-                    o[i * n_tok + t..][..$m].copy_from_slice(
-                        &simd::dot_rxt::<1, $m>(row, std::array::from_fn(|j| tok(t + j)))[0],
-                    )
-                };
-            }
-            match m {
-                1 => tile!(1),
-                2 => tile!(2),
-                3 => tile!(3),
-                _ => tile!(4),
-            }
-            t += m;
+        token_tiles(row, x, (n_tok, k), |t, _, yr| {
+            o[i * n_tok + t..][..yr.len()].copy_from_slice(yr)
+        });
+    }
+}
+
+/// R rows times every one of `n_tok` activation rows `k` long, up to four tokens per kernel call; `put(t, r, values)` receives row
+/// r's dots with tokens t..t + values.len().
+fn token_tiles<const R: usize>(
+    w: Rows<R>,
+    x: &[f32],
+    (n_tok, k): (usize, usize),
+    mut put: impl FnMut(usize, usize, &[f32]),
+) {
+    let tok = |t: usize| &x[t * k..(t + 1) * k];
+    let mut t = 0;
+    while t < n_tok {
+        let m = (n_tok - t).min(4);
+        macro_rules! tile {
+            ($m:literal) => {
+                for (ri, yr) in simd::dot_rxt::<R, $m>(w, std::array::from_fn(|j| tok(t + j)))
+                    .iter()
+                    .enumerate()
+                {
+                    put(t, ri, yr);
+                }
+            };
         }
+        match m {
+            1 => tile!(1),
+            2 => tile!(2),
+            3 => tile!(3),
+            _ => tile!(4),
+        }
+        t += m;
     }
 }
 
