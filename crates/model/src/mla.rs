@@ -274,26 +274,26 @@ impl Mla {
         let dqk = nope + dr;
         let m: usize = segs.iter().map(|(s, _)| s.len).sum();
         // q_lat[t,h] = W^UK_h^T q_nope[t,h]
-        let mut q_nope = Vec::with_capacity(m * h_n * nope);
+        // q_nope gathered head-major ([head, token, nope]: each head's rows are one product's
+        // input), q_pos token-major as the attention reads it
+        let mut q_h = vec![0f32; h_n * m * nope];
         let mut q_pos = Vec::with_capacity(m * h_n * dr);
+        let mut t = 0;
         for (seg, _) in segs {
-            for qh in q[seg.start * h_n * dqk..(seg.start + seg.len) * h_n * dqk].chunks_exact(dqk)
-            {
-                q_nope.extend_from_slice(&qh[..nope]);
-                q_pos.extend_from_slice(&qh[nope..]);
+            let qs = &q[seg.start * h_n * dqk..(seg.start + seg.len) * h_n * dqk];
+            for token in qs.chunks_exact(h_n * dqk) {
+                for (h, qh) in token.chunks_exact(dqk).enumerate() {
+                    q_h[(h * m + t) * nope..][..nope].copy_from_slice(&qh[..nope]);
+                    q_pos.extend_from_slice(&qh[nope..]);
+                }
+                t += 1;
             }
         }
         // per head: its tokens' q_nope rows times its band of W^UK^T, all heads in one pass
-        let mut q_h = vec![0f32; h_n * m * nope];
-        for (h, qh) in q_h.chunks_exact_mut(m * nope).enumerate() {
-            for t in 0..m {
-                qh[t * nope..][..nope].copy_from_slice(&q_nope[(t * h_n + h) * nope..][..nope]);
-            }
-        }
-        let mut lat_h = vec![0f32; h_n * m * dc];
+        let mut q_lat_h = vec![0f32; h_n * m * dc];
         matmul_batch(
             q_h.chunks_exact(m * nope)
-                .zip(lat_h.chunks_exact_mut(m * dc))
+                .zip(q_lat_h.chunks_exact_mut(m * dc))
                 .enumerate()
                 .map(|(h, (x, out))| Product {
                     x,
@@ -305,7 +305,7 @@ impl Mla {
                 .collect(),
         );
         let mut q_lat = vec![0f32; m * h_n * dc];
-        for (h, lh) in lat_h.chunks_exact(m * dc).enumerate() {
+        for (h, lh) in q_lat_h.chunks_exact(m * dc).enumerate() {
             for t in 0..m {
                 q_lat[(t * h_n + h) * dc..][..dc].copy_from_slice(&lh[t * dc..][..dc]);
             }
@@ -332,6 +332,7 @@ impl Mla {
             at += seg.len;
         }
         // o[t,h] = W^UV_h lat_out[t,h], all heads' products in one parallel pass
+        let mut lat_h = vec![0f32; h_n * m * dc];
         for (h, lh) in lat_h.chunks_exact_mut(m * dc).enumerate() {
             for t in 0..m {
                 lh[t * dc..][..dc].copy_from_slice(&lat_out[(t * h_n + h) * dc..][..dc]);
