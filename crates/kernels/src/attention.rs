@@ -195,6 +195,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::tests::seq;
 
     /// The same query in f64, straight from the definition.
     fn latent_reference(scale: f32, ql: &[f32], qp: &[f32], rows: &[f32], ctx: usize) -> Vec<f64> {
@@ -225,13 +226,6 @@ mod tests {
 
     #[test]
     fn latent_queries_match_an_f64_reference_in_every_shape_and_paging() {
-        let mut seed = 7u32;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed % 2001) as f32 / 1000.0 - 1.0
-        };
         // MLA widths of V3 (512 + 64), tiny models (32 + 16), a partial 128-block, and odd
         // widths that take the portable path
         for (dl, dp, ctx, page) in [
@@ -241,9 +235,8 @@ mod tests {
             (20, 6, 9, 4),
         ] {
             let width = dl + dp;
-            let rows: Vec<f32> = (0..ctx * width).map(|_| next()).collect();
-            let ql: Vec<f32> = (0..dl).map(|_| next()).collect();
-            let qp: Vec<f32> = (0..dp).map(|_| next()).collect();
+            let rows = seq(ctx * width, dl as u32);
+            let (ql, qp) = (seq(dl, 1), seq(dp, 2));
             let chunks: Vec<&[f32]> = rows.chunks(page * width).collect();
             let mut o = vec![f32::NAN; dl];
             one_latent_query(0.1, &ql, &qp, &chunks, ctx, &mut o);

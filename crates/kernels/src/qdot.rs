@@ -345,8 +345,7 @@ mod x86 {
         (a, _mm_cvtph_ps(h))
     }
 
-    // Always inlined into the `#[target_feature]` entry points, which compile it with their
-    // features: out of line, its accumulators would go through memory every group.
+    // always inlined, as `load_group`
     #[inline(always)]
     unsafe fn tile_in<const R: usize, const T: usize, const Q4: bool>(
         w: QRows,
@@ -376,8 +375,7 @@ mod x86 {
     }
 
     /// Adds group `g` of rows `r0..r0 + R` times `T` activations to the accumulators.
-    // Always inlined into the `#[target_feature]` entry points, which compile it with their
-    // features: out of line, its accumulators would go through memory every group.
+    // always inlined, as `load_group`
     #[inline(always)]
     unsafe fn group<const R: usize, const T: usize, const Q4: bool>(
         w: QRows,
@@ -463,6 +461,8 @@ pub fn reference_dot(w: QRows, row: usize, x: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::{quantize_q4_0, quantize_q8_0};
+    use crate::simd::tests::seq;
 
     #[test]
     fn activation_blocks_quantise_to_the_same_bits_in_every_build() {
@@ -481,16 +481,9 @@ mod tests {
         }
         ties[31] = 127.0;
         let mut blocks = vec![ties, [0f32; QK]];
-        let mut seed = 3u32;
-        for scale in [1e-3f32, 1.0, 37.0, 1e4] {
-            let mut b = [0f32; QK];
-            for v in b.iter_mut() {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                *v = scale * ((seed % 20001) as f32 / 10000.0 - 1.0);
-            }
-            blocks.push(b);
+        for (i, scale) in [1e-3f32, 1.0, 37.0, 1e4].into_iter().enumerate() {
+            let v = seq(QK, i as u32);
+            blocks.push(std::array::from_fn(|j| scale * v[j]));
         }
         for x in &blocks {
             let (mut a, mut b) = ([0i8; QK], [0i8; QK]);
@@ -501,8 +494,6 @@ mod tests {
         quantize_block_scalar(&ties, &mut q);
         assert_eq!(&q[..5], &[1, -2, 0, 0, 127]);
     }
-    use crate::quant::{quantize_q4_0, quantize_q8_0};
-    use crate::simd::tests::seq;
 
     #[test]
     fn integer_tiles_match_the_reference_and_do_not_depend_on_the_tile() {
