@@ -16,9 +16,10 @@ pub struct BenchArgs {
     prompt_len: usize,
     #[arg(long, default_value_t = 32)]
     gen_len: usize,
-    /// sequences decoded together in one batch (each step reads the weights once for all)
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// sequences decoded together in one batch (each step reads the weights once for all); a
+    /// list (`1,4,8,16`) measures each and compares them with the first
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    batch: Vec<usize>,
     /// repeat the measurement and report each run
     #[arg(long, default_value_t = 1)]
     repeats: usize,
@@ -29,8 +30,25 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// One batch size's measurements.
+struct BatchRuns {
+    batch: usize,
+    /// weight bytes one decode step of the whole batch reads
+    active: usize,
+    /// tokens/s in all if a decode step cost only reading its weights once
+    roofline: f64,
+    /// (prefill, decode) tokens/s per run
+    runs: Vec<(f64, f64)>,
+}
+
+impl BatchRuns {
+    fn best_decode(&self) -> f64 {
+        self.runs.iter().map(|r| r.1).fold(0.0, f64::max)
+    }
+}
+
 pub fn bench(a: BenchArgs) -> Result<()> {
-    if a.prompt_len == 0 || a.gen_len == 0 || a.repeats == 0 || a.batch == 0 {
+    if a.prompt_len == 0 || a.gen_len == 0 || a.repeats == 0 || a.batch.contains(&0) {
         bail!("--prompt-len, --gen-len, --repeats and --batch must be positive");
     }
     // the probe's buffer is freed before the model loads, so it does not count in peak RSS
@@ -49,56 +67,93 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     // touch every page of the weights once so the first timed run does not pay for page faults
     measure(&model, a.prompt_len, 1, 1)?;
-    let active = model.weight_bytes_per_step(a.batch);
     let threads = rayon::current_num_threads();
-    // tokens per second if a decode step cost only reading its weights once
-    let roofline = a.batch as f64 * bandwidth * 1e9 / active as f64;
-    let runs = (0..a.repeats)
-        .map(|_| measure(&model, a.prompt_len, a.gen_len, a.batch))
-        .collect::<Result<Vec<_>>>()?;
+    let mut all = Vec::new();
+    for &batch in &a.batch {
+        let active = model.weight_bytes_per_step(batch);
+        let runs = (0..a.repeats)
+            .map(|_| measure(&model, a.prompt_len, a.gen_len, batch))
+            .collect::<Result<Vec<_>>>()?;
+        all.push(BatchRuns {
+            batch,
+            active,
+            roofline: batch as f64 * bandwidth * 1e9 / active as f64,
+            runs,
+        });
+    }
+    let first = &all[0];
     if a.json {
         let v = serde_json::json!({
-            "model": a.model, "threads": threads, "prompt_len": a.prompt_len, "gen_len": a.gen_len, "batch": a.batch,
-            "load_s": load_s, "weight_bytes_per_decode_step": active, "dtype": a.dtype,
-            "read_bandwidth_gb_s": bandwidth, "decode_roofline_tok_s": roofline,
+            "model": a.model, "threads": threads, "prompt_len": a.prompt_len, "gen_len": a.gen_len,
+            "load_s": load_s, "dtype": a.dtype, "read_bandwidth_gb_s": bandwidth,
             "weight_bytes": model.weight_bytes(), "peak_rss_bytes": peak_rss(),
-            "runs": runs.iter().map(|(p, d)| serde_json::json!({
-                "prefill_tok_s": p, "decode_tok_s": d, "decode_weight_gb_s": d / a.batch as f64 * active as f64 / 1e9,
-                "decode_pct_roofline": 100.0 * d / roofline
+            "batches": all.iter().map(|b| serde_json::json!({
+                "batch": b.batch, "weight_bytes_per_decode_step": b.active,
+                "decode_roofline_tok_s": b.roofline,
+                "best_decode_tok_s": b.best_decode(),
+                "best_decode_vs_first": b.best_decode() / first.best_decode(),
+                "roofline_vs_first": b.roofline / first.roofline,
+                "runs": b.runs.iter().map(|(p, d)| serde_json::json!({
+                    "prefill_tok_s": p, "decode_tok_s": d,
+                    "decode_weight_gb_s": d / b.batch as f64 * b.active as f64 / 1e9,
+                    "decode_pct_roofline": 100.0 * d / b.roofline
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "model {} | {} | {} threads | batch {} | load {:.2}s | {:.3} GB of weights read per decode step",
+        "model {} | {} | {} threads | load {:.2}s | weights {:.2} GB, peak RSS {:.2} GB | memory read bandwidth {:.1} GB/s (measured now)",
         a.model.display(),
         a.dtype,
         threads,
-        a.batch,
         load_s,
-        active as f64 / 1e9
-    );
-    println!(
-        "memory read bandwidth {:.1} GB/s (measured now) -> decode roofline {:.1} tok/s | weights {:.2} GB, peak RSS {:.2} GB",
-        bandwidth,
-        roofline,
         model.weight_bytes() as f64 / 1e9,
-        peak_rss() as f64 / 1e9
+        peak_rss() as f64 / 1e9,
+        bandwidth,
     );
-    for (i, (p, d)) in runs.iter().enumerate() {
+    for b in &all {
         println!(
-            "run {}: prefill {}x{} tok: {:.1} tok/s | decode {}x{} tok: {:.2} tok/s ({:.2} GB/s of weights, {:.0}% of roofline)",
-            i + 1,
-            a.batch,
-            a.prompt_len,
-            p,
-            a.batch,
-            a.gen_len,
-            d,
-            d / a.batch as f64 * active as f64 / 1e9,
-            100.0 * d / roofline
+            "batch {}: {:.3} GB of weights read per decode step -> decode roofline {:.1} tok/s",
+            b.batch,
+            b.active as f64 / 1e9,
+            b.roofline
         );
+        for (i, (p, d)) in b.runs.iter().enumerate() {
+            println!(
+                "  run {}: prefill {}x{} tok: {:.1} tok/s | decode {}x{} tok: {:.2} tok/s ({:.2} GB/s of weights, {:.0}% of roofline)",
+                i + 1,
+                b.batch,
+                a.prompt_len,
+                p,
+                b.batch,
+                a.gen_len,
+                d,
+                d / b.batch as f64 * b.active as f64 / 1e9,
+                100.0 * d / b.roofline
+            );
+        }
+    }
+    if all.len() > 1 {
+        // what the memory allows a batch against the first, if both read their weights at the
+        // same share of the bandwidth: routed experts make a step of B tokens read more than one
+        println!(
+            "\n| batch | best decode tok/s | x batch {} | roofline tok/s | % of roofline | roofline x batch {} |",
+            first.batch, first.batch
+        );
+        println!("|---|---|---|---|---|---|");
+        for b in &all {
+            println!(
+                "| {} | {:.2} | {:.2} | {:.1} | {:.0}% | {:.2} |",
+                b.batch,
+                b.best_decode(),
+                b.best_decode() / first.best_decode(),
+                b.roofline,
+                100.0 * b.best_decode() / b.roofline,
+                b.roofline / first.roofline
+            );
+        }
     }
     Ok(())
 }

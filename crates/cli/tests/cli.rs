@@ -610,15 +610,38 @@ fn bench_reports_runs_and_refuses_bad_settings() {
     ));
     assert_eq!(r["dtype"], "bf16-fast");
     assert_eq!(r["threads"], 2);
-    let runs = r["runs"].as_array().unwrap();
+    let batches = r["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 1);
+    let runs = batches[0]["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     for run in runs {
         for k in ["prefill_tok_s", "decode_tok_s", "decode_pct_roofline"] {
             assert!(run[k].as_f64().unwrap() > 0.0, "{k}: {run}");
         }
     }
-    assert!(r["weight_bytes_per_decode_step"].as_f64().unwrap() > 0.0);
+    assert!(batches[0]["weight_bytes_per_decode_step"].as_f64().unwrap() > 0.0);
     assert!(r["peak_rss_bytes"].as_f64().unwrap() >= r["weight_bytes"].as_f64().unwrap());
+    // a list of batch sizes: each is measured and set against the first; a step of more
+    // sequences reads more experts, so its roofline grows less than the batch
+    let r = json_of(&whale(
+        &[&base[..], &["--gen-len", "2", "--batch", "1,4", "--json"]].concat(),
+    ));
+    let batches = r["batches"].as_array().unwrap();
+    let field = |i: usize, k: &str| batches[i][k].as_f64().unwrap();
+    assert_eq!((field(0, "batch"), field(1, "batch")), (1.0, 4.0));
+    assert_eq!(field(0, "best_decode_vs_first"), 1.0);
+    assert!(field(1, "best_decode_vs_first") > 0.0);
+    let (w1, w4) = (
+        field(0, "weight_bytes_per_decode_step"),
+        field(1, "weight_bytes_per_decode_step"),
+    );
+    assert!(w4 > w1 && w4 < 4.0 * w1, "{w1} {w4}");
+    let x = field(1, "roofline_vs_first");
+    assert!((x - 4.0 * w1 / w4).abs() < 1e-9 * x, "{x}");
+    assert_clean_error(
+        &whale(&[&base[..], &["--batch", "1,0"]].concat()),
+        "must be positive",
+    );
     assert_clean_error(
         &whale(&[&base[..], &["--dtype", "bf17"]].concat()),
         "unknown format `bf17`",
