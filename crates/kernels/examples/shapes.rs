@@ -1,6 +1,7 @@
-//! Multiply rate of one product shape per weight format, from memory (a fresh matrix each
-//! repeat, so weights are not cache-resident): `cargo run --release -p whale-kernels --example
-//! shapes -- ROWS COLS TOKENS [MATRICES]`. Prints GMAC/s and GB/s of weights for each format.
+//! Multiply rate of one product shape per weight format: `cargo run --release -p whale-kernels
+//! --example shapes -- ROWS COLS TOKENS [MATRICES] [REPEATS]`. Every repeat multiplies MATRICES
+//! copies (default 64, 3 repeats): many large ones read from memory, a few small ones over many
+//! repeats from cache. Prints the read bandwidth probe, then GMAC/s and GB/s of weights per format.
 
 use std::time::Instant;
 use whale_kernels::{matmul_batch, Format, Matrix, Product};
@@ -8,10 +9,14 @@ use whale_kernels::{matmul_batch, Format, Matrix, Product};
 fn main() {
     let a: Vec<usize> = std::env::args()
         .skip(1)
-        .map(|s| s.parse().expect("numbers: ROWS COLS TOKENS [MATRICES]"))
+        .map(|s| {
+            s.parse()
+                .expect("numbers: ROWS COLS TOKENS [MATRICES] [REPEATS]")
+        })
         .collect();
     let (rows, cols, n_tok) = (a[0], a[1], a[2]);
     let count = a.get(3).copied().unwrap_or(64);
+    let reps = a.get(4).copied().unwrap_or(3);
     let mut s = 1u32;
     let mut next = || {
         s ^= s << 13;
@@ -21,13 +26,17 @@ fn main() {
     };
     let base: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
     let x: Vec<f32> = (0..n_tok * cols).map(|_| next()).collect();
-    for fmt in ["bf16", "bf16-fast", "int8", "int4"] {
+    println!(
+        "probe: {:.1} GB/s",
+        whale_kernels::probe::read_bandwidth_gbs(1 << 30, 3)
+    );
+    for fmt in ["f32", "bf16", "bf16-fast", "int8", "int4"] {
         let f = Format::parse(fmt).unwrap();
         let proto = Matrix::from_f32(rows, cols, base.clone());
         let ms: Vec<Matrix> = (0..count).map(|_| proto.convert(f).unwrap()).collect();
         let mut out = vec![vec![0f32; n_tok * rows]; count];
         let t = Instant::now();
-        for _ in 0..3 {
+        for _ in 0..reps {
             let products = ms
                 .iter()
                 .zip(out.iter_mut())
@@ -35,7 +44,7 @@ fn main() {
                 .collect();
             matmul_batch(products);
         }
-        let secs = t.elapsed().as_secs_f64() / 3.0;
+        let secs = t.elapsed().as_secs_f64() / reps as f64;
         let macs = (count * rows * cols * n_tok) as f64;
         let bytes = (count * ms[0].stored_bytes()) as f64;
         println!(

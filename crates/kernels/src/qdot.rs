@@ -43,9 +43,11 @@ impl Layout {
 /// Lanes per 512-bit register.
 const LANES: usize = 16;
 
-/// How far ahead of a row's current group the kernels prefetch its weight bytes: 3-6 KiB
-/// measured best (int4 decode on 2 threads +25%; `examples/shapes`).
-const PREFETCH: usize = 4096;
+/// How far ahead of a row's current group the kernels prefetch its weight bytes, into L2: a
+/// prefetch into L1 holds one of the core's few L1 miss buffers until its line arrives, which
+/// capped the lines in flight (int4 decode 67-78 -> 86-92 tok/s against 4 KiB into L1; 8 and 16
+/// KiB into L2 measure the same, 2 KiB less; `examples/shapes`, `whale bench`).
+const PREFETCH: usize = 8192;
 
 /// One activation row quantised like Q8_0 (d = max|x| / 127 per block of 32) and laid out for
 /// one weight layout: per group of blocks, the int8 values in the order the weight bytes unpack
@@ -402,7 +404,7 @@ mod x86 {
             let s = w.scales.as_ptr().add(row * nb + g * bpg) as *const u16;
             // The hardware prefetcher alone leaves these streams short of the memory bandwidth
             // (the loop's instructions per byte limit the misses in flight): fetch ahead.
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH) as *const i8);
             let (a, h) = load_group::<Q4>(p, s, masks);
             wa[r] = a;
             dw[r] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(h));
