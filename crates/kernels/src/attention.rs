@@ -65,17 +65,93 @@ pub fn shared_latent(
     assert_eq!(q_pos.len(), c.n_q * h_n * dp);
     assert_eq!(out.len(), c.n_q * h_n * dl);
     assert!(chunks.iter().map(|ch| ch.len()).sum::<usize>() >= (c.q_offset + c.n_q) * width);
-    out.par_chunks_mut(dl).enumerate().for_each(|(i, o)| {
-        let ql = &q_lat[i * dl..][..dl];
-        let qp = &q_pos[i * dp..][..dp];
-        let ctx = c.q_offset + i / h_n + 1;
-        one_latent_query(c.scale, ql, qp, chunks, ctx, o);
+    // Every head of a query reads the same rows: a task takes up to GROUP heads of one query, so
+    // each row is read once per group instead of once per head (at long contexts the rows are
+    // far out of cache).
+    let groups = h_n.div_ceil(GROUP);
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(c.n_q * groups);
+    for (t, o_t) in out.chunks_mut(h_n * dl).enumerate() {
+        for (g, o) in o_t.chunks_mut(GROUP * dl).enumerate() {
+            tasks.push((t, g * GROUP, o));
+        }
+    }
+    tasks.into_par_iter().for_each(|(t, h0, o)| {
+        let heads = o.len() / dl;
+        let i = t * h_n + h0;
+        let ctx = c.q_offset + t + 1;
+        latent_heads(
+            c.scale,
+            heads,
+            &q_lat[i * dl..(i + heads) * dl],
+            &q_pos[i * dp..(i + heads) * dp],
+            chunks,
+            ctx,
+            o,
+        );
     });
 }
 
-/// One (query, head) of `shared_latent`: scores against the first `ctx` rows, softmax, and the
-/// weighted sum of their latent parts into `o`.
-fn one_latent_query(
+/// Heads of one query that `shared_latent` computes together.
+const GROUP: usize = 4;
+
+/// `heads` heads of one query (`ql` holds their latent parts one after another, `qp` their
+/// positional parts, `o` their outputs): each head's scores against the first `ctx` rows,
+/// softmax, and the weighted sum of the rows' latent parts. A head's result does not depend on
+/// which heads are computed with it.
+fn latent_heads(
+    scale: f32,
+    heads: usize,
+    ql: &[f32],
+    qp: &[f32],
+    chunks: &[&[f32]],
+    ctx: usize,
+    o: &mut [f32],
+) {
+    let (dl, dp) = (ql.len() / heads, qp.len() / heads);
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::isa() == crate::simd::Isa::Avx512
+        && dl.is_multiple_of(16)
+        && dp.is_multiple_of(16)
+        && heads <= GROUP
+    {
+        let rows = row_starts(chunks, dl + dp, ctx);
+        // SAFETY: AVX-512F was detected; `shared_latent` checked that the chunks hold `ctx`
+        // whole rows of dl + dp values; the slices hold `heads` heads of dl, dp and dl values.
+        unsafe {
+            match heads {
+                1 => x86::latent_heads::<1>(scale, ql, qp, &rows, o),
+                2 => x86::latent_heads::<2>(scale, ql, qp, &rows, o),
+                3 => x86::latent_heads::<3>(scale, ql, qp, &rows, o),
+                _ => x86::latent_heads::<GROUP>(scale, ql, qp, &rows, o),
+            }
+        }
+        return;
+    }
+    for (h, o) in o.chunks_exact_mut(dl).enumerate() {
+        one_latent_head(
+            scale,
+            &ql[h * dl..][..dl],
+            &qp[h * dp..][..dp],
+            chunks,
+            ctx,
+            o,
+        );
+    }
+}
+
+/// Where each of the first `ctx` rows (`width` values each) starts in the runs of rows.
+#[cfg(target_arch = "x86_64")]
+fn row_starts(chunks: &[&[f32]], width: usize, ctx: usize) -> Vec<*const f32> {
+    chunks
+        .iter()
+        .flat_map(|ch| ch.chunks_exact(width))
+        .take(ctx)
+        .map(|row| row.as_ptr())
+        .collect()
+}
+
+/// One head of `latent_heads` in plain loops (CPUs without AVX-512, odd widths).
+fn one_latent_head(
     scale: f32,
     ql: &[f32],
     qp: &[f32],
@@ -83,16 +159,6 @@ fn one_latent_query(
     ctx: usize,
     o: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::isa() == crate::simd::Isa::Avx512
-        && ql.len().is_multiple_of(16)
-        && qp.len().is_multiple_of(16)
-    {
-        // SAFETY: AVX-512F was detected; `shared_latent` checked that the chunks hold `ctx`
-        // whole rows of ql.len() + qp.len() values.
-        unsafe { x86::one_latent_query(scale, ql, qp, chunks, ctx, o) };
-        return;
-    }
     let (dl, width) = (ql.len(), ql.len() + qp.len());
     let rows = || {
         chunks
@@ -110,84 +176,83 @@ fn one_latent_query(
     }
 }
 
-/// The decode-time hot loop of MLA in AVX-512: dots with four accumulators, and the weighted
-/// sum in blocks of 128 output values held in registers while the rows stream past, instead of
-/// a load-add-store of the whole output per row (the portable loops compile to SSE).
+/// The decode-time hot loop of MLA in AVX-512: the heads of a group take each row chunk from
+/// one load (scores: one accumulator per head; the weighted sum: 4 heads x 64 output values in
+/// registers while the rows stream past), instead of every head reading every row.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// `super::latent_heads` for G heads; rows are the starts of the `ctx` rows.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn one_latent_query(
+    pub unsafe fn latent_heads<const G: usize>(
         scale: f32,
         ql: &[f32],
         qp: &[f32],
-        chunks: &[&[f32]],
-        ctx: usize,
+        rows: &[*const f32],
         o: &mut [f32],
     ) {
-        let (dl, dp) = (ql.len(), qp.len());
-        let width = dl + dp;
-        let mut rows = Vec::with_capacity(ctx);
-        'chunks: for ch in chunks {
-            let mut off = 0;
-            while off + width <= ch.len() {
-                if rows.len() == ctx {
-                    break 'chunks;
+        let (dl, dp, ctx) = (ql.len() / G, qp.len() / G, rows.len());
+        assert!(ql.len() == G * dl && qp.len() == G * dp && o.len() == G * dl);
+        // p[h * ctx + j]: head h's score for row j, then its softmax weight
+        let mut p = vec![0f32; G * ctx];
+        for (j, &row) in rows.iter().enumerate() {
+            let mut acc = [_mm512_setzero_ps(); G];
+            for (q, part, d) in [(ql.as_ptr(), row, dl), (qp.as_ptr(), row.add(dl), dp)] {
+                let mut i = 0;
+                while i < d {
+                    let r = _mm512_loadu_ps(part.add(i));
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(h * d + i)), r, *acc);
+                    }
+                    i += 16;
                 }
-                rows.push(ch.as_ptr().add(off));
-                off += width;
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                p[h * ctx + j] = scale * _mm512_reduce_add_ps(*acc);
             }
         }
-        let mut p: Vec<f32> = Vec::with_capacity(ctx);
-        for &row in &rows {
-            let s = dot(ql.as_ptr(), row, dl) + dot(qp.as_ptr(), row.add(dl), dp);
-            p.push(scale * s);
+        for ph in p.chunks_exact_mut(ctx.max(1)) {
+            super::softmax(ph);
         }
-        super::softmax(&mut p);
         let mut b = 0;
-        while b + 128 <= dl {
-            block::<8>(&p, &rows, b, o.as_mut_ptr());
-            b += 128;
+        while b + 64 <= dl {
+            weighted_sum::<G, 4>(&p, rows, b, dl, o.as_mut_ptr());
+            b += 64;
         }
         while b < dl {
-            block::<1>(&p, &rows, b, o.as_mut_ptr());
+            weighted_sum::<G, 1>(&p, rows, b, dl, o.as_mut_ptr());
             b += 16;
         }
     }
 
-    /// a . b over n values (a multiple of 16).
+    /// o[h * dl + b .. + 16 N] = sum_j p[h * ctx + j] * row_j[b .. b + 16 N] for the G heads
     #[inline(always)]
-    unsafe fn dot(a: *const f32, b: *const f32, n: usize) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                let j = i + 16 * k;
-                *acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(j)), _mm512_loadu_ps(b.add(j)), *acc);
+    unsafe fn weighted_sum<const G: usize, const N: usize>(
+        p: &[f32],
+        rows: &[*const f32],
+        b: usize,
+        dl: usize,
+        o: *mut f32,
+    ) {
+        let ctx = rows.len();
+        let mut acc = [[_mm512_setzero_ps(); N]; G];
+        for (j, &row) in rows.iter().enumerate() {
+            let mut v = [_mm512_setzero_ps(); N];
+            for (k, v) in v.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(row.add(b + 16 * k));
             }
-            i += 64;
-        }
-        while i < n {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), acc[0]);
-            i += 16;
-        }
-        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        _mm512_reduce_add_ps(s)
-    }
-
-    /// o[b .. b + 16 N] = sum_j p[j] * row_j[b .. b + 16 N]
-    #[inline(always)]
-    unsafe fn block<const N: usize>(p: &[f32], rows: &[*const f32], b: usize, o: *mut f32) {
-        let mut acc = [_mm512_setzero_ps(); N];
-        for (&row, &pj) in rows.iter().zip(p) {
-            let w = _mm512_set1_ps(pj);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_fmadd_ps(w, _mm512_loadu_ps(row.add(b + 16 * k)), *acc);
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*p.get_unchecked(h * ctx + j));
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(w, v[k], *acc);
+                }
             }
         }
-        for (k, acc) in acc.iter().enumerate() {
-            _mm512_storeu_ps(o.add(b + 16 * k), *acc);
+        for (h, acc) in acc.iter().enumerate() {
+            for (k, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(o.add(h * dl + b + 16 * k), *acc);
+            }
         }
     }
 }
@@ -226,8 +291,8 @@ mod tests {
 
     #[test]
     fn latent_queries_match_an_f64_reference_in_every_shape_and_paging() {
-        // MLA widths of V3 (512 + 64), tiny models (32 + 16), a partial 128-block, and odd
-        // widths that take the portable path
+        // MLA widths of V3 (512 + 64), tiny models (32 + 16), a partial 64-block, and odd
+        // widths that take the portable path; head counts below, at and across a group
         for (dl, dp, ctx, page) in [
             (512, 64, 300, 64),
             (32, 16, 5, 1),
@@ -236,16 +301,38 @@ mod tests {
         ] {
             let width = dl + dp;
             let rows = seq(ctx * width, dl as u32);
-            let (ql, qp) = (seq(dl, 1), seq(dp, 2));
             let chunks: Vec<&[f32]> = rows.chunks(page * width).collect();
-            let mut o = vec![f32::NAN; dl];
-            one_latent_query(0.1, &ql, &qp, &chunks, ctx, &mut o);
-            let want = latent_reference(0.1, &ql, &qp, &rows, ctx);
-            for (d, (a, b)) in o.iter().zip(&want).enumerate() {
-                assert!(
-                    (*a as f64 - b).abs() < 1e-5,
-                    "dl {dl} dp {dp} value {d}: {a} vs {b}"
-                );
+            for heads in [1, 3, 4, 6] {
+                let (ql, qp) = (seq(heads * dl, 1), seq(heads * dp, 2));
+                let c = Causal {
+                    n_q: 1,
+                    heads,
+                    q_offset: ctx - 1,
+                    scale: 0.1,
+                };
+                let mut o = vec![f32::NAN; heads * dl];
+                shared_latent(c, &ql, &qp, &chunks, dl, dp, &mut o);
+                for h in 0..heads {
+                    let (qlh, qph) = (&ql[h * dl..][..dl], &qp[h * dp..][..dp]);
+                    let want = latent_reference(0.1, qlh, qph, &rows, ctx);
+                    let got = &o[h * dl..][..dl];
+                    for (d, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (*a as f64 - b).abs() < 1e-5,
+                            "dl {dl} dp {dp} heads {heads} head {h} value {d}: {a} vs {b}"
+                        );
+                    }
+                    // the same bits when the head is computed alone
+                    let mut alone = vec![f32::NAN; dl];
+                    let one = Causal { heads: 1, ..c };
+                    shared_latent(one, qlh, qph, &chunks, dl, dp, &mut alone);
+                    assert!(
+                        got.iter()
+                            .zip(&alone)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "dl {dl} heads {heads} head {h}: grouped and alone differ"
+                    );
+                }
             }
         }
     }
