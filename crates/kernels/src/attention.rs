@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use crate::matrix::{matmul_batch, Matrix, Product};
 use crate::ops::{axpy, dot, softmax};
 
 /// Shapes of a causal attention call. Query `t` sits at absolute position `q_offset + t` and
@@ -15,8 +16,13 @@ pub struct Causal {
     pub scale: f32,
 }
 
+/// Query tokens per pass of `multi_head`: bounds its score buffers (tokens x keys x heads).
+const QUERY_BLOCK: usize = 256;
+
 /// Plain multi-head attention. q: [n_q, heads, dk], k: [n_kv, heads, dk], v: [n_kv, heads, dv],
-/// out: [n_q, heads, dv].
+/// out: [n_q, heads, dv]. Per head, a block of queries times the keys it can see is one matrix
+/// product and the softmax weights times the values another, so a long prompt runs at the
+/// product kernels' rate.
 pub fn multi_head(
     c: Causal,
     q: &[f32],
@@ -31,19 +37,93 @@ pub fn multi_head(
     assert_eq!(out.len(), c.n_q * h_n * dv);
     let n_kv = c.q_offset + c.n_q;
     assert!(k.len() >= n_kv * h_n * dk && v.len() >= n_kv * h_n * dv);
-    out.par_chunks_mut(dv).enumerate().for_each(|(i, o)| {
-        let (t, h) = (i / h_n, i % h_n);
-        let qh = &q[(t * h_n + h) * dk..][..dk];
-        let ctx = c.q_offset + t + 1;
-        let mut p: Vec<f32> = (0..ctx)
-            .map(|j| c.scale * dot(qh, &k[(j * h_n + h) * dk..][..dk]))
+    if c.n_q == 0 {
+        return;
+    }
+    // The values are padded with zero keys to a multiple of 16: a query's weighted sum then runs
+    // in the same vector lanes however many keys the call holds, so its bits do not depend on how
+    // a prompt is cut into chunks.
+    let n_pad = n_kv.next_multiple_of(16);
+    // per head: its keys [n_kv, dk] and its values transposed [dv, n_pad], as matrices
+    let (keys, values_t): (Vec<Matrix>, Vec<Matrix>) = (0..h_n)
+        .into_par_iter()
+        .map(|h| {
+            let kh: Vec<f32> = (0..n_kv)
+                .flat_map(|j| &k[(j * h_n + h) * dk..][..dk])
+                .copied()
+                .collect();
+            let mut vt = vec![0f32; dv * n_pad];
+            for j in 0..n_kv {
+                for (d, &x) in v[(j * h_n + h) * dv..][..dv].iter().enumerate() {
+                    vt[d * n_pad + j] = x;
+                }
+            }
+            (
+                Matrix::from_f32(n_kv, dk, kh),
+                Matrix::from_f32(dv, n_pad, vt),
+            )
+        })
+        .unzip();
+    for t0 in (0..c.n_q).step_by(QUERY_BLOCK) {
+        let nb = (c.n_q - t0).min(QUERY_BLOCK);
+        // the keys the block's last query sees; earlier queries' later scores are dropped
+        let seen = c.q_offset + t0 + nb;
+        let queries: Vec<Vec<f32>> = (0..h_n)
+            .map(|h| {
+                (t0..t0 + nb)
+                    .flat_map(|t| &q[(t * h_n + h) * dk..][..dk])
+                    .copied()
+                    .collect()
+            })
             .collect();
-        softmax(&mut p);
-        o.fill(0.0);
-        for (j, &pj) in p.iter().enumerate() {
-            axpy(pj, &v[(j * h_n + h) * dv..][..dv], o);
+        let mut scores: Vec<Vec<f32>> = (0..h_n).map(|_| vec![0f32; nb * seen]).collect();
+        matmul_batch(
+            keys.iter()
+                .zip(&queries)
+                .zip(scores.iter_mut())
+                .map(|((w, x), out)| Product {
+                    x,
+                    n_tok: nb,
+                    w,
+                    rows: 0..seen,
+                    out,
+                })
+                .collect(),
+        );
+        // softmax over each query's keys, zeros after them
+        let weights: Vec<Vec<f32>> = scores
+            .par_iter()
+            .map(|s| {
+                let mut p = vec![0f32; nb * n_pad];
+                for (i, (pr, sr)) in p
+                    .chunks_exact_mut(n_pad)
+                    .zip(s.chunks_exact(seen))
+                    .enumerate()
+                {
+                    let ctx = c.q_offset + t0 + i + 1;
+                    for (a, &b) in pr[..ctx].iter_mut().zip(&sr[..ctx]) {
+                        *a = c.scale * b;
+                    }
+                    softmax(&mut pr[..ctx]);
+                }
+                p
+            })
+            .collect();
+        let mut outs: Vec<Vec<f32>> = (0..h_n).map(|_| vec![0f32; nb * dv]).collect();
+        matmul_batch(
+            values_t
+                .iter()
+                .zip(&weights)
+                .zip(outs.iter_mut())
+                .map(|((w, x), o)| Product::new(x, nb, w, o))
+                .collect(),
+        );
+        for (h, oh) in outs.iter().enumerate() {
+            for (i, o) in oh.chunks_exact(dv).enumerate() {
+                out[((t0 + i) * h_n + h) * dv..][..dv].copy_from_slice(o);
+            }
         }
-    });
+    }
 }
 
 /// Attention over one shared row per position (multi-query style): row j = [latent_j (dl);
@@ -334,6 +414,91 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Plain attention in f64, straight from the definition: out [n_q, heads, dv].
+    fn plain_reference(
+        c: Causal,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dk: usize,
+        dv: usize,
+    ) -> Vec<f64> {
+        let h_n = c.heads;
+        let mut out = vec![0f64; c.n_q * h_n * dv];
+        for t in 0..c.n_q {
+            for h in 0..h_n {
+                let ctx = c.q_offset + t + 1;
+                let qh = &q[(t * h_n + h) * dk..][..dk];
+                let s: Vec<f64> = (0..ctx)
+                    .map(|j| {
+                        let kj = &k[(j * h_n + h) * dk..][..dk];
+                        c.scale as f64
+                            * qh.iter()
+                                .zip(kj)
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..dv {
+                    out[(t * h_n + h) * dv + d] = (0..ctx)
+                        .map(|j| e[j] / z * v[(j * h_n + h) * dv + d] as f64)
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn plain_attention_matches_an_f64_reference_and_chunks_give_the_same_bits() {
+        // more queries than one block; widths with and without vector tails
+        let (heads, n) = (3, 300);
+        for (dk, dv) in [(24, 20), (192, 128)] {
+            let q = seq(n * heads * dk, 7);
+            let k = seq(n * heads * dk, 8);
+            let v = seq(n * heads * dv, 9);
+            let c = Causal {
+                n_q: n,
+                heads,
+                q_offset: 0,
+                scale: 0.3,
+            };
+            let mut whole = vec![f32::NAN; n * heads * dv];
+            multi_head(c, &q, &k, &v, dk, dv, &mut whole);
+            let want = plain_reference(c, &q, &k, &v, dk, dv);
+            for (i, (a, b)) in whole.iter().zip(&want).enumerate() {
+                assert!(
+                    (*a as f64 - b).abs() < 1e-5,
+                    "dk {dk} value {i}: {a} vs {b}"
+                );
+            }
+            // the same prompt in three chunks, each attending to the keys so far
+            let mut parts = Vec::new();
+            for (start, len) in [(0, 1), (1, 130), (131, 169)] {
+                let c = Causal {
+                    n_q: len,
+                    heads,
+                    q_offset: start,
+                    scale: 0.3,
+                };
+                let mut o = vec![f32::NAN; len * heads * dv];
+                let qs = &q[start * heads * dk..(start + len) * heads * dk];
+                multi_head(c, qs, &k, &v, dk, dv, &mut o);
+                parts.extend(o);
+            }
+            assert!(
+                whole
+                    .iter()
+                    .zip(&parts)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "dk {dk}: chunked prefill changed bits"
+            );
         }
     }
 
