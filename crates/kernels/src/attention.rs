@@ -16,8 +16,10 @@ pub struct Causal {
     pub scale: f32,
 }
 
-/// Query tokens per pass of `multi_head`: bounds its score buffers (tokens x keys x heads).
+/// Query tokens per pass of `multi_head`, at most: fewer where the pass's scores and weights
+/// (tokens x keys x heads each) would pass `SCORE_BYTES` (long contexts, many heads).
 const QUERY_BLOCK: usize = 256;
+const SCORE_BYTES: usize = 256 << 20;
 
 /// Plain multi-head attention. q: [n_q, heads, dk], k: [n_kv, heads, dk], v: [n_kv, heads, dv],
 /// out: [n_q, heads, dv]. Per head, a block of queries times the keys it can see is one matrix
@@ -64,8 +66,9 @@ pub fn multi_head(
             )
         })
         .unzip();
-    for t0 in (0..c.n_q).step_by(QUERY_BLOCK) {
-        let nb = (c.n_q - t0).min(QUERY_BLOCK);
+    let block = (SCORE_BYTES / (2 * 4 * h_n * n_pad)).clamp(16, QUERY_BLOCK);
+    for t0 in (0..c.n_q).step_by(block) {
+        let nb = (c.n_q - t0).min(block);
         // the keys the block's last query sees; earlier queries' later scores are dropped
         let seen = c.q_offset + t0 + nb;
         let queries: Vec<Vec<f32>> = (0..h_n)
