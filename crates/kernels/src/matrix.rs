@@ -570,14 +570,20 @@ pub fn matmul_batch(products: Vec<Product>) {
             tasks.push((pi, ci * ROWS_PER_TASK, chunk));
         }
     }
-    let max_k = inputs.iter().map(|i| i.w.cols).max().unwrap_or(0);
-    let bufs = || -> [Vec<f32>; 4] { std::array::from_fn(|_| vec![0f32; max_k]) };
+    // rows decoded to f32 for the kernels (formats without kernels of their own), allocated
+    // only where a task needs them: `for_each_init` runs this once per split of the work
+    let bufs = || -> [Vec<f32>; 4] { Default::default() };
     tasks
         .into_par_iter()
         .for_each_init(bufs, |bufs, (pi, off, chunk)| {
             let inp = &inputs[pi];
             let r0 = inp.rows_start + off;
             let rows = r0..r0 + chunk.len() / inp.n_tok;
+            let decodes = inp.acts.is_none()
+                && !matches!(inp.w.data, WeightData::F32(_) | WeightData::BF16(_));
+            if decodes && bufs[0].len() < inp.w.cols {
+                bufs.iter_mut().for_each(|b| b.resize(inp.w.cols, 0.0));
+            }
             match (inp.acts.map(|a| &converted[a]), &inp.w.data) {
                 (Some(Acts::Int(a)), _) => {
                     let q = inp
