@@ -124,7 +124,9 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
     };
     let thread = std::thread::Builder::new()
         .name("whale-engine".into())
-        .spawn(move || engine.run(rx))
+        // on a worker of the thread pool, so each forward pass's fork-joins are work-stealing
+        // joins rather than jobs injected from outside that the engine sleeps on
+        .spawn(move || rayon::scope(|_| engine.run(rx)))
         .context("cannot start the engine thread")?;
     let name = o
         .model
