@@ -122,11 +122,17 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         },
         metrics: metrics.clone(),
     };
+    // The engine runs on a worker of its own thread pool, so each forward pass's fork-joins are
+    // work-stealing joins rather than jobs injected from outside that it sleeps on. Its own: a
+    // loop that lives as long as the server would hold a worker of a shared pool for good.
+    let workers = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(|i| format!("whale-engine-{i}"))
+        .build()
+        .context("cannot start the engine's threads")?;
     let thread = std::thread::Builder::new()
         .name("whale-engine".into())
-        // on a worker of the thread pool, so each forward pass's fork-joins are work-stealing
-        // joins rather than jobs injected from outside that the engine sleeps on
-        .spawn(move || rayon::scope(|_| engine.run(rx)))
+        .spawn(move || workers.install(|| engine.run(rx)))
         .context("cannot start the engine thread")?;
     let name = o
         .model
