@@ -198,7 +198,9 @@ fn latent_heads(
         && dp.is_multiple_of(16)
         && heads <= GROUP
     {
-        let rows = row_starts(chunks, dl + dp, ctx);
+        let rows: Vec<*const f32> = first_rows(chunks, dl + dp, ctx)
+            .map(|row| row.as_ptr())
+            .collect();
         // SAFETY: AVX-512F was detected; `shared_latent` checked that the chunks hold `ctx`
         // whole rows of dl + dp values; the slices hold `heads` heads of dl, dp and dl values.
         unsafe {
@@ -223,15 +225,16 @@ fn latent_heads(
     }
 }
 
-/// Where each of the first `ctx` rows (`width` values each) starts in the runs of rows.
-#[cfg(target_arch = "x86_64")]
-fn row_starts(chunks: &[&[f32]], width: usize, ctx: usize) -> Vec<*const f32> {
+/// The first `ctx` rows (`width` values each) of the runs of rows.
+fn first_rows<'a>(
+    chunks: &'a [&'a [f32]],
+    width: usize,
+    ctx: usize,
+) -> impl Iterator<Item = &'a [f32]> + 'a {
     chunks
         .iter()
-        .flat_map(|ch| ch.chunks_exact(width))
+        .flat_map(move |ch| ch.chunks_exact(width))
         .take(ctx)
-        .map(|row| row.as_ptr())
-        .collect()
 }
 
 /// One head of `latent_heads` in plain loops (CPUs without AVX-512, odd widths).
@@ -244,12 +247,7 @@ fn one_latent_head(
     o: &mut [f32],
 ) {
     let (dl, width) = (ql.len(), ql.len() + qp.len());
-    let rows = || {
-        chunks
-            .iter()
-            .flat_map(|ch| ch.chunks_exact(width))
-            .take(ctx)
-    };
+    let rows = || first_rows(chunks, width, ctx);
     let mut p: Vec<f32> = rows()
         .map(|row| scale * (dot(ql, &row[..dl]) + dot(qp, &row[dl..])))
         .collect();
