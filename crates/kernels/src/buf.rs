@@ -3,8 +3,19 @@
 
 use std::sync::Arc;
 
-/// Anything that can lend its bytes: `memmap2::Mmap`, `Vec<u8>`, ...
-pub type ByteOwner = Arc<dyn AsRef<[u8]> + Send + Sync>;
+/// Anything that lends ranges of its bytes: `memmap2::Mmap`, `Vec<u8>`, an arena chunk (which
+/// never lends the whole of itself: later slots may still be being written).
+pub trait Bytes: Send + Sync {
+    fn range(&self, start: usize, len: usize) -> &[u8];
+}
+
+impl<T: AsRef<[u8]> + Send + Sync> Bytes for T {
+    fn range(&self, start: usize, len: usize) -> &[u8] {
+        &self.as_ref()[start..start + len]
+    }
+}
+
+pub type ByteOwner = Arc<dyn Bytes>;
 
 pub struct Buf<T: bytemuck::Pod> {
     inner: Inner<T>,
@@ -30,7 +41,7 @@ impl<T: bytemuck::Pod> Buf<T> {
     /// aligned for `T`, copied otherwise (safetensors does not promise alignment).
     pub fn shared(owner: ByteOwner, start: usize, n: usize) -> Self {
         let size = std::mem::size_of::<T>();
-        let bytes = &(*owner).as_ref()[start..start + n * size];
+        let bytes = owner.range(start, n * size);
         if (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             Buf {
                 inner: Inner::Shared {
@@ -44,12 +55,20 @@ impl<T: bytemuck::Pod> Buf<T> {
         }
     }
 
+    /// Owned values moved into `arena`; a borrowed view stays as it is.
+    pub fn packed_into(self, arena: &crate::arena::Arena) -> Self {
+        match self.inner {
+            Inner::Owned(v) => arena.store(v),
+            shared => Buf { inner: shared },
+        }
+    }
+
     pub fn as_slice(&self) -> &[T] {
         match &self.inner {
             Inner::Owned(v) => v,
             Inner::Shared { owner, start, len } => {
                 let size = std::mem::size_of::<T>();
-                bytemuck::cast_slice(&(**owner).as_ref()[*start..*start + len * size])
+                bytemuck::cast_slice(owner.range(*start, len * size))
             }
         }
     }

@@ -7,6 +7,7 @@
 //! without conversion (FP8 128x128 blocks, memory-mapped bf16) and the decode-time
 //! memory-bandwidth target need control over how each weight byte is read exactly once.
 
+pub mod arena;
 pub mod attention;
 pub mod bdot;
 pub mod buf;

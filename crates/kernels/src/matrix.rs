@@ -241,6 +241,28 @@ impl Matrix {
         })
     }
 
+    /// The same matrix with its owned weight buffer moved into `arena` (borrowed buffers, such
+    /// as a memory-mapped checkpoint's, stay where they are).
+    pub fn packed_into(self, arena: &crate::arena::Arena) -> Matrix {
+        let Matrix { rows, cols, data } = self;
+        let data = match data {
+            WeightData::F32(b) => WeightData::F32(b.packed_into(arena)),
+            WeightData::F16(b) => WeightData::F16(b.packed_into(arena)),
+            WeightData::BF16(b) => WeightData::BF16(b.packed_into(arena)),
+            WeightData::BF16Fast(b) => WeightData::BF16Fast(b.packed_into(arena)),
+            WeightData::Q8_0 { qs, scales } => WeightData::Q8_0 {
+                qs: qs.packed_into(arena),
+                scales,
+            },
+            WeightData::Q4_0 { qs, scales } => WeightData::Q4_0 {
+                qs: qs.packed_into(arena),
+                scales,
+            },
+            fp8 @ WeightData::Fp8Block { .. } => fp8,
+        };
+        Matrix { rows, cols, data }
+    }
+
     /// The same stored bytes under another format that differs only in how products are computed
     /// (bf16 <-> bf16-fast), with no copy; any other change is not a retag (returns self).
     pub fn retag(self, to: Format) -> Result<Matrix, Matrix> {

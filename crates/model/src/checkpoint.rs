@@ -9,7 +9,9 @@ use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use whale_kernels::{buf::ByteOwner, Buf, Format, Matrix, WeightData};
+use whale_kernels::arena::Arena;
+use whale_kernels::buf::ByteOwner;
+use whale_kernels::{Buf, Format, Matrix, WeightData};
 
 use crate::config::ModelConfig;
 
@@ -43,6 +45,8 @@ pub struct Checkpoint {
     files: Vec<(PathBuf, ByteOwner)>,
     /// the same mappings, for dropping pages whole tensors no longer need
     maps: Vec<Arc<MappedFile>>,
+    /// where converted linear weights are packed (see `whale_kernels::arena`)
+    arena: Arena,
     tensors: BTreeMap<String, TensorEntry>,
 }
 
@@ -126,7 +130,7 @@ impl Checkpoint {
             }
             let map = map_file(&path)?;
             let owner: ByteOwner = map.clone();
-            let bytes: &[u8] = (*owner).as_ref();
+            let bytes: &[u8] = (*map).as_ref();
             let st = SafeTensors::deserialize(bytes).map_err(|e| {
                 anyhow!("{} is not a valid safetensors file: {e:?}", path.display())
             })?;
@@ -167,6 +171,7 @@ impl Checkpoint {
             files,
             maps,
             tensors,
+            arena: Arena::default(),
         })
     }
 
@@ -282,7 +287,7 @@ impl Checkpoint {
     /// Raw bytes of a tensor as stored.
     pub fn bytes(&self, name: &str) -> Result<&[u8]> {
         let e = self.get(name)?;
-        Ok(&(*self.files[e.file].1).as_ref()[e.start..e.start + e.len])
+        Ok(self.files[e.file].1.range(e.start, e.len))
     }
 
     /// A 1-D tensor of length `len`, as f32.
@@ -304,7 +309,7 @@ impl Checkpoint {
                         // the stored bytes are not read again: let the kernel drop their pages so a
                         // converted model does not also keep the original resident
                         self.release(name);
-                        converted
+                        converted.packed_into(&self.arena)
                     }
                     None => m,
                 },
