@@ -58,13 +58,21 @@ pub struct Sampler {
 }
 
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
+    // the largest value over 16 independent lanes (vectorised: a loop carrying one index is a
+    // serial chain over the 100k-entry vocabulary), then its first position
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
         }
     }
-    best as u32
+    let m = lanes
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    v.iter().position(|&x| x == m).unwrap_or(0) as u32
 }
 
 impl Sampler {
@@ -154,6 +162,26 @@ mod tests {
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(SamplingParams::greedy());
         assert_eq!(s.sample(&[0.1, 3.0, 2.0]), 1);
+    }
+
+    #[test]
+    fn argmax_is_the_first_position_of_the_largest() {
+        for n in [1usize, 15, 16, 17, 100, 1000] {
+            for seed in 0..5u32 {
+                // few distinct values, so the maximum is tied at several places
+                let v: Vec<f32> = (0..n as u32)
+                    .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 7) as f32 - 3.0)
+                    .collect();
+                let mut want = 0;
+                for (i, &x) in v.iter().enumerate() {
+                    if x > v[want] {
+                        want = i;
+                    }
+                }
+                assert_eq!(argmax(&v), want as u32, "n {n} seed {seed}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 20]), 0);
     }
 
     #[test]

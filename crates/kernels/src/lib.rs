@@ -18,6 +18,7 @@ pub mod probe;
 pub mod qdot;
 pub mod quant;
 pub mod simd;
+pub mod vexp;
 
 pub use buf::Buf;
 pub use matrix::{matmul, matmul_batch, Format, Matrix, Product, WeightData};

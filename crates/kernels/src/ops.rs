@@ -36,12 +36,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// In-place softmax (max-subtracted).
 pub fn softmax(x: &mut [f32]) {
     let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut s = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - m).exp();
-        s += *v;
-    }
-    let inv = 1.0 / s;
+    let inv = 1.0 / crate::vexp::exp_sub_sum(x, m);
     for v in x.iter_mut() {
         *v *= inv;
     }
@@ -57,9 +52,7 @@ pub fn sigmoid(x: f32) -> f32 {
 
 /// gate <- silu(gate) * up (the SwiGLU inner activation).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = silu(*g) * u;
-    }
+    crate::vexp::swiglu(gate, up)
 }
 
 /// dst += a * src
