@@ -39,22 +39,19 @@ impl Arena {
         }
     }
 
-    /// `v`'s values moved into a slot of the arena (one copy at load). Where no mapping can be
-    /// made (not Linux, or the mapping fails), `v` stays where it is.
-    pub fn store<T: bytemuck::Pod>(&self, v: Vec<T>) -> Buf<T> {
-        let bytes: &[u8] = bytemuck::cast_slice(&v);
+    /// A copy of `v` in a slot of the arena; None where no mapping can be made (not Linux, or
+    /// the mapping fails) or `v` is empty.
+    pub fn store<T: bytemuck::Pod>(&self, v: &[T]) -> Option<Buf<T>> {
+        let bytes: &[u8] = bytemuck::cast_slice(v);
         let len = bytes.len();
         if len == 0 {
-            return Buf::owned(v);
+            return None;
         }
         let slot = {
             let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
             let fits = cur.as_ref().is_some_and(|(c, used)| used + len <= c.cap);
             if !fits {
-                match Chunk::map(len.max(self.chunk)) {
-                    Some(c) => *cur = Some((Arc::new(c), 0)),
-                    None => return Buf::owned(v),
-                }
+                *cur = Some((Arc::new(Chunk::map(len.max(self.chunk))?), 0));
             }
             let (chunk, used) = cur.as_mut().expect("a chunk was just made");
             let start = *used;
@@ -68,7 +65,7 @@ impl Arena {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), chunk.ptr.add(start), len);
         }
         let owner: ByteOwner = chunk;
-        Buf::shared(owner, start, v.len())
+        Some(Buf::shared(owner, start, v.len()))
     }
 }
 
@@ -154,14 +151,14 @@ mod tests {
         // larger than a chunk: a chunk of its own, after which small slots go on in a new one
         let big: Vec<u32> = (0..(HUGE / 4 + 77) as u32).collect();
         let (a, b, c) = (
-            arena.store(small.clone()),
-            arena.store(big.clone()),
-            arena.store(small.clone()),
+            arena.store(&small).unwrap(),
+            arena.store(&big).unwrap(),
+            arena.store(&small).unwrap(),
         );
         assert_eq!(a.as_slice(), &small[..]);
         assert_eq!(b.as_slice(), &big[..]);
         assert_eq!(c.as_slice(), &small[..]);
-        assert_eq!(arena.store(Vec::<u8>::new()).len(), 0);
+        assert!(arena.store::<u8>(&[]).is_none());
         // slots start on cache lines
         assert_eq!(c.as_slice().as_ptr() as usize % SLOT_ALIGN, 0);
     }

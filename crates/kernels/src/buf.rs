@@ -55,12 +55,10 @@ impl<T: bytemuck::Pod> Buf<T> {
         }
     }
 
-    /// Owned values moved into `arena`; a borrowed view stays as it is.
+    /// The values copied into `arena` (owned ones dropped after), or as they are where the
+    /// arena cannot take them.
     pub fn packed_into(self, arena: &crate::arena::Arena) -> Self {
-        match self.inner {
-            Inner::Owned(v) => arena.store(v),
-            shared => Buf { inner: shared },
-        }
+        arena.store(self.as_slice()).unwrap_or(self)
     }
 
     pub fn as_slice(&self) -> &[T] {

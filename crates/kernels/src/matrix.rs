@@ -241,8 +241,8 @@ impl Matrix {
         })
     }
 
-    /// The same matrix with its owned weight buffer moved into `arena` (borrowed buffers, such
-    /// as a memory-mapped checkpoint's, stay where they are).
+    /// The same matrix with its weight bytes copied into `arena` (see `arena`). FP8 blocks stay
+    /// where they are.
     pub fn packed_into(self, arena: &crate::arena::Arena) -> Matrix {
         let Matrix { rows, cols, data } = self;
         let data = match data {

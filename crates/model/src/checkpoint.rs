@@ -301,8 +301,9 @@ impl Checkpoint {
     /// whose length the block formats cannot split stay as stored).
     pub fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
         let m = self.matrix(name, rows, cols)?;
-        Ok(match self.dtype {
-            Some(f) if m.format() != Some(f) => match m.retag(f) {
+        let stored = m.format();
+        Ok(match self.dtype.filter(|&f| stored != Some(f)) {
+            Some(f) => match m.retag(f) {
                 Ok(same_bytes) => same_bytes,
                 Err(m) => match m.convert(f) {
                     Some(converted) => {
@@ -314,7 +315,14 @@ impl Checkpoint {
                     None => m,
                 },
             },
-            _ => m,
+            // a checkpoint saved by `whale quantize`: its blocks are packed like converted ones
+            // (not left on the file's 4 KiB page-cache pages) and the file's pages dropped
+            None if matches!(stored, Some(Format::Q8_0 | Format::Q4_0)) => {
+                let packed = m.packed_into(&self.arena);
+                self.release(name);
+                packed
+            }
+            None => m,
         })
     }
 
