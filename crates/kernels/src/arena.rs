@@ -43,29 +43,49 @@ impl Arena {
     /// the mapping fails) or `v` is empty.
     pub fn store<T: bytemuck::Pod>(&self, v: &[T]) -> Option<Buf<T>> {
         let bytes: &[u8] = bytemuck::cast_slice(v);
-        let len = bytes.len();
-        if len == 0 {
+        if bytes.is_empty() {
             return None;
         }
-        let slot = {
-            let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
-            let fits = cur.as_ref().is_some_and(|(c, used)| used + len <= c.cap);
-            if !fits {
-                *cur = Some((Arc::new(Chunk::map(len.max(self.chunk))?), 0));
-            }
-            let (chunk, used) = cur.as_mut().expect("a chunk was just made");
-            let start = *used;
-            *used = (start + len).next_multiple_of(SLOT_ALIGN);
-            (chunk.clone(), start)
-        };
-        let (chunk, start) = slot;
-        // SAFETY: [start, start + len) lies inside the chunk and was handed to this call alone
-        // (reserved under the lock above); nothing reads it before `Buf::shared` below.
+        let (chunk, start) = self.reserve(bytes.len())?;
+        // SAFETY: as in `filled`
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), chunk.ptr.add(start), len);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), chunk.ptr.add(start), bytes.len());
         }
         let owner: ByteOwner = chunk;
         Some(Buf::shared(owner, start, v.len()))
+    }
+
+    /// A slot of `n` values, value i being `f(i)`, written in place; None as for `store`.
+    pub fn filled<T: bytemuck::Pod>(&self, n: usize, f: impl Fn(usize) -> T) -> Option<Buf<T>> {
+        let len = n * std::mem::size_of::<T>();
+        if len == 0 {
+            return None;
+        }
+        let (chunk, start) = self.reserve(len)?;
+        // SAFETY: [start, start + len) lies inside the chunk, was handed to this call alone
+        // (reserved under the lock) and starts on a cache line, so it is aligned for any Pod
+        // value; nothing reads it before `Buf::shared` below.
+        unsafe {
+            let p = chunk.ptr.add(start) as *mut T;
+            for i in 0..n {
+                p.add(i).write(f(i));
+            }
+        }
+        let owner: ByteOwner = chunk;
+        Some(Buf::shared(owner, start, n))
+    }
+
+    /// `len` bytes of a chunk no one else has been given
+    fn reserve(&self, len: usize) -> Option<(Arc<Chunk>, usize)> {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = cur.as_ref().is_some_and(|(c, used)| used + len <= c.cap);
+        if !fits {
+            *cur = Some((Arc::new(Chunk::map(len.max(self.chunk))?), 0));
+        }
+        let (chunk, used) = cur.as_mut().expect("a chunk was just made");
+        let start = *used;
+        *used = (start + len).next_multiple_of(SLOT_ALIGN);
+        Some((chunk.clone(), start))
     }
 }
 
@@ -159,6 +179,12 @@ mod tests {
         assert_eq!(b.as_slice(), &big[..]);
         assert_eq!(c.as_slice(), &small[..]);
         assert!(arena.store::<u8>(&[]).is_none());
+        let f = arena.filled(3000, |i| i as u64 * 3).unwrap();
+        assert!(f
+            .as_slice()
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == i as u64 * 3));
         // slots start on cache lines
         assert_eq!(c.as_slice().as_ptr() as usize % SLOT_ALIGN, 0);
     }

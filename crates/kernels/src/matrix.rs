@@ -241,8 +241,8 @@ impl Matrix {
         })
     }
 
-    /// The same matrix with its weight bytes copied into `arena` (see `arena`). FP8 blocks stay
-    /// where they are.
+    /// The same matrix with its weight bytes copied into `arena` (see `arena`); the small
+    /// per-block scales stay where they are.
     pub fn packed_into(self, arena: &crate::arena::Arena) -> Matrix {
         let Matrix { rows, cols, data } = self;
         let data = match data {
@@ -258,7 +258,17 @@ impl Matrix {
                 qs: qs.packed_into(arena),
                 scales,
             },
-            fp8 @ WeightData::Fp8Block { .. } => fp8,
+            WeightData::Fp8Block {
+                codes,
+                scale_inv,
+                block_rows,
+                block_cols,
+            } => WeightData::Fp8Block {
+                codes: codes.packed_into(arena),
+                scale_inv,
+                block_rows,
+                block_cols,
+            },
         };
         Matrix { rows, cols, data }
     }

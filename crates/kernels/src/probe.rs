@@ -5,9 +5,16 @@ use rayon::prelude::*;
 use std::time::Instant;
 
 /// Best of `passes` timed reads of a `bytes`-sized buffer by the current rayon pool, in GB/s.
+/// The buffer lives where the weights do (an arena of 2 MiB pages; see `arena`), so the two are
+/// read at the same cost per byte.
 pub fn read_bandwidth_gbs(bytes: usize, passes: usize) -> f64 {
     let n = bytes / 4;
-    let buf: Vec<f32> = (0..n).into_par_iter().map(|i| (i % 7) as f32).collect();
+    let value = |i: usize| (i % 7) as f32;
+    let arena = crate::arena::Arena::default();
+    let buf = arena
+        .filled(n, value)
+        .unwrap_or_else(|| crate::Buf::owned((0..n).into_par_iter().map(value).collect()));
+    let buf = buf.as_slice();
     let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(1 << 16);
     let mut best = 0f64;
     for _ in 0..passes.max(1) {

@@ -85,7 +85,12 @@ impl Mla {
             h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
             cfg.kv_lora_rank,
         )?;
-        let kv_b_k_t = transpose_keys(&kv_b_proj, h, cfg.qk_nope_head_dim, cfg.v_head_dim);
+        let kv_b_k_t = ck.packed(transpose_keys(
+            &kv_b_proj,
+            h,
+            cfg.qk_nope_head_dim,
+            cfg.v_head_dim,
+        ));
         Ok(Mla {
             q,
             kv_a_proj_with_mqa: ck.linear(
