@@ -1,5 +1,5 @@
-//! Weights converted at load, packed into large anonymous mappings that the OS may back with
-//! 2 MiB pages. Decode streams every active weight once per token; on 4 KiB pages that is a TLB
+//! Weights copied at load (converted, or as stored), packed into large anonymous mappings that
+//! the OS may back with 2 MiB pages. Decode streams every active weight once per token; on 4 KiB pages that is a TLB
 //! miss every 64 cache lines (under a hypervisor, a two-level page walk each), and one expert's
 //! matrix (~1.4 MB in int4) is too small for an allocation of its own to hold a whole 2 MiB
 //! page. Packed together they do: int4 decode +4-5% on the test model. Linux's transparent huge

@@ -338,14 +338,14 @@ impl Checkpoint {
         if !(converted || self.pack) {
             return Ok(m);
         }
-        // the stored bytes are not read again once converted or copied: let the kernel drop
+        // The stored bytes are not read again once converted or copied: let the kernel drop
         // their pages so the model does not also keep the file resident (before the copy where
-        // they are already converted, so the load's peak holds two copies of less)
+        // they are converted already, so the load's peak holds one copy fewer).
         if converted {
             self.release(name);
-        } else {
-            self.populate(name);
+            return Ok(m.packed_into(&self.arena));
         }
+        self.populate(name);
         let packed = m.packed_into(&self.arena);
         self.release(name);
         Ok(packed)
