@@ -29,12 +29,12 @@ pub enum WeightData {
     /// int8 in blocks of 32 per row with an f16 scale each (see `quant`)
     Q8_0 {
         qs: Buf<i8>,
-        scales: Vec<f16>,
+        scales: Buf<f16>,
     },
     /// int4 in blocks of 32 per row with an f16 scale each (see `quant`)
     Q4_0 {
         qs: Buf<u8>,
-        scales: Vec<f16>,
+        scales: Buf<f16>,
     },
 }
 
@@ -134,7 +134,7 @@ impl Matrix {
         Some(QRows {
             layout,
             bytes,
-            scales,
+            scales: scales.as_slice(),
             cols: self.cols,
         })
     }
@@ -181,7 +181,7 @@ impl Matrix {
                 let nb = c / QK;
                 quant::dequantize_q8_0(
                     &qs.as_slice()[span],
-                    &scales[r * nb..(r + 1) * nb],
+                    &scales.as_slice()[r * nb..(r + 1) * nb],
                     &mut buf[..c],
                 );
                 &buf[..c]
@@ -190,7 +190,7 @@ impl Matrix {
                 let nb = c / QK;
                 quant::dequantize_q4_0(
                     &qs.as_slice()[r * c / 2..(r + 1) * c / 2],
-                    &scales[r * nb..(r + 1) * nb],
+                    &scales.as_slice()[r * nb..(r + 1) * nb],
                     &mut buf[..c],
                 );
                 &buf[..c]
@@ -223,14 +223,14 @@ impl Matrix {
                 let (qs, scales) = self.map_rows(quant::quantize_q8_0);
                 WeightData::Q8_0 {
                     qs: Buf::owned(qs),
-                    scales,
+                    scales: Buf::owned(scales),
                 }
             }
             Format::Q4_0 => {
                 let (qs, scales) = self.map_rows(quant::quantize_q4_0);
                 WeightData::Q4_0 {
                     qs: Buf::owned(qs),
-                    scales,
+                    scales: Buf::owned(scales),
                 }
             }
         };
@@ -241,8 +241,8 @@ impl Matrix {
         })
     }
 
-    /// The same matrix with its weight bytes copied into `arena` (see `arena`); the small
-    /// per-block scales stay where they are.
+    /// The same matrix with its weight bytes (and block-format scales) copied into `arena` (see
+    /// `arena`); FP8's small per-block multipliers stay where they are.
     pub fn packed_into(self, arena: &crate::arena::Arena) -> Matrix {
         let Matrix { rows, cols, data } = self;
         let data = match data {
@@ -252,11 +252,11 @@ impl Matrix {
             WeightData::BF16Fast(b) => WeightData::BF16Fast(b.packed_into(arena)),
             WeightData::Q8_0 { qs, scales } => WeightData::Q8_0 {
                 qs: qs.packed_into(arena),
-                scales,
+                scales: scales.packed_into(arena),
             },
             WeightData::Q4_0 { qs, scales } => WeightData::Q4_0 {
                 qs: qs.packed_into(arena),
-                scales,
+                scales: scales.packed_into(arena),
             },
             WeightData::Fp8Block {
                 codes,
@@ -344,13 +344,17 @@ impl Matrix {
             WeightData::BF16(b) => simd::dot_bf16(&b.as_slice()[span], x),
             WeightData::Q8_0 { qs, scales } => {
                 let nb = self.cols / QK;
-                simd::dot_q8_0(&qs.as_slice()[span], &scales[r * nb..(r + 1) * nb], x)
+                simd::dot_q8_0(
+                    &qs.as_slice()[span],
+                    &scales.as_slice()[r * nb..(r + 1) * nb],
+                    x,
+                )
             }
             WeightData::Q4_0 { qs, scales } => {
                 let (nb, c) = (self.cols / QK, self.cols);
                 simd::dot_q4_0(
                     &qs.as_slice()[r * c / 2..(r + 1) * c / 2],
-                    &scales[r * nb..(r + 1) * nb],
+                    &scales.as_slice()[r * nb..(r + 1) * nb],
                     x,
                 )
             }

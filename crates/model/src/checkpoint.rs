@@ -281,10 +281,8 @@ impl Checkpoint {
             bail!("tensor {scale_name} must be F16, found {:?}", se.dtype);
         }
         self.check_shape(&scale_name, se, &[rows, cols / QK])?;
-        let scales: Vec<half::f16> =
-            Buf::<half::f16>::shared(self.files[se.file].1.clone(), se.start, rows * cols / QK)
-                .as_slice()
-                .to_vec();
+        let scales =
+            Buf::<half::f16>::shared(self.files[se.file].1.clone(), se.start, rows * cols / QK);
         let data = match (q, e.dtype) {
             (Format::Q8_0, Dtype::I8) => {
                 self.check_shape(name, e, &[rows, cols])?;
@@ -345,9 +343,15 @@ impl Checkpoint {
             self.release(name);
             return Ok(m.packed_into(&self.arena));
         }
-        self.populate(name);
+        // (a `whale quantize` checkpoint's block scales are a tensor of their own)
+        let scales = format!("{name}_whale_scale");
+        for t in [name, &scales] {
+            self.populate(t);
+        }
         let packed = m.packed_into(&self.arena);
-        self.release(name);
+        for t in [name, &scales] {
+            self.release(t);
+        }
         Ok(packed)
     }
 

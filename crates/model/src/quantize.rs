@@ -72,11 +72,11 @@ pub fn save_quantized(ck: &Checkpoint, format: Format, out: &Path) -> Result<()>
                         vec![rows, cols],
                         bytemuck::cast_slice(qs.as_slice()).to_vec(),
                     ),
-                    bytemuck::cast_slice(&scales).to_vec(),
+                    bytemuck::cast_slice(scales.as_slice()).to_vec(),
                 )),
                 Some(WeightData::Q4_0 { qs, scales }) => Some((
                     Out::Owned(Dtype::U8, vec![rows, cols / 2], qs.as_slice().to_vec()),
-                    bytemuck::cast_slice(&scales).to_vec(),
+                    bytemuck::cast_slice(scales.as_slice()).to_vec(),
                 )),
                 _ => None,
             }
