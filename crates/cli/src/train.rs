@@ -181,8 +181,8 @@ pub fn distill(a: DistillArgs) -> Result<()> {
 
 #[derive(Args)]
 pub struct RecipeArgs {
-    /// the recipe: tiny-r1 (SFT -> GRPO, side runs, report card), or side-runs (the report
-    /// card's balancing and FP8 comparisons over several seeds)
+    /// the recipe: tiny-r1 (SFT -> GRPO, report card), or side-runs (the pretraining
+    /// comparisons, bias balancing on/off and FP8 vs f32, over several seeds; resumable)
     name: String,
     /// where the output goes: the shipped checkpoint and its report card (tiny-r1, default
     /// models/tiny-r1), or the side runs' report (default side-runs-report)

@@ -1,7 +1,7 @@
 //! `whale recipe tiny-r1`: the whole pipeline that makes the bundled model, end to end and
 //! seeded: SFT on worked solutions -> evaluation -> GRPO on the edge task -> evaluation, plus the
-//! short side runs the report needs (bias balancing on/off, FP8 vs f32) and the MTP check, then
-//! the shipped checkpoint (bf16) with its report card (markdown + PNGs).
+//! MTP check, then the shipped checkpoint (bf16) with its report card (markdown + PNGs); and
+//! `whale recipe side-runs`, the pretraining comparisons (bias balancing on/off, FP8 vs f32).
 
 use crate::config::TrainConfig;
 use crate::eval::{evaluate, held_out_set, EvalReport, EvalSpec};
@@ -41,8 +41,11 @@ fn rl_config() -> GrpoConfig {
     }
 }
 const SAMPLES: usize = 4;
-const SIDE_STEPS: usize = 200;
-/// The side runs are 200 steps, not V3's many thousands, so the bias moves faster than V3's 0.001.
+/// As long as the tiny-r1 SFT run, whose loss has flattened by then: shorter runs end inside the
+/// tasks' sharp loss drops, whose timing moves from run to run by more than the effects measured.
+const SIDE_STEPS: usize = 700;
+/// The side runs are hundreds of steps, not V3's many thousands, so the bias moves faster than
+/// V3's 0.001.
 const SIDE_GAMMA: f64 = 0.003;
 
 pub struct RecipeOptions {
@@ -97,11 +100,6 @@ pub fn tiny_r1(o: &RecipeOptions) -> Result<()> {
     stage("MTP check");
     let mtp = mtp_check(out)?;
 
-    stage("side runs: bias balancing on/off, FP8 vs f32");
-    let ts = Instant::now();
-    let side = side_runs(&tc, work, false)?;
-    timings.push(("side runs", ts.elapsed().as_secs_f64()));
-
     for (src, dst) in [
         (sft_dir.join("loss.png"), "sft-loss.png"),
         (sft_dir.join("balance.png"), "sft-balance.png"),
@@ -110,14 +108,12 @@ pub fn tiny_r1(o: &RecipeOptions) -> Result<()> {
         std::fs::copy(&src, out.join(dst))
             .with_context(|| format!("cannot copy {}", src.display()))?;
     }
-    plot_side(work, out)?;
     plot_accuracy(&before, &after, out)?;
     let wall = t0.elapsed().as_secs_f64();
-    let report = report_card(&sft, &rl, &before, &after, &side, &mtp, &timings, wall, &tc)?;
+    let report = report_card(&sft, &rl, &before, &after, &mtp, &timings, wall, &tc)?;
     std::fs::write(out.join("README.md"), &report)?;
     let figures = json!({
         "wall_seconds": wall, "sft": sft, "rl": rl, "before_rl": before, "after_rl": after,
-        "side_runs": side.iter().map(|(n, s)| json!({"run": n, "summary": s})).collect::<Vec<_>>(),
         "mtp": mtp,
     });
     std::fs::write(
@@ -203,22 +199,29 @@ fn side_runs(tc: &TrainConfig, work: &Path, progress: bool) -> Result<Vec<(Strin
         let mut c = tc.clone();
         c.train.steps = SIDE_STEPS;
         c.train.warmup = SIDE_STEPS / 10;
-        c.train.save_every = SIDE_STEPS;
+        c.train.save_every = 100;
         c.train.bias_update_speed = gamma;
         c.train.balance_alpha = 0.0;
         c.train.fp8 = fp8;
+        // pretraining, as in V3: the loss is on every token, the questions' random digits included
+        c.train.response_only = false;
+        // an arm interrupted (or finished) with this same config continues from its last save
+        let dir = work.join(name);
+        let same = std::fs::read_to_string(dir.join("train_config.toml"))
+            .is_ok_and(|saved| saved == toml::to_string(&c).unwrap_or_default());
+        let resume = same && dir.join("trainer_state.json").exists();
         v.push((
             name.to_string(),
-            crate::pretrain::run(&c, &work.join(name), false, progress)?,
+            crate::pretrain::run(&c, &dir, resume, progress)?,
         ));
     }
     Ok(v)
 }
 
-/// `whale recipe side-runs`: the report card's two comparisons (bias balancing on/off, FP8 vs
-/// f32) over several seeds. One 200-step run per arm is not enough: these runs end inside the
-/// tasks' sharp loss drops, whose timing moves from seed to seed by more than the effects asked
-/// about, so the report gives every seed, the mean and the spread.
+/// `whale recipe side-runs`: the pretraining comparisons (bias balancing on/off, FP8 vs f32) over
+/// several seeds, with every seed, the mean and the spread: one run per arm cannot tell the
+/// effects asked about from run-to-run noise. Arms resume from their last save, so an
+/// interrupted report is finished by running the same command again.
 pub fn side_runs_over_seeds(o: &RecipeOptions, seeds: usize) -> Result<()> {
     use whale_plot::{save_png, Chart};
     if seeds == 0 {
@@ -260,19 +263,20 @@ pub fn side_runs_over_seeds(o: &RecipeOptions, seeds: usize) -> Result<()> {
     let mut s = String::new();
     writeln!(s, "# Side runs over {seeds} seeds
 
-`whale recipe side-runs --seeds {seeds}`: the tiny-r1 config, {SIDE_STEPS} steps, three arms per seed (bias balancing with gamma {SIDE_GAMMA}; gamma 0 and no auxiliary loss; gamma {SIDE_GAMMA} through simulated FP8). Training loss and MaxVio: means over the last 10% of steps; validation loss: the final weights on the seed's fixed batch of {} examples. {:.0} s wall.
+`whale recipe side-runs --seeds {seeds}`: the tiny-r1 model and task mix pretrained for {SIDE_STEPS} steps (the length of its SFT run) with the loss on every token as V3's pretraining has it, three arms per seed (bias balancing with gamma {SIDE_GAMMA}; gamma 0 and no auxiliary loss; gamma {SIDE_GAMMA} through simulated FP8). Training loss and MaxVio: means over the last 10% of steps; validation loss: the final weights on the seed's fixed batch of {} examples, on every token and on the responses alone. {:.0} s wall.
 ", crate::pretrain::VALIDATION_EXAMPLES, t0.elapsed().as_secs_f64())?;
-    writeln!(s, "| seed | arm | final MaxVio | final training loss | validation loss |\n|---|---|---|---|---|")?;
+    writeln!(s, "| seed | arm | final MaxVio | final training loss | validation loss | validation loss, responses |\n|---|---|---|---|---|---|")?;
     for (i, r) in runs.iter().enumerate() {
         for arm in arms {
             let x = get(r, arm);
             writeln!(
                 s,
-                "| {} | {arm} | {:.3} | {:.4} | {:.4} |",
+                "| {} | {arm} | {:.3} | {:.4} | {:.4} | {:.4} |",
                 i + 1,
                 x.final_max_vio,
                 x.final_loss,
-                x.val_loss
+                x.val_loss,
+                x.val_response_loss
             )?;
         }
     }
@@ -302,10 +306,16 @@ pub fn side_runs_over_seeds(o: &RecipeOptions, seeds: usize) -> Result<()> {
     };
     let fp8_val = stats(&paired("balanced-fp8", "balanced-f32", |x| x.val_loss));
     let bal_val = stats(&paired("balanced-f32", "unbalanced-f32", |x| x.val_loss));
+    let fp8_resp = stats(&paired("balanced-fp8", "balanced-f32", |x| {
+        x.val_response_loss
+    }));
+    let bal_resp = stats(&paired("balanced-f32", "unbalanced-f32", |x| {
+        x.val_response_loss
+    }));
     let vio = stats(&paired("balanced-f32", "unbalanced-f32", |x| {
         x.final_max_vio
     }));
-    writeln!(s, "\nPaired over seeds (mean +- sd of the per-seed relative difference):\n\n- FP8 vs f32 validation loss: {:+.2}% +- {:.2}%\n- balanced vs unbalanced validation loss: {:+.2}% +- {:.2}%\n- balanced vs unbalanced MaxVio: {:+.1}% +- {:.1}%\n\n![side runs](side-runs.png)", fp8_val.0, fp8_val.1, bal_val.0, bal_val.1, vio.0, vio.1)?;
+    writeln!(s, "\nPaired over seeds (mean +- sd of the per-seed relative difference; validation loss on every token, then on the responses):\n\n- FP8 vs f32: {:+.2}% +- {:.2}%; responses {:+.2}% +- {:.2}%\n- balanced vs unbalanced: {:+.2}% +- {:.2}%; responses {:+.2}% +- {:.2}%\n- balanced vs unbalanced MaxVio: {:+.1}% +- {:.1}%\n\n![side runs](side-runs.png)", fp8_val.0, fp8_val.1, fp8_resp.0, fp8_resp.1, bal_val.0, bal_val.1, bal_resp.0, bal_resp.1, vio.0, vio.1)?;
     // curves: the mean over seeds of each arm's smoothed series
     let mean_series = |arm: &str, key: &str| -> Result<Vec<(f64, f64)>> {
         let all: Vec<Vec<(f64, f64)>> = (1..=seeds)
@@ -356,7 +366,7 @@ pub fn side_runs_over_seeds(o: &RecipeOptions, seeds: usize) -> Result<()> {
     std::fs::write(o.out.join("README.md"), &s)?;
     let figures = json!({
         "seeds": seeds, "steps": SIDE_STEPS, "gamma": SIDE_GAMMA, "means": means,
-        "paired_pct": {"fp8_vs_f32_val": fp8_val, "balanced_vs_unbalanced_val": bal_val, "balanced_vs_unbalanced_max_vio": vio},
+        "paired_pct": {"fp8_vs_f32_val": fp8_val, "balanced_vs_unbalanced_val": bal_val, "fp8_vs_f32_val_responses": fp8_resp, "balanced_vs_unbalanced_val_responses": bal_resp, "balanced_vs_unbalanced_max_vio": vio},
         "runs": runs.iter().map(|r| r.iter().map(|(n, x)| json!({"run": n, "summary": x})).collect::<Vec<_>>()).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -364,36 +374,6 @@ pub fn side_runs_over_seeds(o: &RecipeOptions, seeds: usize) -> Result<()> {
         serde_json::to_string_pretty(&figures)?,
     )?;
     println!("{s}");
-    Ok(())
-}
-
-fn plot_side(work: &Path, out: &Path) -> Result<()> {
-    use whale_plot::{save_png, Chart};
-    let rows = |n: &str| read_jsonl(&work.join(n).join("metrics.jsonl"));
-    let (b, u, f) = (
-        rows("balanced-f32")?,
-        rows("unbalanced-f32")?,
-        rows("balanced-fp8")?,
-    );
-    let w = 10;
-    let vio = Chart::new("MaxVio per step", "step", "max load / mean load - 1")
-        .line(
-            format!("bias balancing (gamma {SIDE_GAMMA})"),
-            series(&b, "max_vio", w),
-        )
-        .line(
-            "no balancing (gamma 0, no aux loss)",
-            series(&u, "max_vio", w),
-        );
-    let loss = Chart::new("loss", "step", "cross-entropy")
-        .line(format!("gamma {SIDE_GAMMA}"), series(&b, "loss", w))
-        .line("gamma 0", series(&u, "loss", w));
-    save_png(&out.join("balance-experiment.png"), &[vio, loss], 1000, 400)?;
-    let fp8 = Chart::new("simulated FP8 vs f32", "step", "cross-entropy")
-        .line("f32", series(&b, "loss", w))
-        .line("FP8 (E4M3, 1x128 / 128x128 scales)", series(&f, "loss", w))
-        .log_y();
-    save_png(&out.join("fp8-experiment.png"), &[fp8], 700, 400)?;
     Ok(())
 }
 
@@ -421,7 +401,6 @@ fn report_card(
     rl: &crate::grpo::GrpoSummary,
     before: &[EvalReport],
     after: &[EvalReport],
-    side: &[(String, Summary)],
     mtp: &MtpCheck,
     timings: &[(&str, f64)],
     wall: f64,
@@ -460,22 +439,7 @@ fn report_card(
     writeln!(s, "pass@1 T is the mean over {SAMPLES} samples at temperature 0.6; maj@K and pass@K use the same samples.\n\n![accuracy](accuracy.png)\n")?;
     writeln!(s, "## GRPO\n\n{} steps, {} prompts x {} samples, rewards: 1 for a correct answer + {} for the format. Training-sample reward {:.3} -> {:.3}, accuracy {:.3} -> {:.3} (first vs last fifth of the steps).\n\n![GRPO curves](rl.png)\n",
         rl.steps, rl_config().prompts, rl_config().group, rl_config().format_reward, rl.first_reward, rl.last_reward, rl.first_accuracy, rl.last_accuracy)?;
-    let get = |n: &str| side.iter().find(|x| x.0 == n).map(|x| &x.1);
-    if let (Some(b), Some(u), Some(f)) = (
-        get("balanced-f32"),
-        get("unbalanced-f32"),
-        get("balanced-fp8"),
-    ) {
-        writeln!(s, "## Auxiliary-loss-free balancing ({SIDE_STEPS}-step runs)\n\nFinal MaxVio and training loss: means over the last 10% of steps; validation loss: the final weights on a fixed batch of {} examples.\n\n| run | final MaxVio | final training loss | validation loss |\n|---|---|---|---|", crate::pretrain::VALIDATION_EXAMPLES)?;
-        writeln!(
-            s,
-            "| gamma = {SIDE_GAMMA} | {:.3} | {:.4} | {:.4} |\n| gamma = 0, no aux loss | {:.3} | {:.4} | {:.4} |\n",
-            b.final_max_vio, b.final_loss, b.val_loss, u.final_max_vio, u.final_loss, u.val_loss
-        )?;
-        writeln!(s, "![balance](balance-experiment.png)\n")?;
-        writeln!(s, "## Simulated FP8\n\n| run | final training loss | validation loss |\n|---|---|---|\n| f32 | {:.4} | {:.4} |\n| FP8 | {:.4} | {:.4} |\n\nFP8 vs f32: {:+.2}% (validation), {:+.2}% (training loss, noisier: the two runs' batches are the same but their trajectories drift apart).\n\n![fp8](fp8-experiment.png)\n",
-            b.final_loss, b.val_loss, f.final_loss, f.val_loss, 100.0 * (f.val_loss / b.val_loss - 1.0), 100.0 * (f.final_loss / b.final_loss - 1.0))?;
-    }
+    writeln!(s, "## Bias balancing and FP8\n\nThe pretraining comparisons (auxiliary-loss-free balancing on/off, simulated FP8 vs f32) are their own command over several seeds, `whale recipe side-runs`: see [docs/side-runs](../../docs/side-runs/README.md). The expert load of the SFT run above is balanced by the same bias (gamma {}).\n", tc.train.bias_update_speed)?;
     writeln!(s, "## MTP\n\nThe MTP module predicts the token after next with {:.1}% accuracy on training text. Engine speculative decoding with it on {} held-out add3 questions: {} of {} greedy outputs identical to plain decoding, {:.1}% of drafts accepted.\n",
         100.0 * sft.final_mtp_accuracy.unwrap_or(0.0), mtp.prompts, mtp.identical, mtp.prompts, 100.0 * mtp.acceptance)?;
     Ok(s)
