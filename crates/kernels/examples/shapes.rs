@@ -33,7 +33,7 @@ fn main() {
     for fmt in ["f32", "bf16", "bf16-fast", "int8", "int4"] {
         let f = Format::parse(fmt).unwrap();
         let proto = Matrix::from_f32(rows, cols, base.clone());
-        // packed as the engine packs converted weights (WHALE_NO_ARENA=1: each in its own Vec)
+        // packed as the engine packs weights at load (WHALE_NO_ARENA=1: each in its own Vec)
         let arena = whale_kernels::arena::Arena::default();
         let pack = std::env::var_os("WHALE_NO_ARENA").is_none();
         let ms: Vec<Matrix> = (0..count)
