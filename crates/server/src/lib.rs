@@ -92,6 +92,9 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
     let pool = BlockPool::new(cfg, o.block_size, n_blocks);
     let eos = whale_engine::Engine::eos_for(&o.model, cfg);
     let metrics = Arc::new(Metrics::default());
+    // the cache gauges are right before the first request is answered, not only once the
+    // engine's loop first goes round (after up to 200 ms of waiting for a request)
+    metrics.set_queue(0, 0, pool.used(), pool.available());
     let (tx, rx) = std::sync::mpsc::channel();
     let persist = match &o.context_cache_dir {
         None => None,

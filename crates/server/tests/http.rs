@@ -283,6 +283,9 @@ fn a_client_that_disconnects_frees_its_blocks() {
     let _serial = serial();
     // a model slow enough that 200 tokens take far longer than noticing the disconnect
     let addr = start_synthetic();
+    // read at once: the cache gauges are set before the engine has seen a request
+    let free = metric(&addr, "whale_cache_blocks_free");
+    assert!(free > 0.0, "no free cache blocks reported at start");
     let mut req = chat("Write a long story", 200);
     req.as_object_mut().unwrap().remove("model"); // served under its directory name
     req["stream"] = json!(true);
@@ -310,6 +313,7 @@ fn a_client_that_disconnects_frees_its_blocks() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(metric(&addr, "whale_requests_cancelled_total"), 1.0);
+    assert_eq!(metric(&addr, "whale_cache_blocks_free"), free);
     // it stopped early rather than running to its 200 tokens
     assert!(metric(&addr, "whale_generation_tokens_total") < 200.0);
     assert_eq!(metric(&addr, "whale_requests_finished_total"), 0.0);
