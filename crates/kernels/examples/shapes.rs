@@ -1,7 +1,8 @@
 //! Multiply rate of one product shape per weight format: `cargo run --release -p whale-kernels
-//! --example shapes -- ROWS COLS TOKENS [MATRICES] [REPEATS]`. Every repeat multiplies MATRICES
+//! --example shapes -- ROWS COLS TOKENS [MATRICES] [REPEATS] [PER_CALL]`. Every repeat multiplies MATRICES
 //! copies (default 64, 3 repeats): many large ones read from memory, a few small ones over many
-//! repeats from cache. Prints the read bandwidth probe, then GMAC/s and GB/s of weights per format.
+//! repeats from cache; PER_CALL of them per `matmul_batch` (default all), as a MoE layer's experts
+//! are one call each. Prints the read bandwidth probe, then GMAC/s and GB/s of weights per format.
 
 use std::time::Instant;
 use whale_kernels::{matmul_batch, Format, Matrix, Product};
@@ -11,12 +12,13 @@ fn main() {
         .skip(1)
         .map(|s| {
             s.parse()
-                .expect("numbers: ROWS COLS TOKENS [MATRICES] [REPEATS]")
+                .expect("numbers: ROWS COLS TOKENS [MATRICES] [REPEATS] [PER_CALL]")
         })
         .collect();
     let (rows, cols, n_tok) = (a[0], a[1], a[2]);
     let count = a.get(3).copied().unwrap_or(64);
     let reps = a.get(4).copied().unwrap_or(3);
+    let per_call = a.get(5).copied().unwrap_or(count).max(1);
     let mut s = 1u32;
     let mut next = || {
         s ^= s << 13;
@@ -49,12 +51,14 @@ fn main() {
         let mut out = vec![vec![0f32; n_tok * rows]; count];
         let t = Instant::now();
         for _ in 0..reps {
-            let products = ms
-                .iter()
-                .zip(out.iter_mut())
-                .map(|(m, o)| Product::new(&x, n_tok, m, o))
-                .collect();
-            matmul_batch(products);
+            for (ms, out) in ms.chunks(per_call).zip(out.chunks_mut(per_call)) {
+                let products = ms
+                    .iter()
+                    .zip(out.iter_mut())
+                    .map(|(m, o)| Product::new(&x, n_tok, m, o))
+                    .collect();
+                matmul_batch(products);
+            }
         }
         let secs = t.elapsed().as_secs_f64() / reps as f64;
         let macs = (count * rows * cols * n_tok) as f64;

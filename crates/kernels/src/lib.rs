@@ -12,6 +12,7 @@ pub mod attention;
 pub mod bdot;
 pub mod buf;
 pub mod fp8;
+pub mod guided;
 pub mod matrix;
 pub mod ops;
 pub mod probe;

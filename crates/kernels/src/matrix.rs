@@ -5,6 +5,7 @@ use half::{bf16, f16};
 
 use crate::quant::{self, QK};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 use crate::bdot;
 use crate::qdot::{self, QAct, QRows};
@@ -519,29 +520,70 @@ impl Converted {
     }
 }
 
-/// What one product's tasks read: its activations and, where the weight format converts them,
-/// which of the batch's converted activations it uses.
+/// What one product's row bands read, and where they write: `out` is the product's output (one
+/// token) or a W-row-major scratch ([n, n_tok], several tokens) that is transposed after.
 struct Input<'a> {
     x: &'a [f32],
     n_tok: usize,
     w: &'a Matrix,
-    rows_start: usize,
+    rows: std::ops::Range<usize>,
+    /// which of the batch's converted activations it reads, where its format converts them
     acts: Option<usize>,
+    out: Shared,
+    /// index of its first band among the batch's bands
+    first_band: usize,
 }
 
-/// Several products in one parallel pass: their row bands are cut into tasks that all threads
-/// share, so a MoE layer's active experts cost one fork-join instead of one per matrix.
+/// An output slice that threads write at disjoint bands.
+struct Shared {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `Shared` is only written through `band`, whose callers write disjoint ranges (each band
+// index is claimed by one thread, and bands of one product do not overlap).
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn new(s: &mut [f32]) -> Self {
+        Shared {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// SAFETY: no other live reference may overlap `at..at + len`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn band(&self, at: usize, len: usize) -> &mut [f32] {
+        assert!(at + len <= self.len, "band outside the output");
+        std::slice::from_raw_parts_mut(self.ptr.add(at), len)
+    }
+}
+
+/// Several products in one parallel pass: their row bands are claimed by all threads in runs
+/// (see `guided`), so a MoE layer's active experts cost one fork-join instead of one per matrix.
 /// out[t, i] = sum_j x[t, j] * W[rows.start + i, j]. Each weight row is read (and widened) once
 /// per product, however many activation rows there are. Every output is one fixed-order dot
 /// product, so the result depends neither on the number of threads nor on what else is in the
-/// batch. Products that share an activation slice (gate and up of one expert) convert it once.
+/// batch. Products that share an activation slice (gate and up of one expert) convert it once,
+/// on the first thread to need it.
 pub fn matmul_batch(products: Vec<Product>) {
+    // Several tokens are computed W-row-major ([n, n_tok]) so bands write disjoint slices, then
+    // transposed into the product's output; a single token's output already is that layout.
+    let mut scratch: Vec<Vec<f32>> = products
+        .iter()
+        .map(|p| match p.n_tok {
+            1 => Vec::new(),
+            _ => vec![0f32; p.out.len()],
+        })
+        .collect();
     let mut inputs = Vec::with_capacity(products.len());
-    let mut outs = Vec::with_capacity(products.len());
+    let mut transposes = Vec::new();
     // activations converted once per (slice address, conversion), shared by the products that
     // read them
     let mut to_convert: Vec<(Converted, &[f32], usize)> = Vec::new();
-    for p in products {
+    let mut bands = 0;
+    for (pi, (p, tmp)) in products.into_iter().zip(scratch.iter_mut()).enumerate() {
         let (k, n) = (p.w.cols, p.rows.len());
         assert!(p.rows.end <= p.w.rows, "row band outside the matrix");
         assert_eq!(
@@ -563,95 +605,89 @@ pub fn matmul_batch(products: Vec<Product>) {
                     to_convert.len() - 1
                 })
         });
+        let out = if p.n_tok > 1 {
+            transposes.push((p.out, pi, p.n_tok));
+            Shared::new(tmp)
+        } else {
+            Shared::new(p.out)
+        };
         inputs.push(Input {
             x: p.x,
             n_tok: p.n_tok,
             w: p.w,
-            rows_start: p.rows.start,
+            rows: p.rows,
             acts,
+            out,
+            first_band: bands,
         });
-        outs.push(p.out);
+        bands += n.div_ceil(ROWS_PER_TASK);
     }
-    // in parallel only when there is enough of it to pay for a fork-join (decode has a few KB)
-    let volume: usize = to_convert.iter().map(|c| c.1.len()).sum();
-    let converted: Vec<Acts> = if volume >= 1 << 16 {
-        to_convert
-            .into_par_iter()
-            .map(|(c, x, k)| c.convert(x, k))
-            .collect()
-    } else {
-        to_convert
-            .into_iter()
-            .map(|(c, x, k)| c.convert(x, k))
-            .collect()
-    };
-    // Several tokens are computed W-row-major ([n, n_tok]) so tasks write disjoint slices, then
-    // transposed; a single token's output already is that layout.
-    let mut tmps: Vec<Vec<f32>> = outs
-        .iter()
-        .zip(&inputs)
-        .map(|(o, i)| {
-            if i.n_tok > 1 {
-                vec![0f32; o.len()]
-            } else {
-                Vec::new()
-            }
-        })
-        .collect();
-    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new();
-    for (pi, (o, tmp)) in outs.iter_mut().zip(tmps.iter_mut()).enumerate() {
-        let n_tok = inputs[pi].n_tok;
-        let dst: &mut [f32] = if n_tok > 1 { tmp } else { o };
-        for (ci, chunk) in dst.chunks_mut(ROWS_PER_TASK * n_tok).enumerate() {
-            tasks.push((pi, ci * ROWS_PER_TASK, chunk));
-        }
-    }
+    let converted: Vec<OnceLock<Acts>> = to_convert.iter().map(|_| OnceLock::new()).collect();
     // rows decoded to f32 for the kernels (formats without kernels of their own), allocated
-    // only where a task needs them: `for_each_init` runs this once per split of the work
+    // only where a thread needs them
     let bufs = || -> [Vec<f32>; 4] { Default::default() };
-    tasks
-        .into_par_iter()
-        .for_each_init(bufs, |bufs, (pi, off, chunk)| {
+    crate::guided::for_runs(bands, bufs, |bufs, run| {
+        let mut pi = inputs.partition_point(|i| i.first_band <= run.start) - 1;
+        for band in run {
+            while band >= inputs[pi].first_band + inputs[pi].rows.len().div_ceil(ROWS_PER_TASK) {
+                pi += 1;
+            }
             let inp = &inputs[pi];
-            let r0 = inp.rows_start + off;
-            let rows = r0..r0 + chunk.len() / inp.n_tok;
-            let decodes = inp.acts.is_none()
-                && !matches!(inp.w.data, WeightData::F32(_) | WeightData::BF16(_));
-            if decodes && bufs[0].len() < inp.w.cols {
-                bufs.iter_mut().for_each(|b| b.resize(inp.w.cols, 0.0));
-            }
-            match (inp.acts.map(|a| &converted[a]), &inp.w.data) {
-                (Some(Acts::Int(a)), _) => {
-                    let q = inp
-                        .w
-                        .qrows()
-                        .expect("int activations go with block weights");
-                    qdot::rows_times_tokens(q, rows, a, chunk)
-                }
-                (Some(Acts::Bf16(a)), WeightData::BF16Fast(b)) => bdot::rows_times_tokens(
-                    bytemuck::cast_slice(b.as_slice()),
-                    inp.w.cols,
-                    rows,
-                    a,
-                    inp.n_tok,
-                    chunk,
-                ),
-                _ if inp.n_tok == 1 => {
-                    for (o, r) in chunk.iter_mut().zip(rows) {
-                        *o = inp.w.row_dot(r, inp.x, &mut bufs[0]);
-                    }
-                }
-                _ => rows_times_tokens(inp.w, inp.x, inp.n_tok, rows, chunk, bufs),
-            }
-        });
-    if inputs.iter().all(|i| i.n_tok == 1) {
+            let off = (band - inp.first_band) * ROWS_PER_TASK;
+            let r0 = inp.rows.start + off;
+            let rows = r0..(r0 + ROWS_PER_TASK).min(inp.rows.end);
+            // SAFETY: band indices are claimed once each, and a product's bands are disjoint.
+            let chunk = unsafe { inp.out.band(off * inp.n_tok, rows.len() * inp.n_tok) };
+            let acts = inp.acts.map(|a| {
+                let (c, x, k) = to_convert[a];
+                converted[a].get_or_init(|| c.convert(x, k))
+            });
+            band_product(inp, acts, rows, chunk, bufs);
+        }
+    });
+    if transposes.is_empty() {
         return;
     }
-    outs.into_par_iter()
-        .zip(&tmps)
-        .zip(&inputs)
-        .filter(|(_, inp)| inp.n_tok > 1)
-        .for_each(|((o, tmp), inp)| transpose_into(tmp, o.len() / inp.n_tok, inp.n_tok, o));
+    transposes
+        .into_par_iter()
+        .for_each(|(o, pi, n_tok)| transpose_into(&scratch[pi], o.len() / n_tok, n_tok, o));
+}
+
+/// One band of rows of one product, through the kernel its weight format has.
+fn band_product(
+    inp: &Input,
+    acts: Option<&Acts>,
+    rows: std::ops::Range<usize>,
+    chunk: &mut [f32],
+    bufs: &mut [Vec<f32>; 4],
+) {
+    let decodes = acts.is_none() && !matches!(inp.w.data, WeightData::F32(_) | WeightData::BF16(_));
+    if decodes && bufs[0].len() < inp.w.cols {
+        bufs.iter_mut().for_each(|b| b.resize(inp.w.cols, 0.0));
+    }
+    match (acts, &inp.w.data) {
+        (Some(Acts::Int(a)), _) => {
+            let q = inp
+                .w
+                .qrows()
+                .expect("int activations go with block weights");
+            qdot::rows_times_tokens(q, rows, a, chunk)
+        }
+        (Some(Acts::Bf16(a)), WeightData::BF16Fast(b)) => bdot::rows_times_tokens(
+            bytemuck::cast_slice(b.as_slice()),
+            inp.w.cols,
+            rows,
+            a,
+            inp.n_tok,
+            chunk,
+        ),
+        _ if inp.n_tok == 1 => {
+            for (o, r) in chunk.iter_mut().zip(rows) {
+                *o = inp.w.row_dot(r, inp.x, &mut bufs[0]);
+            }
+        }
+        _ => rows_times_tokens(inp.w, inp.x, inp.n_tok, rows, chunk, bufs),
+    }
 }
 
 /// out[t * n + i] = tmp[i * n_tok + t], tokens in parallel (the transposes of a batch's products
