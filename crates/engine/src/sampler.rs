@@ -57,22 +57,9 @@ pub struct Sampler {
     rng: StdRng,
 }
 
+/// The first position of the largest logit (the kernels' vectorised scan).
 pub fn argmax(v: &[f32]) -> u32 {
-    // the largest value over 16 independent lanes (vectorised: a loop carrying one index is a
-    // serial chain over the 100k-entry vocabulary), then its first position
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let chunks = v.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (m, &x) in lanes.iter_mut().zip(c) {
-            *m = if x > *m { x } else { *m };
-        }
-    }
-    let m = lanes
-        .iter()
-        .chain(rest)
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-    v.iter().position(|&x| x == m).unwrap_or(0) as u32
+    whale_kernels::ops::argmax(v) as u32
 }
 
 impl Sampler {

@@ -1,15 +1,24 @@
 //! Multiply rate of one product shape per weight format: `cargo run --release -p whale-kernels
-//! --example shapes -- ROWS COLS TOKENS [MATRICES] [REPEATS] [PER_CALL]`. Every repeat multiplies MATRICES
+//! --example shapes -- ROWS COLS TOKENS [MATRICES] [REPEATS] [PER_CALL] [FORMATS]`. Every repeat multiplies MATRICES
 //! copies (default 64, 3 repeats): many large ones read from memory, a few small ones over many
 //! repeats from cache; PER_CALL of them per `matmul_batch` (default all), as a MoE layer's experts
-//! are one call each. Prints the read bandwidth probe, then GMAC/s and GB/s of weights per format.
+//! are one call each; FORMATS a comma list such as int8,int4 (default all). Prints the read bandwidth probe, then GMAC/s and GB/s of weights per format.
 
 use std::time::Instant;
 use whale_kernels::{matmul_batch, Format, Matrix, Product};
 
 fn main() {
-    let a: Vec<usize> = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // an argument with letters is the list of formats to time (default all)
+    let formats: Vec<String> = match args.iter().find(|s| s.parse::<usize>().is_err()) {
+        Some(f) => f.split(',').map(String::from).collect(),
+        None => ["f32", "bf16", "bf16-fast", "int8", "int4"]
+            .map(String::from)
+            .to_vec(),
+    };
+    let a: Vec<usize> = args
+        .iter()
+        .filter(|s| s.parse::<usize>().is_ok())
         .map(|s| {
             s.parse()
                 .expect("numbers: ROWS COLS TOKENS [MATRICES] [REPEATS] [PER_CALL]")
@@ -32,8 +41,8 @@ fn main() {
         "probe: {:.1} GB/s",
         whale_kernels::probe::read_bandwidth_gbs(1 << 30, 3)
     );
-    for fmt in ["f32", "bf16", "bf16-fast", "int8", "int4"] {
-        let f = Format::parse(fmt).unwrap();
+    for fmt in &formats {
+        let f = Format::parse(fmt).expect("formats: f32, bf16, bf16-fast, f16, int8, int4");
         let proto = Matrix::from_f32(rows, cols, base.clone());
         // packed as the engine packs weights at load (WHALE_NO_ARENA=1: each in its own Vec)
         let arena = whale_kernels::arena::Arena::default();

@@ -332,8 +332,20 @@ impl Matrix {
     }
 }
 
-/// Rows of W handled by one task; large enough to amortise scheduling, small enough to balance.
-const ROWS_PER_TASK: usize = 16;
+/// A band of rows (what a thread claims at a time) holds at least this many rows and about
+/// `BAND_BYTES` of weights: large enough to amortise its setup (a band of MLA's 64-byte int4 rows
+/// at 16 rows was 1 KB, and the per-head products ran at half the bandwidth), small enough to
+/// balance the threads' ends.
+const BAND_MIN_ROWS: usize = 16;
+const BAND_BYTES: usize = 32 << 10;
+
+impl Matrix {
+    /// Rows per band: a multiple of 16 (the kernels' tiles divide it).
+    fn band_rows(&self) -> usize {
+        let row_bytes = self.stored_bytes() / self.rows.max(1);
+        (BAND_BYTES / row_bytes.max(1) / 16 * 16).max(BAND_MIN_ROWS)
+    }
+}
 
 impl Matrix {
     /// dot(W[r], x), reading bf16 and f32 rows in place and decoding other formats into `buf`.
@@ -530,8 +542,9 @@ struct Input<'a> {
     /// which of the batch's converted activations it reads, where its format converts them
     acts: Option<usize>,
     out: Shared,
-    /// index of its first band among the batch's bands
+    /// index of its first band among the batch's bands, and rows per band
     first_band: usize,
+    band: usize,
 }
 
 /// An output slice that threads write at disjoint bands.
@@ -619,8 +632,9 @@ pub fn matmul_batch(products: Vec<Product>) {
             acts,
             out,
             first_band: bands,
+            band: p.w.band_rows(),
         });
-        bands += n.div_ceil(ROWS_PER_TASK);
+        bands += n.div_ceil(p.w.band_rows());
     }
     let converted: Vec<OnceLock<Acts>> = to_convert.iter().map(|_| OnceLock::new()).collect();
     // rows decoded to f32 for the kernels (formats without kernels of their own), allocated
@@ -629,13 +643,13 @@ pub fn matmul_batch(products: Vec<Product>) {
     crate::guided::for_runs(bands, bufs, |bufs, run| {
         let mut pi = inputs.partition_point(|i| i.first_band <= run.start) - 1;
         for band in run {
-            while band >= inputs[pi].first_band + inputs[pi].rows.len().div_ceil(ROWS_PER_TASK) {
+            while band >= inputs[pi].first_band + inputs[pi].rows.len().div_ceil(inputs[pi].band) {
                 pi += 1;
             }
             let inp = &inputs[pi];
-            let off = (band - inp.first_band) * ROWS_PER_TASK;
+            let off = (band - inp.first_band) * inp.band;
             let r0 = inp.rows.start + off;
-            let rows = r0..(r0 + ROWS_PER_TASK).min(inp.rows.end);
+            let rows = r0..(r0 + inp.band).min(inp.rows.end);
             // SAFETY: band indices are claimed once each, and a product's bands are disjoint.
             let chunk = unsafe { inp.out.band(off * inp.n_tok, rows.len() * inp.n_tok) };
             let acts = inp.acts.map(|a| {

@@ -58,6 +58,9 @@ pub struct QAct {
     q: Vec<i8>,
     start: Vec<i32>,
     d: Vec<f32>,
+    /// the block scales once each (`d` repeats each over its lanes): what decode reads, so that
+    /// a long row's activation stays within L1 beside the weight stream
+    db: Vec<f32>,
     blocks: usize,
 }
 
@@ -72,6 +75,7 @@ impl QAct {
         let groups = blocks.div_ceil(bpg);
         let mut q = vec![0i8; groups * bpg * QK];
         let mut d = vec![0f32; groups * LANES];
+        let mut db = vec![0f32; groups * bpg];
         let mut qb = [0i8; QK];
         for (b, xb) in x.chunks_exact(QK).enumerate() {
             let s = quantize_block(xb, &mut qb);
@@ -83,6 +87,7 @@ impl QAct {
             }
             let per = LANES / bpg;
             d[g * LANES + i * per..][..per].fill(s);
+            db[b] = s;
         }
         // lane l of a group sums activation bytes 4l..4l + 4 of each of its 64-byte halves
         let off = layout.offset();
@@ -100,6 +105,7 @@ impl QAct {
             q,
             start,
             d,
+            db,
             blocks,
         }
     }
@@ -289,12 +295,17 @@ mod x86 {
         x: [&QAct; T],
     ) -> [[f32; T]; R] {
         match w.layout {
-            Layout::Q8_0 => tile_in::<R, T, false>(w, r0, nb, x),
-            Layout::Q4_0 => tile_in::<R, T, true>(w, r0, nb, x),
+            Layout::Q8_0 => tile_in::<R, T, false, false>(w, r0, nb, x),
+            Layout::Q4_0 => tile_in::<R, T, true, false>(w, r0, nb, x),
         }
     }
 
-    /// `tile::<1, 1>` for each row of `rows` (the decode case), without a call per row.
+    /// The dots of `rows` with one token (the decode case), without a call per row. Long rows go
+    /// one at a time: rows in lockstep are as many memory streams, which fetch below one
+    /// stream's bandwidth. Rows of at most `SHORT` bytes go four at a time: four of them are one
+    /// run of memory anyway, and their per-row work (the final sum over lanes, the loop's setup)
+    /// outweighed their few groups (MLA's per-head products: 128- and 512-value rows, which ran
+    /// at half the bandwidth). Each cell's instructions are the same either way (so its bits).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     pub unsafe fn rows_one_token(
         w: QRows,
@@ -303,10 +314,27 @@ mod x86 {
         x: &QAct,
         out: &mut [f32],
     ) {
+        const SHORT: usize = 1024;
+        let mut rows = rows;
+        let mut out = out;
+        if w.row_bytes() <= SHORT {
+            while rows.len() >= 4 {
+                let y = match w.layout {
+                    Layout::Q8_0 => tile_in::<4, 1, false, true>(w, rows.start, nb, [x]),
+                    Layout::Q4_0 => tile_in::<4, 1, true, true>(w, rows.start, nb, [x]),
+                };
+                let (head, rest) = out.split_at_mut(4);
+                for (o, yr) in head.iter_mut().zip(y) {
+                    *o = yr[0];
+                }
+                out = rest;
+                rows.start += 4;
+            }
+        }
         for (o, r) in out.iter_mut().zip(rows) {
             *o = match w.layout {
-                Layout::Q8_0 => tile_in::<1, 1, false>(w, r, nb, [x]),
-                Layout::Q4_0 => tile_in::<1, 1, true>(w, r, nb, [x]),
+                Layout::Q8_0 => tile_in::<1, 1, false, true>(w, r, nb, [x]),
+                Layout::Q4_0 => tile_in::<1, 1, true, true>(w, r, nb, [x]),
             }[0][0];
         }
     }
@@ -349,7 +377,7 @@ mod x86 {
 
     // always inlined, as `load_group`
     #[inline(always)]
-    unsafe fn tile_in<const R: usize, const T: usize, const Q4: bool>(
+    unsafe fn tile_in<const R: usize, const T: usize, const Q4: bool, const COMPACT: bool>(
         w: QRows,
         r0: usize,
         nb: usize,
@@ -359,13 +387,13 @@ mod x86 {
         let mut acc = [[_mm512_setzero_ps(); T]; R];
         let full = nb / bpg;
         for g in 0..full {
-            group::<R, T, Q4>(w, r0, nb, g, None, &x, &mut acc);
+            group::<R, T, Q4, COMPACT>(w, r0, nb, g, None, &x, &mut acc);
         }
         let blocks = nb - full * bpg;
         if blocks > 0 {
             let bytes = blocks * if Q4 { 16 } else { 32 };
             let masks = ((1u64 << bytes) - 1, ((1u16 << blocks) - 1) as u8);
-            group::<R, T, Q4>(w, r0, nb, full, Some(masks), &x, &mut acc);
+            group::<R, T, Q4, COMPACT>(w, r0, nb, full, Some(masks), &x, &mut acc);
         }
         let mut out = [[0f32; T]; R];
         for r in 0..R {
@@ -376,10 +404,13 @@ mod x86 {
         out
     }
 
-    /// Adds group `g` of rows `r0..r0 + R` times `T` activations to the accumulators.
+    /// Adds group `g` of rows `r0..r0 + R` times `T` activations to the accumulators. COMPACT
+    /// reads the activation's block scales once each (`QAct::db`) and multiplies them by the
+    /// weight's before spreading the products over the lanes, instead of reading them spread
+    /// (`QAct::d`): the same products, so the same bits, from a third of the activation bytes.
     // always inlined, as `load_group`
     #[inline(always)]
-    unsafe fn group<const R: usize, const T: usize, const Q4: bool>(
+    unsafe fn group<const R: usize, const T: usize, const Q4: bool, const COMPACT: bool>(
         w: QRows,
         r0: usize,
         nb: usize,
@@ -398,6 +429,7 @@ mod x86 {
         };
         let mut wa = [[_mm512_setzero_si512(); 2]; R];
         let mut dw = [_mm512_setzero_ps(); R];
+        let mut hw = [_mm_setzero_ps(); R];
         for r in 0..R {
             let row = r0 + r;
             let p = w.bytes.as_ptr().add(row * row_bytes + g * 64);
@@ -407,12 +439,29 @@ mod x86 {
             _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH) as *const i8);
             let (a, h) = load_group::<Q4>(p, s, masks);
             wa[r] = a;
-            dw[r] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(h));
+            if COMPACT {
+                hw[r] = h;
+            } else {
+                dw[r] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(h));
+            }
         }
         for t in 0..T {
             let a = x[t];
             let start = _mm512_loadu_si512(a.start.as_ptr().add(g * LANES) as *const __m512i);
-            let dx = _mm512_loadu_ps(a.d.as_ptr().add(g * LANES));
+            let (dx, dxb) = if COMPACT {
+                let db = a.db.as_ptr().add(g * bpg);
+                let dxb = if Q4 {
+                    _mm_loadu_ps(db)
+                } else {
+                    _mm_castsi128_ps(_mm_loadl_epi64(db as *const __m128i))
+                };
+                (_mm512_setzero_ps(), dxb)
+            } else {
+                (
+                    _mm512_loadu_ps(a.d.as_ptr().add(g * LANES)),
+                    _mm_setzero_ps(),
+                )
+            };
             let q = a.q.as_ptr().add(g * bpg * QK);
             let x0 = _mm512_loadu_si512(q as *const __m512i);
             let x1 = if Q4 {
@@ -425,7 +474,12 @@ mod x86 {
                 if Q4 {
                     s = _mm512_dpbusd_epi32(s, wa[r][1], x1);
                 }
-                let scale = _mm512_mul_ps(dw[r], dx);
+                let scale = if COMPACT {
+                    let m = _mm_mul_ps(hw[r], dxb);
+                    _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(m))
+                } else {
+                    _mm512_mul_ps(dw[r], dx)
+                };
                 acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[r][t]);
             }
         }
@@ -524,6 +578,14 @@ mod tests {
                 let acts: Vec<QAct> = xs.iter().map(|x| QAct::new(x, layout)).collect();
                 let mut all = vec![0f32; rows * 6];
                 rows_times_tokens(m, 0..rows, &acts, &mut all);
+                // one token over all rows (decode: short rows four at a time, then the rest)
+                for t in 0..6 {
+                    let mut col = vec![0f32; rows];
+                    rows_times_tokens(m, 0..rows, &acts[t..t + 1], &mut col);
+                    for r in 0..rows {
+                        assert_eq!(col[r].to_bits(), all[r * 6 + t].to_bits());
+                    }
+                }
                 for r in 0..rows {
                     for t in 0..6 {
                         let want = reference_dot(m, r, &xs[t]);
