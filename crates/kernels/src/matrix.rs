@@ -96,6 +96,18 @@ impl Matrix {
         }
     }
 
+    /// The matrix's values as stored (codes, without their block scales).
+    pub fn data_bytes(&self) -> &[u8] {
+        match &self.data {
+            WeightData::F32(b) => bytemuck::cast_slice(b.as_slice()),
+            WeightData::F16(b) => bytemuck::cast_slice(b.as_slice()),
+            WeightData::BF16(b) | WeightData::BF16Fast(b) => bytemuck::cast_slice(b.as_slice()),
+            WeightData::Fp8Block { codes, .. } => codes.as_slice(),
+            WeightData::Q8_0 { qs, .. } => bytemuck::cast_slice(qs.as_slice()),
+            WeightData::Q4_0 { qs, .. } => qs.as_slice(),
+        }
+    }
+
     /// The format as a conversion target names it (None for FP8 blocks, which are load-only).
     pub fn format(&self) -> Option<Format> {
         match &self.data {

@@ -30,6 +30,39 @@ pub fn read_bandwidth_gbs(bytes: usize, passes: usize) -> f64 {
     best
 }
 
+/// One timed read of up to `max_bytes` of `regions` (largest first, as given) by every thread of
+/// the current pool, in GB/s. Any memory will do; `whale bench` reads the model's own weights
+/// right before and after each run, so a run is set against the bandwidth of its own moment
+/// without a buffer that would add to its peak memory. Threads claim 1 MiB pieces in runs
+/// (`guided`), as the kernels claim weight rows.
+pub fn read_regions_gbs(regions: &[&[u8]], max_bytes: usize) -> f64 {
+    const PIECE: usize = 1 << 20;
+    let mut pieces: Vec<&[u8]> = Vec::new();
+    let mut total = 0;
+    for r in regions {
+        for p in r.chunks(PIECE) {
+            if total >= max_bytes {
+                break;
+            }
+            pieces.push(p);
+            total += p.len();
+        }
+    }
+    let folded = std::sync::atomic::AtomicU64::new(0);
+    let t = Instant::now();
+    crate::guided::for_runs(
+        pieces.len(),
+        || (),
+        |_, run| {
+            let x = pieces[run].iter().fold(0, |a, p| a ^ crate::simd::xor_fold(p));
+            folded.fetch_xor(x, std::sync::atomic::Ordering::Relaxed);
+        },
+    );
+    let secs = t.elapsed().as_secs_f64();
+    std::hint::black_box(folded.into_inner());
+    total as f64 / secs.max(1e-9) / 1e9
+}
+
 /// Best of `passes` timed products of `m` activation rows with a `k` x `n` weight matrix held in
 /// `format`, through the same kernel the model's layers use, in GFLOP/s (2·m·k·n per product).
 pub fn matmul_gflops(format: crate::Format, m: usize, k: usize, n: usize, passes: usize) -> f64 {

@@ -58,6 +58,17 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// The XOR of `b`'s 64-bit words (a trailing partial word zero-padded): a read of every byte
+/// that costs next to nothing per byte, for the bandwidth probe.
+pub fn xor_fold(b: &[u8]) -> u64 {
+    match isa() {
+        // SAFETY: the feature was detected at runtime.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::xor_fold_avx512(b) },
+        _ => portable::xor_fold(b),
+    }
+}
+
 /// sum_i f32(w[i]) * x[i]
 #[inline]
 pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
@@ -161,6 +172,15 @@ mod portable {
         crate::ops::dot(a, b)
     }
 
+    pub fn xor_fold(b: &[u8]) -> u64 {
+        let words = b.chunks_exact(8);
+        let mut last = [0u8; 8];
+        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        words.fold(u64::from_le_bytes(last), |a, w| {
+            a ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))
+        })
+    }
+
     #[inline]
     pub fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
         let mut acc = [0f32; 8];
@@ -183,6 +203,28 @@ mod portable {
 mod x86 {
     use super::{f16, QK};
     use std::arch::x86_64::*;
+
+    /// Eight independent accumulators, as many loads in flight as the probe's reads need.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn xor_fold_avx512(b: &[u8]) -> u64 {
+        let mut acc = [_mm512_setzero_si512(); 8];
+        let whole = b.len() / 512 * 512;
+        let p = b.as_ptr();
+        for i in (0..whole).step_by(512) {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_xor_si512(*a, _mm512_loadu_si512(p.add(i + 64 * k) as *const __m512i));
+            }
+        }
+        let mut all = acc[0];
+        for a in &acc[1..] {
+            all = _mm512_xor_si512(all, *a);
+        }
+        let mut lanes = [0u64; 8];
+        _mm512_storeu_si512(lanes.as_mut_ptr() as *mut __m512i, all);
+        lanes
+            .iter()
+            .fold(super::portable::xor_fold(&b[whole..]), |a, l| a ^ l)
+    }
 
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_q8_0_avx512(qs: &[i8], scales: &[f16], x: &[f32]) -> f32 {
@@ -409,6 +451,21 @@ mod x86 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn xor_fold_reads_every_byte_in_every_build() {
+        let b: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for n in [0, 1, 7, 8, 9, 511, 512, 513, 1024, 2999, 3000] {
+            let want = portable::xor_fold(&b[..n]);
+            assert_eq!(xor_fold(&b[..n]), want, "{n}");
+            if n > 0 {
+                // flipping any byte changes the fold
+                let mut c = b[..n].to_vec();
+                c[n - 1] ^= 0x40;
+                assert_ne!(xor_fold(&c), want, "{n}");
+            }
+        }
+    }
 
     /// Deterministic values in [-1, 1] (also used by the other kernels' tests).
     pub(crate) fn seq(n: usize, seed: u32) -> Vec<f32> {

@@ -356,6 +356,18 @@ impl Model {
         self.lm_head.stored_bytes() + batch * embed_row + layers as usize
     }
 
+    /// The stored bytes of every matrix of the main model (scales aside), largest first: memory
+    /// a bandwidth probe can read in place of a buffer of its own (see `whale bench`).
+    pub fn weight_regions(&self) -> Vec<&[u8]> {
+        let mut all: Vec<&[u8]> = [&self.embed_tokens, &self.lm_head]
+            .into_iter()
+            .chain(self.layers.iter().flat_map(|l| l.matrices()))
+            .map(|m| m.data_bytes())
+            .collect();
+        all.sort_by_key(|b| std::cmp::Reverse(b.len()));
+        all
+    }
+
     /// Bytes of every weight of the main model (layers, embedding, head), as stored.
     pub fn weight_bytes(&self) -> usize {
         let layers: f64 = self.layers.iter().map(|l| l.stored_bytes(None)).sum();
@@ -364,6 +376,20 @@ impl Model {
 }
 
 impl DecoderLayer {
+    fn matrices(&self) -> Vec<&Matrix> {
+        let mut all = self.self_attn.matrices();
+        match &self.mlp {
+            Ffn::Dense(m) => all.extend(m.matrices()),
+            Ffn::Moe(m) => {
+                all.push(&m.gate);
+                for e in m.shared_experts.iter().chain(&m.experts) {
+                    all.extend(e.matrices());
+                }
+            }
+        }
+        all
+    }
+
     /// Stored bytes of this layer's matrices; with `Some(batch)`, routed experts count by the
     /// chance that one of `batch` uniformly routed tokens picks them.
     fn stored_bytes(&self, batch: Option<usize>) -> f64 {
