@@ -54,7 +54,9 @@ pub fn read_regions_gbs(regions: &[&[u8]], max_bytes: usize) -> f64 {
         pieces.len(),
         || (),
         |_, run| {
-            let x = pieces[run].iter().fold(0, |a, p| a ^ crate::simd::xor_fold(p));
+            let x = pieces[run]
+                .iter()
+                .fold(0, |a, p| a ^ crate::simd::xor_fold(p));
             folded.fetch_xor(x, std::sync::atomic::Ordering::Relaxed);
         },
     );

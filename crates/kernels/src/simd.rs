@@ -454,7 +454,9 @@ pub(crate) mod tests {
 
     #[test]
     fn xor_fold_reads_every_byte_in_every_build() {
-        let b: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let b: Vec<u8> = (0..3000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         for n in [0, 1, 7, 8, 9, 511, 512, 513, 1024, 2999, 3000] {
             let want = portable::xor_fold(&b[..n]);
             assert_eq!(xor_fold(&b[..n]), want, "{n}");
