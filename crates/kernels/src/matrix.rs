@@ -591,7 +591,7 @@ impl Shared {
 /// per product, however many activation rows there are. Every output is one fixed-order dot
 /// product, so the result depends neither on the number of threads nor on what else is in the
 /// batch. Products that share an activation slice (gate and up of one expert) convert it once,
-/// on the first thread to need it.
+/// on the first thread to need it (or on two, where both get there together).
 pub fn matmul_batch(products: Vec<Product>) {
     // Several tokens are computed W-row-major ([n, n_tok]) so bands write disjoint slices, then
     // transposed into the product's output; a single token's output already is that layout.
@@ -664,9 +664,15 @@ pub fn matmul_batch(products: Vec<Product>) {
             let rows = r0..(r0 + inp.band).min(inp.rows.end);
             // SAFETY: band indices are claimed once each, and a product's bands are disjoint.
             let chunk = unsafe { inp.out.band(off * inp.n_tok, rows.len() * inp.n_tok) };
+            // A thread that finds an activation not converted yet converts it itself rather than
+            // wait for another that is at it (a wait is a futex sleep and wake, ~10 us here); the
+            // two results are the same bits, and the first one stored is kept.
             let acts = inp.acts.map(|a| {
-                let (c, x, k) = to_convert[a];
-                converted[a].get_or_init(|| c.convert(x, k))
+                converted[a].get().unwrap_or_else(|| {
+                    let (c, x, k) = to_convert[a];
+                    let _ = converted[a].set(c.convert(x, k));
+                    converted[a].get().expect("just set")
+                })
             });
             band_product(inp, acts, rows, chunk, bufs);
         }
