@@ -356,11 +356,12 @@ impl Model {
         self.lm_head.stored_bytes() + batch * embed_row + layers as usize
     }
 
-    /// The stored bytes of every matrix of the main model (scales aside), largest first: memory
-    /// a bandwidth probe can read in place of a buffer of its own (see `whale bench`).
+    /// The stored bytes of the matrices a decode step reads whole (all but the embedding, of
+    /// which it reads a row; scales aside), largest first: memory a bandwidth probe can read in
+    /// place of a buffer of its own (see `whale bench`), and at the cost the weights are read at
+    /// (the embedding may sit in the file's pages while the rest is copied to huge pages).
     pub fn weight_regions(&self) -> Vec<&[u8]> {
-        let mut all: Vec<&[u8]> = [&self.embed_tokens, &self.lm_head]
-            .into_iter()
+        let mut all: Vec<&[u8]> = std::iter::once(&self.lm_head)
             .chain(self.layers.iter().flat_map(|l| l.matrices()))
             .map(|m| m.data_bytes())
             .collect();
