@@ -2,6 +2,7 @@
 //! chosen by one of the three routers of spec §3). Router math is f32.
 
 use anyhow::{bail, Result};
+use std::borrow::Cow;
 use whale_kernels::matrix::{matmul, matmul_batch, Product};
 use whale_kernels::ops::{axpy, sigmoid, softmax, swiglu};
 use whale_kernels::Matrix;
@@ -199,16 +200,25 @@ impl Moe {
                 buckets[e].push((t, w));
             }
         }
-        let active: Vec<(usize, Vec<f32>)> = buckets
+        // An expert that every token picked (all of them, in decode's one-token steps) reads x
+        // itself: the products then share one conversion of it instead of one per copy.
+        let active: Vec<(usize, Cow<[f32]>)> = buckets
             .iter()
             .enumerate()
             .filter(|(_, b)| !b.is_empty())
             .map(|(e, bucket)| {
-                let xe = bucket
-                    .iter()
-                    .flat_map(|&(t, _)| &x[t * d..(t + 1) * d])
-                    .copied()
-                    .collect();
+                let all = bucket.len() == n && bucket.iter().enumerate().all(|(i, b)| b.0 == i);
+                let xe = if all {
+                    Cow::Borrowed(x)
+                } else {
+                    Cow::Owned(
+                        bucket
+                            .iter()
+                            .flat_map(|&(t, _)| &x[t * d..(t + 1) * d])
+                            .copied()
+                            .collect(),
+                    )
+                };
                 (e, xe)
             })
             .collect();
