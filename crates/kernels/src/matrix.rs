@@ -357,9 +357,7 @@ impl Matrix {
         let row_bytes = self.stored_bytes() / self.rows.max(1);
         (BAND_BYTES / row_bytes.max(1) / 16 * 16).max(BAND_MIN_ROWS)
     }
-}
 
-impl Matrix {
     /// dot(W[r], x), reading bf16 and f32 rows in place and decoding other formats into `buf`.
     #[inline]
     fn row_dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
@@ -554,8 +552,8 @@ struct Input<'a> {
     /// which of the batch's converted activations it reads, where its format converts them
     acts: Option<usize>,
     out: Shared,
-    /// index of its first band among the batch's bands, and rows per band
-    first_band: usize,
+    /// its bands' indices among the batch's bands, and rows per band
+    bands: std::ops::Range<usize>,
     band: usize,
 }
 
@@ -636,6 +634,9 @@ pub fn matmul_batch(products: Vec<Product>) {
         } else {
             Shared::new(p.out)
         };
+        let band = p.w.band_rows();
+        let first = bands;
+        bands += n.div_ceil(band);
         inputs.push(Input {
             x: p.x,
             n_tok: p.n_tok,
@@ -643,23 +644,22 @@ pub fn matmul_batch(products: Vec<Product>) {
             rows: p.rows,
             acts,
             out,
-            first_band: bands,
-            band: p.w.band_rows(),
+            bands: first..bands,
+            band,
         });
-        bands += n.div_ceil(p.w.band_rows());
     }
     let converted: Vec<OnceLock<Acts>> = to_convert.iter().map(|_| OnceLock::new()).collect();
     // rows decoded to f32 for the kernels (formats without kernels of their own), allocated
     // only where a thread needs them
     let bufs = || -> [Vec<f32>; 4] { Default::default() };
     crate::guided::for_runs(bands, bufs, |bufs, run| {
-        let mut pi = inputs.partition_point(|i| i.first_band <= run.start) - 1;
+        let mut pi = inputs.partition_point(|i| i.bands.end <= run.start);
         for band in run {
-            while band >= inputs[pi].first_band + inputs[pi].rows.len().div_ceil(inputs[pi].band) {
+            while band >= inputs[pi].bands.end {
                 pi += 1;
             }
             let inp = &inputs[pi];
-            let off = (band - inp.first_band) * inp.band;
+            let off = (band - inp.bands.start) * inp.band;
             let r0 = inp.rows.start + off;
             let rows = r0..(r0 + inp.band).min(inp.rows.end);
             // SAFETY: band indices are claimed once each, and a product's bands are disjoint.

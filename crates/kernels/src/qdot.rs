@@ -300,12 +300,9 @@ mod x86 {
         }
     }
 
-    /// The dots of `rows` with one token (the decode case), without a call per row. Long rows go
-    /// one at a time: rows in lockstep are as many memory streams, which fetch below one
-    /// stream's bandwidth. Rows of at most `SHORT` bytes go four at a time: four of them are one
-    /// run of memory anyway, and their per-row work (the final sum over lanes, the loop's setup)
-    /// outweighed their few groups (MLA's per-head products: 128- and 512-value rows, which ran
-    /// at half the bandwidth). Each cell's instructions are the same either way (so its bits).
+    /// `tile::<1, 1>` for each row of `rows` (the decode case), without a call per row, reading
+    /// the activation's block scales compactly (see `group`). One row at a time: rows in lockstep
+    /// are as many memory streams, which fetch below one stream's bandwidth.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     pub unsafe fn rows_one_token(
         w: QRows,
@@ -314,23 +311,6 @@ mod x86 {
         x: &QAct,
         out: &mut [f32],
     ) {
-        const SHORT: usize = 1024;
-        let mut rows = rows;
-        let mut out = out;
-        if w.row_bytes() <= SHORT {
-            while rows.len() >= 4 {
-                let y = match w.layout {
-                    Layout::Q8_0 => tile_in::<4, 1, false, true>(w, rows.start, nb, [x]),
-                    Layout::Q4_0 => tile_in::<4, 1, true, true>(w, rows.start, nb, [x]),
-                };
-                let (head, rest) = out.split_at_mut(4);
-                for (o, yr) in head.iter_mut().zip(y) {
-                    *o = yr[0];
-                }
-                out = rest;
-                rows.start += 4;
-            }
-        }
         for (o, r) in out.iter_mut().zip(rows) {
             *o = match w.layout {
                 Layout::Q8_0 => tile_in::<1, 1, false, true>(w, r, nb, [x]),
@@ -585,7 +565,7 @@ mod tests {
                 let acts: Vec<QAct> = xs.iter().map(|x| QAct::new(x, layout)).collect();
                 let mut all = vec![0f32; rows * 6];
                 rows_times_tokens(m, 0..rows, &acts, &mut all);
-                // one token over all rows (decode: short rows four at a time, then the rest)
+                // one token over all rows (decode's kernel): the same bits as in the tiles
                 for t in 0..6 {
                     let mut col = vec![0f32; rows];
                     rows_times_tokens(m, 0..rows, &acts[t..t + 1], &mut col);
