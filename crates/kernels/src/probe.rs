@@ -1,5 +1,8 @@
-//! Memory read bandwidth as the decode kernels can use it: every thread streams its own share
-//! of a buffer much larger than the caches through the same SIMD dot product they use.
+//! Memory read bandwidth as the decode kernels can use it: every thread streams its share of
+//! memory much larger than the caches, either a buffer of its own through the SIMD dot product
+//! the kernels use (`read_bandwidth_gbs`), or given memory such as the model's weights through an
+//! XOR fold, which reads any bytes at the same cost (`read_regions_gbs`; weights read as f32
+//! would meet subnormals and NaNs).
 
 use rayon::prelude::*;
 use std::time::Instant;
