@@ -2,17 +2,37 @@
 //! --example shapes -- ROWS COLS TOKENS [MATRICES] [REPEATS] [PER_CALL] [FORMATS]`. Every repeat multiplies MATRICES
 //! copies (default 64, 3 repeats): many large ones read from memory, a few small ones over many
 //! repeats from cache; PER_CALL of them per `matmul_batch` (default all), as a MoE layer's experts
-//! are one call each; FORMATS a comma list such as int8,int4 (default all). Prints the read bandwidth probe, then GMAC/s and GB/s of weights per format.
+//! are one call each; FORMATS a comma list such as int8,int4 (default all; `fp8` for float8_e4m3fn
+//! in 128x128 blocks as the released V3 stores it). Prints the read bandwidth probe, then GMAC/s and GB/s of weights per format.
 
 use std::time::Instant;
-use whale_kernels::{matmul_batch, Format, Matrix, Product};
+use whale_kernels::{fp8, matmul_batch, Buf, Format, Matrix, Product, WeightData};
+
+/// `w` as float8_e4m3fn codes in 128x128 blocks, each scaled so its largest value is 448:
+/// (codes, scale_inv).
+fn to_fp8_blocks(cols: usize, w: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let cb = cols.div_ceil(FP8_BLOCK);
+    let block = |i: usize| i / cols / FP8_BLOCK * cb + i % cols / FP8_BLOCK;
+    let mut scale_inv = vec![0f32; (w.len() / cols).div_ceil(FP8_BLOCK) * cb];
+    for (i, v) in w.iter().enumerate() {
+        scale_inv[block(i)] = scale_inv[block(i)].max(v.abs() / 448.0);
+    }
+    let codes = w
+        .iter()
+        .enumerate()
+        .map(|(i, v)| fp8::f32_to_e4m3(v / scale_inv[block(i)]))
+        .collect();
+    (codes, scale_inv)
+}
+
+const FP8_BLOCK: usize = 128;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // an argument with letters is the list of formats to time (default all)
     let formats: Vec<String> = match args.iter().find(|s| s.parse::<usize>().is_err()) {
         Some(f) => f.split(',').map(String::from).collect(),
-        None => ["f32", "bf16", "bf16-fast", "int8", "int4"]
+        None => ["f32", "bf16", "bf16-fast", "fp8", "int8", "int4"]
             .map(String::from)
             .to_vec(),
     };
@@ -42,14 +62,32 @@ fn main() {
         whale_kernels::probe::read_bandwidth_gbs(1 << 30, 3)
     );
     for fmt in &formats {
-        let f = Format::parse(fmt).expect("formats: f32, bf16, bf16-fast, f16, int8, int4");
+        let f = Format::parse(fmt);
+        assert!(
+            f.is_some() || fmt == "fp8",
+            "formats: f32, bf16, bf16-fast, f16, fp8, int8, int4"
+        );
         let proto = Matrix::from_f32(rows, cols, base.clone());
+        let fp8 = f.is_none().then(|| to_fp8_blocks(cols, &base));
         // packed as the engine packs weights at load (WHALE_NO_ARENA=1: each in its own Vec)
         let arena = whale_kernels::arena::Arena::default();
         let pack = std::env::var_os("WHALE_NO_ARENA").is_none();
         let ms: Vec<Matrix> = (0..count)
             .map(|_| {
-                let m = proto.convert(f).unwrap();
+                let m = match (f, &fp8) {
+                    (Some(f), _) => proto.convert(f).unwrap(),
+                    (None, Some((codes, scale_inv))) => Matrix {
+                        rows,
+                        cols,
+                        data: WeightData::Fp8Block {
+                            codes: Buf::owned(codes.clone()),
+                            scale_inv: scale_inv.clone(),
+                            block_rows: FP8_BLOCK,
+                            block_cols: FP8_BLOCK,
+                        },
+                    },
+                    (None, None) => unreachable!("checked above"),
+                };
                 if pack {
                     m.packed_into(&arena)
                 } else {

@@ -112,6 +112,13 @@ pub fn dot_q4_0(qs: &[u8], scales: &[f16], x: &[f32]) -> f32 {
 pub enum Rows<'a, const R: usize> {
     F32([&'a [f32]; R]),
     Bf16([&'a [bf16]; R]),
+    /// float8_e4m3fn codes, each row with one multiplier per `block` columns
+    /// (`scales[r][c / block]`): the weight is `e4m3(code) * scale`, as `fp8::e4m3_table` decodes it.
+    Fp8 {
+        codes: [&'a [u8]; R],
+        scales: [&'a [f32]; R],
+        block: usize,
+    },
 }
 
 /// out[r][t] = dot(w[r], x[t]) for `R` weight rows and `T` (1 to 4) activation rows of length
@@ -138,6 +145,33 @@ pub fn dot_rxt<const R: usize, const T: usize>(w: Rows<R>, x: [&[f32]; T]) -> [[
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { x86::dot_rxt_bf16_avx512(w.map(bf16_bits), x) },
                 _ => std::array::from_fn(|r| std::array::from_fn(|t| dot_bf16(w[r], x[t]))),
+            }
+        }
+        Rows::Fp8 {
+            codes,
+            scales,
+            block,
+        } => {
+            assert!(block > 0);
+            for (c, s) in codes.iter().zip(&scales) {
+                assert!(c.len() == k && s.len() == k.div_ceil(block));
+            }
+            match isa() {
+                // SAFETY: feature detected; rows have length k and a scale for every block.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 if block % 16 == 0 => unsafe {
+                    x86::dot_rxt_fp8_avx512(codes, scales, block, x)
+                },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 if block % 32 == 0 => std::array::from_fn(|r| {
+                    // SAFETY: as above.
+                    std::array::from_fn(|t| unsafe {
+                        x86::dot_fp8_avx2(codes[r], scales[r], block, x[t])
+                    })
+                }),
+                _ => std::array::from_fn(|r| {
+                    std::array::from_fn(|t| portable::dot_fp8(codes[r], scales[r], block, x[t]))
+                }),
             }
         }
     }
@@ -179,6 +213,26 @@ mod portable {
         words.fold(u64::from_le_bytes(last), |a, w| {
             a ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))
         })
+    }
+
+    /// The order of `dot_f32` over the decoded row, so FP8 rows give the bits they gave decoded.
+    pub fn dot_fp8(codes: &[u8], scales: &[f32], block: usize, x: &[f32]) -> f32 {
+        let table = crate::fp8::e4m3_table();
+        let w = |j: usize| table[codes[j] as usize] * scales[j / block];
+        let n = codes.len();
+        let mut acc = [0f32; 8];
+        let mut j = 0;
+        while j + 8 <= n {
+            for i in 0..8 {
+                acc[i] += w(j + i) * x[j + i];
+            }
+            j += 8;
+        }
+        let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (j, xj) in x.iter().enumerate().skip(j) {
+            s += w(j) * xj;
+        }
+        s
     }
 
     #[inline]
@@ -272,6 +326,67 @@ mod x86 {
             _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)),
             16,
         ))
+    }
+
+    /// 16 float8_e4m3fn codes as f32, times 2^-8: each byte's sign, exponent and mantissa placed
+    /// in an f16's fields (the sign-extended byte shifted left 7, bit 14 cleared), which the
+    /// hardware widens exactly, subnormals included; f16's exponent bias is 15 against e4m3's 7,
+    /// hence the 2^-8. The NaN codes (S.1111.111) come out as +-1.875 (+-480 after the 2^8).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2")]
+    unsafe fn widen_e4m3_16(p: *const u8) -> __m512 {
+        let w = _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i));
+        let h = _mm256_and_si256(_mm256_slli_epi16(w, 7), _mm256_set1_epi16(0xBF80u16 as i16));
+        _mm512_cvtph_ps(h)
+    }
+
+    /// `dot_rxt` for FP8 rows whose scale blocks are a multiple of 16 columns wide. Each weight is
+    /// `(e4m3 * 2^-8) * (scale * 2^8)`: the exact product rounded once, the same bits as the
+    /// table's `e4m3 * scale`, so a cell sums what `dot_f32` sums over the decoded row.
+    #[target_feature(enable = "avx512f,avx2")]
+    pub unsafe fn dot_rxt_fp8_avx512<const R: usize, const T: usize>(
+        w: [&[u8]; R],
+        scales: [&[f32]; R],
+        block: usize,
+        x: [&[f32]; T],
+    ) -> [[f32; T]; R] {
+        let k = x[0].len();
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let mut sv = [_mm512_setzero_ps(); R];
+        let mut xv = [_mm512_setzero_ps(); T];
+        let (mut i, mut next_block) = (0, 0);
+        while i + 16 <= k {
+            if i == next_block {
+                for r in 0..R {
+                    sv[r] = _mm512_set1_ps(scales[r][i / block] * 256.0);
+                }
+                next_block += block;
+            }
+            for t in 0..T {
+                xv[t] = _mm512_loadu_ps(x[t].as_ptr().add(i));
+            }
+            for r in 0..R {
+                // the next R rows into L2, as the f32 and bf16 tiles do
+                _mm_prefetch::<_MM_HINT_T1>(w[r].as_ptr().wrapping_add(i + R * k) as *const i8);
+                let wv = _mm512_mul_ps(widen_e4m3_16(w[r].as_ptr().add(i)), sv[r]);
+                for t in 0..T {
+                    acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+                }
+            }
+            i += 16;
+        }
+        let table = crate::fp8::e4m3_table();
+        let mut out = [[0f32; T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                let mut s = _mm512_reduce_add_ps(acc[r][t]);
+                for j in i..k {
+                    s += table[w[r][j] as usize] * scales[r][j / block] * x[t][j];
+                }
+                out[r][t] = s;
+            }
+        }
+        out
     }
 
     // The single-row dots below accumulate exactly like one cell of the 4x4 kernels (one
@@ -384,6 +499,44 @@ mod x86 {
         ));
         while i < n {
             s += f32::from_bits((w[i] as u32) << 16) * x[i];
+            i += 1;
+        }
+        s
+    }
+
+    /// `dot_f32_avx2` over an FP8 row decoded as the table does (see `widen_e4m3_16`), for scale
+    /// blocks a multiple of 32 columns wide.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_fp8_avx2(w: &[u8], scales: &[f32], block: usize, x: &[f32]) -> f32 {
+        let n = w.len();
+        let (pw, px) = (w.as_ptr(), x.as_ptr());
+        let widen8 = |p: *const u8| {
+            let h = _mm_and_si128(
+                _mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64(p as *const __m128i)), 7),
+                _mm_set1_epi16(0xBF80u16 as i16),
+            );
+            _mm256_cvtph_ps(h)
+        };
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            let sv = _mm256_set1_ps(scales[i / block] * 256.0);
+            for (k, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(
+                    _mm256_mul_ps(widen8(pw.add(i + 8 * k)), sv),
+                    _mm256_loadu_ps(px.add(i + 8 * k)),
+                    *acc,
+                );
+            }
+            i += 32;
+        }
+        let mut s = hsum256(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
+        let table = crate::fp8::e4m3_table();
+        while i < n {
+            s += table[w[i] as usize] * scales[i / block] * x[i];
             i += 1;
         }
         s

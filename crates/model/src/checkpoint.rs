@@ -5,6 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use half::{bf16, f16};
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -425,8 +426,20 @@ impl Checkpoint {
                 if let Some(bad) = scale_inv.iter().find(|s| !s.is_finite()) {
                     bail!("tensor {scale_name} holds a non-finite scale ({bad})");
                 }
+                let codes: Buf<u8> = Buf::shared(owner, e.start, n);
+                // The kernels widen codes through f16 fields, where S.1111.111 is no NaN; no
+                // released checkpoint holds one, so one is a damaged file, not a value.
+                // (a fold without early exit, in 1 MiB chunks: it vectorises)
+                let nan = |c: &[u8]| c.iter().fold(false, |a, &b| a | (b & 0x7f == 0x7f));
+                if codes.as_slice().par_chunks(1 << 20).any(nan) {
+                    bail!(
+                        "tensor {name} in {} holds a NaN code (float8_e4m3fn S.1111.111): the \
+                         file is damaged",
+                        self.file_of(e).display()
+                    );
+                }
                 WeightData::Fp8Block {
-                    codes: Buf::shared(owner, e.start, n),
+                    codes,
                     scale_inv,
                     block_rows: br,
                     block_cols: bc,

@@ -369,10 +369,19 @@ impl Model {
         all
     }
 
-    /// Bytes of every weight of the main model (layers, embedding, head), as stored.
+    /// Bytes of every weight loaded (layers, embedding, head, and the MTP modules the
+    /// checkpoint has, which stay resident for `--speculative mtp`), as stored.
     pub fn weight_bytes(&self) -> usize {
         let layers: f64 = self.layers.iter().map(|l| l.stored_bytes(None)).sum();
-        self.embed_tokens.stored_bytes() + self.lm_head.stored_bytes() + layers as usize
+        let mtp: f64 = self
+            .mtp
+            .iter()
+            .map(|m| {
+                let head = m.shared_head.as_ref().map_or(0, |h| h.stored_bytes());
+                m.layer.stored_bytes(None) + (m.eh_proj.stored_bytes() + head) as f64
+            })
+            .sum();
+        self.embed_tokens.stored_bytes() + self.lm_head.stored_bytes() + (layers + mtp) as usize
     }
 }
 

@@ -17,11 +17,27 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn tmp(tag: &str) -> PathBuf {
+/// A scratch directory, removed when dropped (a failing test's too).
+struct Tmp(PathBuf);
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for Tmp {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn tmp(tag: &str) -> Tmp {
     let d = std::env::temp_dir().join(format!("whale-layouts-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Tmp(d)
 }
 
 fn read(path: &Path) -> Tensors {
@@ -198,4 +214,22 @@ fn half_split_rope_rows_with_rope_interleave_false() {
         let err = max_err(&logits(&dir, &ids), &want);
         assert!(err <= 1e-4, "{name}: {err}");
     }
+}
+
+#[test]
+fn an_fp8_nan_code_is_refused_at_load() {
+    let name = "tiny-v3-fp8";
+    let mut t = all_tensors(name);
+    let w = "model.layers.0.self_attn.o_proj.weight";
+    assert_eq!(t[w].0, Dtype::F8_E4M3);
+    let dir = tmp("fp8-nan");
+    single_file(&dir, &config(name), &t);
+    assert!(Model::load(&Checkpoint::open(&dir).unwrap()).is_ok());
+    t.get_mut(w).unwrap().2[5] = 0xff; // -NaN
+    single_file(&dir, &config(name), &t);
+    let err = Model::load(&Checkpoint::open(&dir).unwrap())
+        .err()
+        .expect("a NaN code is an error");
+    let msg = format!("{err:#}");
+    assert!(msg.contains(w) && msg.contains("NaN code"), "{msg}");
 }
