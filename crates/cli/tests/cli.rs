@@ -21,18 +21,19 @@ fn whale(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("whale-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed when dropped (a failing test's too).
+fn tmp(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("whale-cli-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
-fn copy_fixture(name: &str, tag: &str) -> PathBuf {
+fn copy_fixture(name: &str, tag: &str) -> tempfile::TempDir {
     let d = tmp(tag);
     for e in std::fs::read_dir(fixture(name)).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        std::fs::copy(e.path(), d.path().join(e.file_name())).unwrap();
     }
     d
 }
@@ -95,7 +96,8 @@ fn join(ids: &[i64]) -> String {
 
 #[test]
 fn logits_and_generate_commands_reproduce_transformers() {
-    let out_dir = tmp("parity");
+    let out_tmp = tmp("parity");
+    let out_dir = out_tmp.path();
     for name in CASES {
         let r = reference(name);
         let model = fixture(name);
@@ -208,15 +210,18 @@ fn bad_checkpoints_fail_cleanly() {
         &logits_of(Path::new("/nonexistent/model"), "0,1"),
         "/nonexistent/model",
     );
-    let d = copy_fixture("tiny-v3", "noconfig");
+    let d_tmp = copy_fixture("tiny-v3", "noconfig");
+    let d = d_tmp.path();
     std::fs::remove_file(d.join("config.json")).unwrap();
-    assert_clean_error(&logits_of(&d, "0,1"), "config.json");
-    let d = copy_fixture("tiny-v3", "noshard");
+    assert_clean_error(&logits_of(d, "0,1"), "config.json");
+    let d_tmp = copy_fixture("tiny-v3", "noshard");
+    let d = d_tmp.path();
     std::fs::remove_file(d.join("model-00002-of-00002.safetensors")).unwrap();
-    assert_clean_error(&logits_of(&d, "0,1"), "model-00002-of-00002.safetensors");
+    assert_clean_error(&logits_of(d, "0,1"), "model-00002-of-00002.safetensors");
 
     // truncated and corrupt safetensors
-    let d = copy_fixture("tiny-v3", "truncated");
+    let d_tmp = copy_fixture("tiny-v3", "truncated");
+    let d = d_tmp.path();
     let f = d.join("model-00001-of-00002.safetensors");
     let len = std::fs::metadata(&f).unwrap().len();
     std::fs::OpenOptions::new()
@@ -225,46 +230,51 @@ fn bad_checkpoints_fail_cleanly() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    assert_clean_error(&logits_of(&d, "0,1"), "model-00001-of-00002.safetensors");
-    let d = copy_fixture("tiny-v3", "corrupt");
+    assert_clean_error(&logits_of(d, "0,1"), "model-00001-of-00002.safetensors");
+    let d_tmp = copy_fixture("tiny-v3", "corrupt");
+    let d = d_tmp.path();
     let f = d.join("model-00002-of-00002.safetensors");
     let mut b = std::fs::read(&f).unwrap();
     b[8..40].copy_from_slice(&[b'#'; 32]);
     std::fs::write(&f, b).unwrap();
-    assert_clean_error(&logits_of(&d, "0,1"), "model-00002-of-00002.safetensors");
+    assert_clean_error(&logits_of(d, "0,1"), "model-00002-of-00002.safetensors");
 
     // wrong shape, wrong dtype, missing tensor
-    let d = copy_fixture("tiny-v3", "shape");
-    edit_shard(&d, "model.norm.weight", |t| {
+    let d_tmp = copy_fixture("tiny-v3", "shape");
+    let d = d_tmp.path();
+    edit_shard(d, "model.norm.weight", |t| {
         let e = t.get_mut("model.norm.weight").unwrap();
         e.1 = vec![32];
         e.2.truncate(64);
     });
-    assert_clean_error(&logits_of(&d, "0,1"), "model.norm.weight");
-    let d = copy_fixture("tiny-v3", "dtype");
+    assert_clean_error(&logits_of(d, "0,1"), "model.norm.weight");
+    let d_tmp = copy_fixture("tiny-v3", "dtype");
+    let d = d_tmp.path();
     let name = "model.layers.0.self_attn.o_proj.weight";
-    edit_shard(&d, name, |t| t.get_mut(name).unwrap().0 = Dtype::I16);
-    assert_clean_error(&logits_of(&d, "0,1"), name);
-    let d = copy_fixture("tiny-v3", "missing");
+    edit_shard(d, name, |t| t.get_mut(name).unwrap().0 = Dtype::I16);
+    assert_clean_error(&logits_of(d, "0,1"), name);
+    let d_tmp = copy_fixture("tiny-v3", "missing");
+    let d = d_tmp.path();
     let name = "model.layers.1.mlp.experts.3.up_proj.weight";
-    edit_shard(&d, name, |t| {
+    edit_shard(d, name, |t| {
         t.remove(name);
     });
-    assert_clean_error(&logits_of(&d, "0,1"), name);
+    assert_clean_error(&logits_of(d, "0,1"), name);
     // removed from the index as well: still named as missing
     let idx = d.join("model.safetensors.index.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&idx).unwrap()).unwrap();
     v["weight_map"].as_object_mut().unwrap().remove(name);
     std::fs::write(&idx, v.to_string()).unwrap();
-    assert_clean_error(&logits_of(&d, "0,1"), name);
+    assert_clean_error(&logits_of(d, "0,1"), name);
     // an fp8 weight whose block scales are missing
-    let d = copy_fixture("tiny-v3-fp8", "noscale");
+    let d_tmp = copy_fixture("tiny-v3-fp8", "noscale");
+    let d = d_tmp.path();
     let name = "model.layers.0.self_attn.o_proj.weight_scale_inv";
-    edit_shard(&d, name, |t| {
+    edit_shard(d, name, |t| {
         t.remove(name);
     });
-    assert_clean_error(&logits_of(&d, "0,1"), name);
+    assert_clean_error(&logits_of(d, "0,1"), name);
 }
 
 #[test]
@@ -275,17 +285,19 @@ fn bad_configs_fail_cleanly() {
         ("scoring_func", "\"relu\""),
         ("hidden_size", "\"wide\""),
     ] {
-        let d = copy_fixture("tiny-v3", &format!("cfg-{field}"));
+        let d_tmp = copy_fixture("tiny-v3", &format!("cfg-{field}"));
+        let d = d_tmp.path();
         let p = d.join("config.json");
         let mut v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         v[field] = serde_json::from_str(value).unwrap();
         std::fs::write(&p, v.to_string()).unwrap();
-        assert_clean_error(&logits_of(&d, "0,1"), field);
+        assert_clean_error(&logits_of(d, "0,1"), field);
     }
-    let d = copy_fixture("tiny-v3", "cfg-json");
+    let d_tmp = copy_fixture("tiny-v3", "cfg-json");
+    let d = d_tmp.path();
     std::fs::write(d.join("config.json"), "{ not json").unwrap();
-    assert_clean_error(&logits_of(&d, "0,1"), "config.json");
+    assert_clean_error(&logits_of(d, "0,1"), "config.json");
 }
 
 #[test]
@@ -365,7 +377,8 @@ fn json_of(o: &Output) -> serde_json::Value {
 
 #[test]
 fn cost_answers_from_a_config_alone() {
-    let d = tmp("cost");
+    let d_tmp = tmp("cost");
+    let d = d_tmp.path();
     let v3 = d.join("v3");
     let o = whale(&[
         "synth",
@@ -486,7 +499,8 @@ fn cost_answers_from_a_config_alone() {
 
 #[test]
 fn cost_refuses_bad_questions() {
-    let d = tmp("cost-bad");
+    let d_tmp = tmp("cost-bad");
+    let d = d_tmp.path();
     let v3 = d.join("v3");
     whale(&[
         "synth",

@@ -17,11 +17,12 @@ fn repo(p: &str) -> PathBuf {
         .join(p)
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("whale-train-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed when dropped (a failing test's too).
+fn tmp(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("whale-train-cli-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -48,7 +49,8 @@ fn the_bundled_model_thinks_then_answers_by_default() {
 
 #[test]
 fn eval_reads_a_problem_file_and_reports_json() {
-    let d = tmp("problems");
+    let d_tmp = tmp("problems");
+    let d = d_tmp.path();
     let f = d.join("p.jsonl");
     std::fs::write(
         &f,
@@ -88,7 +90,8 @@ fn eval_reads_a_problem_file_and_reports_json() {
 
 #[test]
 fn training_commands_refuse_bad_input() {
-    let d = tmp("bad");
+    let d_tmp = tmp("bad");
+    let d = d_tmp.path();
     let model = repo("models/tiny-r1");
     let m = model.to_str().unwrap();
     let bad_file = d.join("bad.jsonl");
@@ -142,7 +145,8 @@ fn training_commands_refuse_bad_input() {
 
 #[test]
 fn distill_keeps_correct_teacher_traces_and_trains_a_student_the_engine_loads() {
-    let d = tmp("distill");
+    let d_tmp = tmp("distill");
+    let d = d_tmp.path();
     let cfg = std::fs::read_to_string(repo("configs/tiny-r1-student.toml"))
         .unwrap()
         .replace("steps = 600", "steps = 3")

@@ -564,10 +564,8 @@ mod tests {
     #[test]
     fn synthetic_checkpoints_load_and_run_in_every_preset() {
         for preset in [Preset::V2Lite, Preset::V3, Preset::V3Fp8] {
-            let dir = std::env::temp_dir().join(format!(
-                "whale-synth-test-{preset:?}-{}",
-                std::process::id()
-            ));
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("ck");
             let cfg = tiny(preset);
             write_checkpoint(&cfg, &dir, 7, 4 << 20, false).unwrap();
             let ck = Checkpoint::open(&dir).unwrap();
@@ -589,7 +587,6 @@ mod tests {
                 .unwrap();
             assert!(logits.iter().all(|v| v.is_finite()));
             assert!(logits.iter().any(|&v| v != 0.0));
-            std::fs::remove_dir_all(&dir).ok();
         }
     }
 }

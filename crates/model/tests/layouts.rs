@@ -18,26 +18,11 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 /// A scratch directory, removed when dropped (a failing test's too).
-struct Tmp(PathBuf);
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl std::ops::Deref for Tmp {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-fn tmp(tag: &str) -> Tmp {
-    let d = std::env::temp_dir().join(format!("whale-layouts-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Tmp(d)
+fn tmp(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("whale-layouts-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn read(path: &Path) -> Tensors {
@@ -123,9 +108,9 @@ fn transformers5_config_and_single_file() {
     rp_o.insert("rope_theta".into(), theta);
     o.insert("rope_parameters".into(), rp);
     let dir = tmp("tf5");
-    single_file(&dir, &cfg, &all_tensors(name));
+    single_file(dir.path(), &cfg, &all_tensors(name));
     let (ids, want) = reference_logits(name, 1); // 91 tokens, past the original 64: YaRN matters
-    assert!(max_err(&logits(&dir, &ids), &want) <= 1e-4);
+    assert!(max_err(&logits(dir.path(), &ids), &want) <= 1e-4);
 }
 
 #[test]
@@ -158,10 +143,10 @@ fn f16_storage_reads_the_same_values_as_f32() {
         );
     }
     let (a, b) = (tmp("f16"), tmp("f16-as-f32"));
-    single_file(&a, &config(name), &as_f16);
-    single_file(&b, &config(name), &rounded_f32);
+    single_file(a.path(), &config(name), &as_f16);
+    single_file(b.path(), &config(name), &rounded_f32);
     let (ids, _) = reference_logits(name, 0);
-    let (la, lb) = (logits(&a, &ids), logits(&b, &ids));
+    let (la, lb) = (logits(a.path(), &ids), logits(b.path(), &ids));
     assert_eq!(la, lb, "f16 weights widen exactly to f32");
 }
 
@@ -209,9 +194,9 @@ fn half_split_rope_rows_with_rope_interleave_false() {
         let mut cfg = cfg0.clone();
         cfg["rope_interleave"] = json!(false);
         let dir = tmp(&format!("neox-{name}"));
-        single_file(&dir, &cfg, &t);
+        single_file(dir.path(), &cfg, &t);
         let (ids, want) = reference_logits(name, 1);
-        let err = max_err(&logits(&dir, &ids), &want);
+        let err = max_err(&logits(dir.path(), &ids), &want);
         assert!(err <= 1e-4, "{name}: {err}");
     }
 }
@@ -223,11 +208,11 @@ fn an_fp8_nan_code_is_refused_at_load() {
     let w = "model.layers.0.self_attn.o_proj.weight";
     assert_eq!(t[w].0, Dtype::F8_E4M3);
     let dir = tmp("fp8-nan");
-    single_file(&dir, &config(name), &t);
-    assert!(Model::load(&Checkpoint::open(&dir).unwrap()).is_ok());
+    single_file(dir.path(), &config(name), &t);
+    assert!(Model::load(&Checkpoint::open(dir.path()).unwrap()).is_ok());
     t.get_mut(w).unwrap().2[5] = 0xff; // -NaN
-    single_file(&dir, &config(name), &t);
-    let err = Model::load(&Checkpoint::open(&dir).unwrap())
+    single_file(dir.path(), &config(name), &t);
+    let err = Model::load(&Checkpoint::open(dir.path()).unwrap())
         .err()
         .expect("a NaN code is an error");
     let msg = format!("{err:#}");

@@ -132,7 +132,8 @@ fn a_full_pool_refuses_instead_of_overflowing() {
 #[test]
 fn saved_prefixes_come_back_in_a_new_pool_for_the_same_model_only() {
     let m = model();
-    let file = std::env::temp_dir().join(format!("whale-prefixes-{}.bin", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("prefixes.bin");
     let prompt: Vec<u32> = (10..40).collect();
     let mut pool = BlockPool::new(&m.config, 4, 64);
     let (mut a, _) = pool.start(&prompt);

@@ -114,7 +114,8 @@ fn conversion_covers_the_linear_layers() {
 #[test]
 fn quantised_distributions_stay_close_at_v2_lite_width() {
     use whale_model::synth::{shaped_config, write_checkpoint, Overrides, Preset};
-    let dir = std::env::temp_dir().join(format!("whale-kl-{}", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
     let o = Overrides {
         layers: Some(2),
         experts: Some(8),
@@ -151,7 +152,6 @@ fn quantised_distributions_stay_close_at_v2_lite_width() {
     assert!(b16 < q8 / 4.0, "bf16-fast {b16}, int8 {q8}");
     assert!(q8 < 0.01, "int8 {q8}");
     assert!(q4 < 0.05, "int4 {q4}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `whale quantize` output loads to exactly what converting at load gives, FP8 sources and
@@ -163,8 +163,8 @@ fn saved_quantised_checkpoints_equal_conversion_at_load() {
         ("tiny-v2-lite", Format::Q8_0),
         ("tiny-v3-fp8", Format::Q8_0),
     ] {
-        let dir =
-            std::env::temp_dir().join(format!("whale-quantize-{name}-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
         let src = Checkpoint::open(&fixture(name)).unwrap();
         whale_model::quantize::save_quantized(&src, fmt, &dir).unwrap();
         let saved = load_dir(&dir, None);
@@ -181,6 +181,5 @@ fn saved_quantised_checkpoints_equal_conversion_at_load() {
         // quantising a quantised checkpoint again is refused
         let again = Checkpoint::open(&dir).unwrap();
         assert!(whale_model::quantize::save_quantized(&again, fmt, &dir.join("x")).is_err());
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

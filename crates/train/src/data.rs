@@ -231,9 +231,10 @@ mod tests {
             .iter()
             .flat_map(|p| [p.question.clone(), task.solve(p)])
             .collect();
-        let dir = std::env::temp_dir().join(format!("whale-data-test-{}", std::process::id()));
-        crate::tokenizer::save(&crate::tokenizer::train(&corpus, 300).unwrap(), &dir, 256).unwrap();
-        let tok = ChatTokenizer::load(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        crate::tokenizer::save(&crate::tokenizer::train(&corpus, 300).unwrap(), dir, 256).unwrap();
+        let tok = ChatTokenizer::load(dir).unwrap();
         let (first, second) = (probs.remove(0), probs.remove(0));
         let first_response = task.solve(&first);
         let history = vec![(
@@ -257,6 +258,6 @@ mod tests {
         let b = Batch::new(std::slice::from_ref(&e), true, 2);
         let trained = b.weights[0].iter().filter(|w| **w > 0.0).count();
         assert_eq!(trained, e.ids.len() - e.prompt_len);
-        std::fs::remove_dir_all(&dir).ok();
+        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -12,16 +12,17 @@ use whale_train::{Options, Store, TrainModel};
 fn a_saved_checkpoint_loads_in_the_engine_with_identical_logits() -> anyhow::Result<()> {
     let cfg = common::tiny_config(40);
     let store = Store::init(&cfg, 11, DType::F32)?;
-    let dir = tempdir("ckpt");
-    write_model_files(&cfg, &dir)?;
-    store.save(&cfg, &dir, DType::F32)?;
+    let tmp = tempdir("ckpt");
+    let dir = tmp.path();
+    write_model_files(&cfg, dir)?;
+    store.save(&cfg, dir, DType::F32)?;
     let model = TrainModel::new(cfg.clone(), store)?;
     let ids: Vec<u32> = vec![0, 5, 9, 33, 2, 17, 39, 4, 4, 21];
     let got = model
         .forward(std::slice::from_ref(&ids), &[ids.len()], Options::default())?
         .logits
         .squeeze(0)?;
-    let engine = Model::load(&Checkpoint::open(&dir)?)?;
+    let engine = Model::load(&Checkpoint::open(dir)?)?;
     let mut cache = LatentCache::new(&engine.config, 32);
     let want = engine.forward(&ids, &mut cache, AttentionForm::Plain, Logits::All)?;
     let want = Tensor::from_vec(want, (ids.len(), 40), &candle_core::Device::Cpu)?;
@@ -99,11 +100,12 @@ pool = 500
 
 #[test]
 fn loss_falls_and_a_resumed_run_matches_an_uninterrupted_one() -> anyhow::Result<()> {
-    let (a, b) = (tempdir("full"), tempdir("resumed"));
-    let full = whale_train::pretrain::run(&TrainConfig::parse(&tiny_run(16))?, &a, false, false)?;
+    let (tmp_a, tmp_b) = (tempdir("full"), tempdir("resumed"));
+    let (a, b) = (tmp_a.path(), tmp_b.path());
+    let full = whale_train::pretrain::run(&TrainConfig::parse(&tiny_run(16))?, a, false, false)?;
     whale_train::pretrain::run(
         &TrainConfig::parse(&tiny_run(16))?.with_steps_cut(5),
-        &b,
+        b,
         false,
         false,
     )?;
@@ -112,7 +114,7 @@ fn loss_falls_and_a_resumed_run_matches_an_uninterrupted_one() -> anyhow::Result
     let mut text = std::fs::read_to_string(&log_b)?;
     text.push_str("{\"step\": 6, \"loss\": 99.0}\n{\"step\": 7, \"loss\": 99.0}\n");
     std::fs::write(&log_b, text)?;
-    let resumed = whale_train::pretrain::run(&TrainConfig::parse(&tiny_run(16))?, &b, true, false)?;
+    let resumed = whale_train::pretrain::run(&TrainConfig::parse(&tiny_run(16))?, b, true, false)?;
     assert_eq!(resumed.steps, 16);
     let rows = whale_train::metrics::read_jsonl(&a.join("metrics.jsonl"))?;
     let rows_b = whale_train::metrics::read_jsonl(&log_b)?;
@@ -152,18 +154,20 @@ fn bad_configs_are_refused() {
     );
     let bad_task =
         TrainConfig::parse(&tiny_run(5).replace("name = \"add2\"", "name = \"div2\"")).unwrap();
-    assert!(whale_train::pretrain::run(&bad_task, &tempdir("bad"), false, false).is_err());
+    assert!(whale_train::pretrain::run(&bad_task, tempdir("bad").path(), false, false).is_err());
     assert!(whale_train::pretrain::run(
         &TrainConfig::parse(&tiny_run(5)).unwrap(),
-        &tempdir("nostate"),
+        tempdir("nostate").path(),
         true,
         false
     )
     .is_err());
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("whale-train-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A scratch directory, removed when dropped (a failing test's too).
+fn tempdir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("whale-train-test-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
