@@ -17,6 +17,7 @@ pub mod matrix;
 pub mod ops;
 pub mod probe;
 pub mod qdot;
+pub mod qdot_avx2;
 pub mod quant;
 pub mod simd;
 pub mod vexp;

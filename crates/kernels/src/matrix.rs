@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use crate::bdot;
 use crate::qdot::{self, QAct, QRows};
+use crate::qdot_avx2::{self, I8Act};
 use crate::simd::{self, Rows};
 use crate::{fp8, Buf};
 
@@ -530,15 +531,17 @@ impl<'a> Product<'a> {
 }
 
 /// Activations converted once for the kernels a weight format needs: int8 blocks for Q8_0/Q4_0
-/// (where the CPU has the integer kernels), bf16 for bf16-fast weights.
+/// (laid out for AVX-512 VNNI, or in order for AVX2), bf16 for bf16-fast weights.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Converted {
     Int(qdot::Layout),
+    Int8,
     Bf16,
 }
 
 enum Acts {
     Int(Vec<QAct>),
+    Int8(Vec<I8Act>),
     Bf16(Vec<u16>),
 }
 
@@ -546,10 +549,13 @@ impl Converted {
     fn of(w: &Matrix) -> Option<Self> {
         match &w.data {
             WeightData::BF16Fast(_) => Some(Converted::Bf16),
-            _ => w
-                .qrows()
-                .filter(|_| qdot::available())
-                .map(|q| Converted::Int(q.layout)),
+            _ => w.qrows().and_then(|q| {
+                if qdot::available() {
+                    Some(Converted::Int(q.layout))
+                } else {
+                    qdot_avx2::available().then_some(Converted::Int8)
+                }
+            }),
         }
     }
 
@@ -558,6 +564,7 @@ impl Converted {
             Converted::Int(layout) => {
                 Acts::Int(x.chunks_exact(k).map(|r| QAct::new(r, layout)).collect())
             }
+            Converted::Int8 => Acts::Int8(x.chunks_exact(k).map(I8Act::new).collect()),
             Converted::Bf16 => Acts::Bf16(bdot::round(x)),
         }
     }
@@ -729,6 +736,13 @@ fn band_product(
                 .qrows()
                 .expect("int activations go with block weights");
             qdot::rows_times_tokens(q, rows, a, chunk)
+        }
+        (Some(Acts::Int8(a)), _) => {
+            let q = inp
+                .w
+                .qrows()
+                .expect("int activations go with block weights");
+            qdot_avx2::rows_times_tokens(q, rows, a, chunk)
         }
         (Some(Acts::Bf16(a)), WeightData::BF16Fast(b)) => bdot::rows_times_tokens(
             bytemuck::cast_slice(b.as_slice()),

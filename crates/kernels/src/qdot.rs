@@ -122,7 +122,7 @@ impl QAct {
 /// One block of 32 activations to int8 with d = max|x| / 127, rounded half away from zero;
 /// returns d. The AVX-512 build gives the same bits as the scalar one (test); it exists because
 /// the scalar `round` is a libm call per value (~3% of int4 decode).
-fn quantize_block(x: &[f32], q: &mut [i8; QK]) -> f32 {
+pub(crate) fn quantize_block(x: &[f32], q: &mut [i8; QK]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if available() {
         // SAFETY: `available()` checked AVX-512; x holds QK values (chunks_exact).

@@ -91,8 +91,6 @@ pub fn dot_q8_0(qs: &[i8], scales: &[f16], x: &[f32]) -> f32 {
         // SAFETY: feature detected; lengths checked above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { x86::dot_q8_0_avx512(qs, scales, x) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::dot_q8_0_avx2(qs, scales, x) },
         _ => portable::dot_q8_0(qs, scales, x),
     }
 }
@@ -105,8 +103,6 @@ pub fn dot_q4_0(qs: &[u8], scales: &[f16], x: &[f32]) -> f32 {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { x86::dot_q4_0_avx512(qs, scales, x) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::dot_q4_0_avx2(qs, scales, x) },
         _ => portable::dot_q4_0(qs, scales, x),
     }
 }
@@ -506,53 +502,6 @@ mod x86 {
             i += 1;
         }
         s
-    }
-
-    /// Sum over a block's four runs of 8 of w * x, as two independent chains.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_dot_avx2(w: [__m256; 4], xp: *const f32) -> __m256 {
-        let x = |c: usize| _mm256_loadu_ps(xp.add(8 * c));
-        let a = _mm256_fmadd_ps(w[1], x(1), _mm256_mul_ps(w[0], x(0)));
-        let b = _mm256_fmadd_ps(w[3], x(3), _mm256_mul_ps(w[2], x(2)));
-        _mm256_add_ps(a, b)
-    }
-
-    /// `dot_q8_0_avx512` in 8 lanes: the CPUs without AVX-512 VNNI multiply block-quantised
-    /// weights by f32 activations (scalar code ran these at ~2 GMAC/s).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q8_0_avx2(qs: &[i8], scales: &[f16], x: &[f32]) -> f32 {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for (b, d) in scales.iter().enumerate() {
-            let q = qs.as_ptr().add(b * QK);
-            let w = std::array::from_fn(|c| {
-                let v = _mm_loadl_epi64(q.add(8 * c) as *const __m128i);
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
-            });
-            let p = block_dot_avx2(w, x.as_ptr().add(b * QK));
-            acc[b & 1] = _mm256_fmadd_ps(p, _mm256_set1_ps(d.to_f32()), acc[b & 1]);
-        }
-        hsum256(_mm256_add_ps(acc[0], acc[1]))
-    }
-
-    /// `dot_q4_0_avx512` in 8 lanes (see `dot_q8_0_avx2`): byte j of a block holds values j
-    /// (low nibble) and j + 16 (high).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_0_avx2(qs: &[u8], scales: &[f16], x: &[f32]) -> f32 {
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let (mask, eight) = (_mm256_set1_epi32(0x0f), _mm256_set1_epi32(8));
-        for (b, d) in scales.iter().enumerate() {
-            let q = qs.as_ptr().add(b * QK / 2);
-            let bytes =
-                |h: usize| _mm256_cvtepu8_epi32(_mm_loadl_epi64(q.add(8 * h) as *const __m128i));
-            let (v0, v1) = (bytes(0), bytes(1));
-            let lo = |v| _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v, mask), eight));
-            let hi = |v| _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v, 4), eight));
-            let w = [lo(v0), lo(v1), hi(v0), hi(v1)];
-            let p = block_dot_avx2(w, x.as_ptr().add(b * QK));
-            acc[b & 1] = _mm256_fmadd_ps(p, _mm256_set1_ps(d.to_f32()), acc[b & 1]);
-        }
-        hsum256(_mm256_add_ps(acc[0], acc[1]))
     }
 
     /// `dot_f32_avx2` over an FP8 row decoded as the table does (see `widen_e4m3_16`), for scale
