@@ -1,4 +1,4 @@
-//! Dot products of f32 activations with f32 or bf16 weights, selected at runtime by CPU
+//! Dot products of f32 activations with f32, bf16 or FP8-block weights, selected at runtime by CPU
 //! feature detection: AVX-512F, AVX2+FMA, or portable Rust. Every kernel reduces in a fixed
 //! order that does not depend on threads, so results are the same however work is split.
 
@@ -83,28 +83,19 @@ pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     }
 }
 
-/// sum over Q8_0 blocks of d_b * (q_b . x_b)
+/// sum over Q8_0 blocks of d_b * (q_b . x_b) with f32 activations: the fallback for CPUs
+/// without AVX2, where neither integer kernel (`qdot`, `qdot_avx2`) runs.
 #[inline]
 pub fn dot_q8_0(qs: &[i8], scales: &[f16], x: &[f32]) -> f32 {
     assert!(qs.len() == x.len() && scales.len() * QK == x.len());
-    match isa() {
-        // SAFETY: feature detected; lengths checked above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::dot_q8_0_avx512(qs, scales, x) },
-        _ => portable::dot_q8_0(qs, scales, x),
-    }
+    portable::dot_q8_0(qs, scales, x)
 }
 
-/// sum over Q4_0 blocks of d_b * ((q_b - 8) . x_b)
+/// sum over Q4_0 blocks of d_b * ((q_b - 8) . x_b), as `dot_q8_0`.
 #[inline]
 pub fn dot_q4_0(qs: &[u8], scales: &[f16], x: &[f32]) -> f32 {
     assert!(qs.len() * 2 == x.len() && scales.len() * QK == x.len());
-    match isa() {
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::dot_q4_0_avx512(qs, scales, x) },
-        _ => portable::dot_q4_0(qs, scales, x),
-    }
+    portable::dot_q4_0(qs, scales, x)
 }
 
 /// Weight rows in a form the 4x4 kernels read directly.
@@ -255,7 +246,6 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{f16, QK};
     use std::arch::x86_64::*;
 
     /// Eight independent accumulators, as many loads in flight as the probe's reads need.
@@ -278,45 +268,6 @@ mod x86 {
         lanes
             .iter()
             .fold(super::portable::xor_fold(&b[whole..]), |a, l| a ^ l)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_q8_0_avx512(qs: &[i8], scales: &[f16], x: &[f32]) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 2];
-        for (b, d) in scales.iter().enumerate() {
-            let q = qs.as_ptr().add(b * QK) as *const __m128i;
-            let xp = x.as_ptr().add(b * QK);
-            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q)));
-            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(1))));
-            let p = _mm512_fmadd_ps(
-                hi,
-                _mm512_loadu_ps(xp.add(16)),
-                _mm512_mul_ps(lo, _mm512_loadu_ps(xp)),
-            );
-            acc[b & 1] = _mm512_fmadd_ps(p, _mm512_set1_ps(d.to_f32()), acc[b & 1]);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_q4_0_avx512(qs: &[u8], scales: &[f16], x: &[f32]) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let (mask, eight) = (_mm512_set1_epi32(0x0f), _mm512_set1_epi32(8));
-        for (b, d) in scales.iter().enumerate() {
-            let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                qs.as_ptr().add(b * QK / 2) as *const __m128i
-            ));
-            let xp = x.as_ptr().add(b * QK);
-            let lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, mask), eight));
-            let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), eight));
-            let p = _mm512_fmadd_ps(
-                hi,
-                _mm512_loadu_ps(xp.add(16)),
-                _mm512_mul_ps(lo, _mm512_loadu_ps(xp)),
-            );
-            acc[b & 1] = _mm512_fmadd_ps(p, _mm512_set1_ps(d.to_f32()), acc[b & 1]);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
     }
 
     #[inline]
@@ -701,25 +652,9 @@ pub(crate) mod tests {
                     close(dot_q8_0(&q8, &s8, &b), portable::dot_f32(&deq, &b), n),
                     "q8_0 n={n}"
                 );
-                assert!(
-                    close(
-                        portable::dot_q8_0(&q8, &s8, &b),
-                        portable::dot_f32(&deq, &b),
-                        n
-                    ),
-                    "q8_0 n={n}"
-                );
                 crate::quant::dequantize_q4_0(&q4, &s4, &mut deq);
                 assert!(
                     close(dot_q4_0(&q4, &s4, &b), portable::dot_f32(&deq, &b), n),
-                    "q4_0 n={n}"
-                );
-                assert!(
-                    close(
-                        portable::dot_q4_0(&q4, &s4, &b),
-                        portable::dot_f32(&deq, &b),
-                        n
-                    ),
                     "q4_0 n={n}"
                 );
             }
