@@ -163,10 +163,17 @@ fn cells_ahead<const R: usize, const T: usize>(
             }
         };
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::isa() != crate::simd::Isa::Portable {
+        // SAFETY: AVX2 and FMA detected (the ISA check); all rows have length k.
+        return std::array::from_fn(|r| {
+            std::array::from_fn(|t| unsafe { x86::dot_avx2(w[r], x[t]) })
+        });
+    }
     std::array::from_fn(|r| std::array::from_fn(|t| portable(w[r], x[t])))
 }
 
-/// CPUs without AVX512-BF16: the same products (exact in f32), summed in order.
+/// CPUs without AVX2: the same products (exact in f32), summed in order.
 fn portable(w: &[u16], x: &[u16]) -> f32 {
     let f = |v: u16| f32::from_bits((v as u32) << 16);
     w.iter().zip(x).map(|(&a, &b)| f(a) * f(b)).sum()
@@ -175,6 +182,37 @@ fn portable(w: &[u16], x: &[u16]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// CPUs with AVX2 but not AVX512-BF16: both sides widened to f32 (their products are exact
+    /// there), 32 columns a step over four 8-lane accumulators, the rest in order.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2(w: &[u16], x: &[u16]) -> f32 {
+        let n = w.len();
+        let widen8 = |p: *const u16| {
+            _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
+                16,
+            ))
+        };
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let j = i + 8 * k;
+                *acc = _mm256_fmadd_ps(widen8(w.as_ptr().add(j)), widen8(x.as_ptr().add(j)), *acc);
+            }
+            i += 32;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let mut s = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+        let f = |v: u16| f32::from_bits((v as u32) << 16);
+        for j in i..n {
+            s += f(w[j]) * f(x[j]);
+        }
+        s
+    }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
