@@ -187,13 +187,8 @@ mod x86 {
     /// there), 32 columns a step over four 8-lane accumulators, the rest in order.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_avx2(w: &[u16], x: &[u16]) -> f32 {
+        use crate::simd::x86::{hsum256, widen8};
         let n = w.len();
-        let widen8 = |p: *const u16| {
-            _mm256_castsi256_ps(_mm256_slli_epi32(
-                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
-                16,
-            ))
-        };
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= n {
@@ -203,10 +198,10 @@ mod x86 {
             }
             i += 32;
         }
-        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let mut s = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+        let mut s = hsum256(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
         let f = |v: u16| f32::from_bits((v as u32) << 16);
         for j in i..n {
             s += f(w[j]) * f(x[j]);

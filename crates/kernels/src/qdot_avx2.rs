@@ -153,10 +153,7 @@ mod x86 {
             }
             b += 2;
         }
-        let s = _mm256_sub_ps(_mm256_add_ps(acc0, acc1), offset);
-        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1))) - offset_tail
+        crate::simd::x86::hsum256(_mm256_sub_ps(_mm256_add_ps(acc0, acc1), offset)) - offset_tail
     }
 }
 
@@ -164,18 +161,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::quant;
-
-    fn seq(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::simd::tests::seq;
 
     /// Each block's integer dot is exact, so a cell differs from the dot of the dequantised
     /// weights with the dequantised activation only by the f32 sums' rounding; -128 and 127

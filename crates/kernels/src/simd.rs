@@ -245,7 +245,7 @@ mod portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     /// Eight independent accumulators, as many loads in flight as the probe's reads need.
@@ -384,9 +384,19 @@ mod x86 {
         s
     }
 
+    /// Eight bf16 values widened to f32.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn hsum256(v: __m256) -> f32 {
+    pub(crate) unsafe fn widen8(p: *const u16) -> __m256 {
+        _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
+            16,
+        ))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn hsum256(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
         let s = _mm_add_ps(lo, hi);
@@ -426,12 +436,6 @@ mod x86 {
     pub unsafe fn dot_bf16_avx2(w: &[u16], x: &[f32]) -> f32 {
         let n = w.len();
         let (pw, px) = (w.as_ptr(), x.as_ptr());
-        let widen8 = |p: *const u16| {
-            _mm256_castsi256_ps(_mm256_slli_epi32(
-                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
-                16,
-            ))
-        };
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= n {
