@@ -60,7 +60,7 @@ impl Format {
             "f16" => Format::F16,
             "int8" | "q8_0" => Format::Q8_0,
             "int4" | "q4_0" => Format::Q4_0,
-            _ => return None,
+            _ => unreachable!("reads_in_place"),
         })
     }
 
@@ -359,13 +359,14 @@ impl Matrix {
         (BAND_BYTES / row_bytes.max(1) / 16 * 16).max(BAND_MIN_ROWS)
     }
 
-    /// dot(W[r], x), reading bf16 and f32 rows in place and decoding other formats into `buf`.
+    /// dot(W[r], x), reading f32, bf16 and FP8 rows in place and decoding other formats into `buf`.
     #[inline]
     fn row_dot(&self, r: usize, x: &[f32], buf: &mut [f32]) -> f32 {
+        if let Some(row) = self.rows_in_place::<1>(r) {
+            return simd::dot_rxt(row, [x])[0][0];
+        }
         let span = r * self.cols..(r + 1) * self.cols;
         match &self.data {
-            WeightData::F32(b) => simd::dot_f32(&b.as_slice()[span], x),
-            WeightData::BF16(b) => simd::dot_bf16(&b.as_slice()[span], x),
             WeightData::Q8_0 { qs, scales } => {
                 let nb = self.cols / QK;
                 simd::dot_q8_0(
@@ -382,19 +383,24 @@ impl Matrix {
                     x,
                 )
             }
-            WeightData::Fp8Block { .. } => {
-                let rows = self
-                    .rows_in_place::<1>(r)
-                    .expect("FP8 rows are read in place");
-                simd::dot_rxt(rows, [x])[0][0]
-            }
             _ => simd::dot_f32(self.row(r, buf), x),
         }
+    }
+
+    /// Whether the kernels read this format's rows where they are stored (`rows_in_place`).
+    fn reads_in_place(&self) -> bool {
+        matches!(
+            self.data,
+            WeightData::F32(_) | WeightData::BF16(_) | WeightData::Fp8Block { .. }
+        )
     }
 
     /// Rows `r0..r0 + R` in a form the tile kernels read where they are stored, for the formats
     /// that have one (f32, bf16, FP8 blocks).
     fn rows_in_place<const R: usize>(&self, r0: usize) -> Option<Rows<'_, R>> {
+        if !self.reads_in_place() {
+            return None;
+        }
         let c = self.cols;
         let span = |i: usize| (r0 + i) * c..(r0 + i + 1) * c;
         Some(match &self.data {
@@ -721,11 +727,7 @@ fn band_product(
     chunk: &mut [f32],
     bufs: &mut [Vec<f32>; 4],
 ) {
-    let in_place = matches!(
-        inp.w.data,
-        WeightData::F32(_) | WeightData::BF16(_) | WeightData::Fp8Block { .. }
-    );
-    let decodes = acts.is_none() && !in_place;
+    let decodes = acts.is_none() && !inp.w.reads_in_place();
     if decodes && bufs[0].len() < inp.w.cols {
         bufs.iter_mut().for_each(|b| b.resize(inp.w.cols, 0.0));
     }
