@@ -122,7 +122,8 @@ mod x86 {
         // two accumulators in registers (an array indexed by b & 1 lived on the stack, a
         // store-to-load round trip per block)
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        // Q4_0: the offset's share, sum over blocks of dw * dx * -8 * (sum of the block's x)
+        // Q4_0: the offset's share, sum over blocks of dw * dx * 8 * (sum of the block's x),
+        // taken off at the end
         let (mut offset, mut offset_tail) = (_mm256_setzero_ps(), 0f32);
         // dw * dx of the next eight blocks, widened from f16 eight at a time
         let mut dd = [0f32; 8];
