@@ -60,7 +60,7 @@ impl Format {
             "f16" => Format::F16,
             "int8" | "q8_0" => Format::Q8_0,
             "int4" | "q4_0" => Format::Q4_0,
-            _ => unreachable!("reads_in_place"),
+            _ => return None,
         })
     }
 
@@ -421,7 +421,7 @@ impl Matrix {
                     block: *block_cols,
                 }
             }
-            _ => return None,
+            _ => unreachable!("reads_in_place lists the formats matched here"),
         })
     }
 }
