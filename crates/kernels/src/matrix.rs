@@ -937,6 +937,15 @@ mod tests {
     }
 
     #[test]
+    fn formats_parse_by_name_and_unknown_names_are_none() {
+        assert_eq!(Format::parse("int4"), Some(Format::Q4_0));
+        assert_eq!(Format::parse("q8_0"), Some(Format::Q8_0));
+        assert_eq!(Format::parse("bf16-fast"), Some(Format::Bf16Fast));
+        assert_eq!(Format::parse("fp4"), None);
+        assert_eq!(Format::parse(""), None);
+    }
+
+    #[test]
     fn fp8_products_equal_products_of_the_decoded_weights() {
         // Every finite code (NaN codes 0x7f and 0xff left out), blocks the SIMD kernels take
         // (16 columns on AVX-512; 32 and 128 also on AVX2; partial at the edges) and one they do
