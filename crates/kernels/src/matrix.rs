@@ -172,21 +172,19 @@ impl Matrix {
                 }
                 &buf[..c]
             }
-            WeightData::Fp8Block {
-                codes,
-                scale_inv,
-                block_rows,
-                block_cols,
-            } => {
+            WeightData::Fp8Block { .. } => {
+                let Some(Rows::Fp8 {
+                    codes: [row],
+                    scales: [scales],
+                    block,
+                }) = self.rows_in_place::<1>(r)
+                else {
+                    unreachable!("FP8 rows are read in place");
+                };
                 let table = fp8::e4m3_table();
-                let col_blocks = c.div_ceil(*block_cols);
-                let scales = &scale_inv[(r / block_rows) * col_blocks..][..col_blocks];
-                let row = &codes.as_slice()[span];
-                for (cb, s) in scales.iter().enumerate() {
-                    let lo = cb * block_cols;
-                    let hi = (lo + block_cols).min(c);
-                    for j in lo..hi {
-                        buf[j] = table[row[j] as usize] * s;
+                for ((out, codes), s) in buf.chunks_mut(block).zip(row.chunks(block)).zip(scales) {
+                    for (o, &code) in out.iter_mut().zip(codes) {
+                        *o = table[code as usize] * s;
                     }
                 }
                 &buf[..c]
