@@ -381,7 +381,8 @@ impl Matrix {
                     x,
                 )
             }
-            _ => simd::dot_f32(self.row(r, buf), x),
+            // as `rows4` decodes and multiplies them, for the same bits in any tile
+            _ => simd::dot_rxt(Rows::F32([self.row(r, buf)]), [x])[0][0],
         }
     }
 

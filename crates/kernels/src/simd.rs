@@ -69,20 +69,6 @@ pub fn xor_fold(b: &[u8]) -> u64 {
     }
 }
 
-/// sum_i f32(w[i]) * x[i]
-#[inline]
-pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
-    assert_eq!(w.len(), x.len());
-    match isa() {
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::dot_bf16_avx512(bf16_bits(w), x) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::dot_bf16_avx2(bf16_bits(w), x) },
-        _ => portable::dot_bf16(bf16_bits(w), x),
-    }
-}
-
 /// sum over Q8_0 blocks of d_b * (q_b . x_b) with f32 activations: the fallback for CPUs
 /// without AVX2, where neither integer kernel (`qdot`, `qdot_avx2`) runs.
 #[inline]
@@ -126,7 +112,12 @@ pub fn dot_rxt<const R: usize, const T: usize>(w: Rows<R>, x: [&[f32]; T]) -> [[
                 // SAFETY: feature detected; all rows have length k.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { x86::dot_rxt_f32_avx512(w, x) },
-                _ => std::array::from_fn(|r| std::array::from_fn(|t| dot_f32(w[r], x[t]))),
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { x86::dot_rxt_avx2(w.map(x86::F32Row), usize::MAX, x) },
+                _ => {
+                    std::array::from_fn(|r| std::array::from_fn(|t| portable::dot_f32(w[r], x[t])))
+                }
             }
         }
         Rows::Bf16(w) => {
@@ -135,7 +126,14 @@ pub fn dot_rxt<const R: usize, const T: usize>(w: Rows<R>, x: [&[f32]; T]) -> [[
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { x86::dot_rxt_bf16_avx512(w.map(bf16_bits), x) },
-                _ => std::array::from_fn(|r| std::array::from_fn(|t| dot_bf16(w[r], x[t]))),
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe {
+                    x86::dot_rxt_avx2(w.map(|r| x86::Bf16Row(bf16_bits(r))), usize::MAX, x)
+                },
+                _ => std::array::from_fn(|r| {
+                    std::array::from_fn(|t| portable::dot_bf16(bf16_bits(w[r]), x[t]))
+                }),
             }
         }
         Rows::Fp8 {
@@ -154,12 +152,15 @@ pub fn dot_rxt<const R: usize, const T: usize>(w: Rows<R>, x: [&[f32]; T]) -> [[
                     x86::dot_rxt_fp8_avx512(codes, scales, block, x)
                 },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 if block % 32 == 0 => std::array::from_fn(|r| {
+                Isa::Avx2 if block % 16 == 0 => unsafe {
                     // SAFETY: as above.
-                    std::array::from_fn(|t| unsafe {
-                        x86::dot_fp8_avx2(codes[r], scales[r], block, x[t])
-                    })
-                }),
+                    let rows = std::array::from_fn(|r| x86::Fp8Row {
+                        codes: codes[r],
+                        scales: scales[r],
+                        block,
+                    });
+                    x86::dot_rxt_avx2(rows, block, x)
+                },
                 _ => std::array::from_fn(|r| {
                     std::array::from_fn(|t| portable::dot_fp8(codes[r], scales[r], block, x[t]))
                 }),
@@ -364,26 +365,6 @@ pub(crate) mod x86 {
         s
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_bf16_avx512(w: &[u16], x: &[f32]) -> f32 {
-        let n = w.len();
-        let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            acc = _mm512_fmadd_ps(
-                widen16(w.as_ptr().add(i)),
-                _mm512_loadu_ps(x.as_ptr().add(i)),
-                acc,
-            );
-            i += 16;
-        }
-        let mut s = _mm512_reduce_add_ps(acc);
-        for j in i..n {
-            s += f32::from_bits((w[j] as u32) << 16) * x[j];
-        }
-        s
-    }
-
     /// Eight bf16 values widened to f32.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -432,69 +413,228 @@ pub(crate) mod x86 {
         s
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_bf16_avx2(w: &[u16], x: &[f32]) -> f32 {
-        let n = w.len();
-        let (pw, px) = (w.as_ptr(), x.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(
-                    widen8(pw.add(i + 8 * k)),
-                    _mm256_loadu_ps(px.add(i + 8 * k)),
-                    *acc,
-                );
-            }
-            i += 32;
+    /// A weight row as the AVX2 tiles read it, eight values at a time.
+    pub trait Row8: Copy {
+        /// Values per 64-byte line.
+        const LINE: usize;
+        /// Values i..i + 8 as f32; `scale` is what `block_scale` gave for their block.
+        unsafe fn load(self, i: usize, scale: __m256) -> __m256;
+        /// Values i..i + 16, as two `load`s give them.
+        #[inline(always)]
+        unsafe fn load2(self, i: usize, scale: __m256) -> [__m256; 2] {
+            [self.load(i, scale), self.load(i + 8, scale)]
         }
-        let mut s = hsum256(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ));
-        while i < n {
-            s += f32::from_bits((w[i] as u32) << 16) * x[i];
-            i += 1;
-        }
-        s
+        /// The multiplier of the block starting at column i (FP8), or anything (others).
+        fn block_scale(self, i: usize) -> f32;
+        /// Value j alone, for a row's last few columns.
+        fn tail(self, j: usize) -> f32;
+        /// Pulls value j into L2 (any j: past the row's end it fetches nothing useful).
+        unsafe fn prefetch(self, j: usize);
     }
 
-    /// `dot_f32_avx2` over an FP8 row decoded as the table does (see `widen_e4m3_16`), for scale
-    /// blocks a multiple of 32 columns wide.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_fp8_avx2(w: &[u8], scales: &[f32], block: usize, x: &[f32]) -> f32 {
-        let n = w.len();
-        let (pw, px) = (w.as_ptr(), x.as_ptr());
-        let widen8 = |p: *const u8| {
+    #[derive(Clone, Copy)]
+    pub struct F32Row<'a>(pub &'a [f32]);
+
+    #[derive(Clone, Copy)]
+    pub struct Bf16Row<'a>(pub &'a [u16]);
+
+    /// float8_e4m3fn codes with one multiplier per `block` columns (a multiple of 16).
+    #[derive(Clone, Copy)]
+    pub struct Fp8Row<'a> {
+        pub codes: &'a [u8],
+        pub scales: &'a [f32],
+        pub block: usize,
+    }
+
+    impl Row8 for F32Row<'_> {
+        const LINE: usize = 16;
+        #[inline(always)]
+        unsafe fn prefetch(self, j: usize) {
+            _mm_prefetch::<_MM_HINT_T1>(self.0.as_ptr().wrapping_add(j) as *const i8);
+        }
+        #[inline(always)]
+        unsafe fn load(self, i: usize, _: __m256) -> __m256 {
+            _mm256_loadu_ps(self.0.as_ptr().add(i))
+        }
+        fn block_scale(self, _: usize) -> f32 {
+            1.0
+        }
+        #[inline(always)]
+        fn tail(self, j: usize) -> f32 {
+            self.0[j]
+        }
+    }
+
+    impl Row8 for Bf16Row<'_> {
+        const LINE: usize = 32;
+        #[inline(always)]
+        unsafe fn prefetch(self, j: usize) {
+            _mm_prefetch::<_MM_HINT_T1>(self.0.as_ptr().wrapping_add(j) as *const i8);
+        }
+        #[inline(always)]
+        unsafe fn load(self, i: usize, _: __m256) -> __m256 {
+            widen8(self.0.as_ptr().add(i))
+        }
+        fn block_scale(self, _: usize) -> f32 {
+            1.0
+        }
+        #[inline(always)]
+        fn tail(self, j: usize) -> f32 {
+            f32::from_bits((self.0[j] as u32) << 16)
+        }
+    }
+
+    impl Row8 for Fp8Row<'_> {
+        const LINE: usize = 64;
+        /// 16 codes widened to i16 in one register, then to f32 eight at a time.
+        #[inline(always)]
+        unsafe fn load2(self, i: usize, scale: __m256) -> [__m256; 2] {
+            let b = _mm_loadu_si128(self.codes.as_ptr().add(i) as *const __m128i);
+            let h = _mm256_and_si256(
+                _mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7),
+                _mm256_set1_epi16(0xBF80u16 as i16),
+            );
+            [
+                _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), scale),
+                _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256::<1>(h)), scale),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn prefetch(self, j: usize) {
+            _mm_prefetch::<_MM_HINT_T1>(self.codes.as_ptr().wrapping_add(j) as *const i8);
+        }
+        /// As `widen_e4m3_16`, eight at a time: `(e4m3 * 2^-8) * (scale * 2^8)`, the table's bits.
+        #[inline(always)]
+        unsafe fn load(self, i: usize, scale: __m256) -> __m256 {
+            let b = _mm_loadl_epi64(self.codes.as_ptr().add(i) as *const __m128i);
             let h = _mm_and_si128(
-                _mm_slli_epi16(_mm_cvtepi8_epi16(_mm_loadl_epi64(p as *const __m128i)), 7),
+                _mm_slli_epi16(_mm_cvtepi8_epi16(b), 7),
                 _mm_set1_epi16(0xBF80u16 as i16),
             );
-            _mm256_cvtph_ps(h)
-        };
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            let sv = _mm256_set1_ps(scales[i / block] * 256.0);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(
-                    _mm256_mul_ps(widen8(pw.add(i + 8 * k)), sv),
-                    _mm256_loadu_ps(px.add(i + 8 * k)),
-                    *acc,
-                );
+            _mm256_mul_ps(_mm256_cvtph_ps(h), scale)
+        }
+        fn block_scale(self, i: usize) -> f32 {
+            self.scales[i / self.block] * 256.0
+        }
+        #[inline(always)]
+        fn tail(self, j: usize) -> f32 {
+            crate::fp8::e4m3_table()[self.codes[j] as usize] * self.scales[j / self.block]
+        }
+    }
+
+    /// `dot_rxt` on AVX2: out[r][t] = dot(w[r], x[t]). Each cell sums its even and odd runs of
+    /// eight values in two 8-lane FMA chains (one chain waits 4 cycles per 8 values: two rows of
+    /// bf16 at decode fell below the memory's pace), adds the two, reduces them in a fixed order,
+    /// then adds the tail in order: the same bits in any tile. Rows go four, two or one at a time
+    /// as 1, 2 or 3-4 tokens leave room among the 16 registers. `block`: the columns per FP8
+    /// multiplier (a multiple of 16), or usize::MAX.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rxt_avx2<L: Row8, const R: usize, const T: usize>(
+        w: [L; R],
+        block: usize,
+        x: [&[f32]; T],
+    ) -> [[f32; T]; R] {
+        let mut out = [[0f32; T]; R];
+        let mut r = 0;
+        if T == 1 {
+            while r + 4 <= R {
+                [out[r], out[r + 1], out[r + 2], out[r + 3]] =
+                    rows_avx2([w[r], w[r + 1], w[r + 2], w[r + 3]], block, x);
+                r += 4;
             }
-            i += 32;
         }
-        let mut s = hsum256(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ));
-        let table = crate::fp8::e4m3_table();
-        while i < n {
-            s += table[w[i] as usize] * scales[i / block] * x[i];
-            i += 1;
+        if T <= 2 {
+            while r + 2 <= R {
+                [out[r], out[r + 1]] = rows_avx2([w[r], w[r + 1]], block, x);
+                r += 2;
+            }
         }
-        s
+        if T > 2 {
+            // two rows by two tokens, then by the other one or two: each weight load serves two
+            // tokens and each activation load two rows (one row by four tokens spent more loads
+            // than FMAs)
+            while r + 2 <= R {
+                let pair = [w[r], w[r + 1]];
+                let a = rows_avx2(pair, block, [x[0], x[1]]);
+                let b = if T == 4 {
+                    rows_avx2(pair, block, [x[2], x[T - 1]])
+                } else {
+                    rows_avx2(pair, block, [x[2]]).map(|[v]| [v, 0.0])
+                };
+                for j in 0..2 {
+                    for t in 0..T {
+                        out[r + j][t] = if t < 2 { a[j][t] } else { b[j][t - 2] };
+                    }
+                }
+                r += 2;
+            }
+        }
+        while r < R {
+            [out[r]] = rows_avx2([w[r]], block, x);
+            r += 1;
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn rows_avx2<L: Row8, const N: usize, const T: usize>(
+        w: [L; N],
+        block: usize,
+        x: [&[f32]; T],
+    ) -> [[f32; T]; N] {
+        let k = x[0].len();
+        // [even, odd] runs of eight
+        let mut acc = [[[_mm256_setzero_ps(); 2]; T]; N];
+        let mut sv = [_mm256_setzero_ps(); N];
+        let (mut i, mut next_block) = (0, 0);
+        // runs of eight, the even one into acc[..][0] and the odd one into [1]; a last even run
+        // alone; a block starts on a multiple of 16 columns
+        while i + 8 <= k {
+            if i == next_block {
+                for r in 0..N {
+                    sv[r] = _mm256_set1_ps(w[r].block_scale(i));
+                }
+                next_block = next_block.saturating_add(block);
+            }
+            if i % L::LINE < 16 {
+                for row in &w {
+                    // the matrix's next N rows (rows are contiguous, k apart), as the AVX-512
+                    // tiles do, a line at a time
+                    row.prefetch(i + N * k);
+                }
+            }
+            let runs = if i + 16 <= k { 2 } else { 1 };
+            for r in 0..N {
+                let wv = if runs == 2 {
+                    w[r].load2(i, sv[r])
+                } else {
+                    [w[r].load(i, sv[r]), _mm256_setzero_ps()]
+                };
+                #[allow(clippy::needless_range_loop)] // constant indices once unrolled
+                for run in 0..2 {
+                    if run == runs {
+                        break;
+                    }
+                    for t in 0..T {
+                        let xv = _mm256_loadu_ps(x[t].as_ptr().add(i + 8 * run));
+                        acc[r][t][run] = _mm256_fmadd_ps(wv[run], xv, acc[r][t][run]);
+                    }
+                }
+            }
+            i += 8 * runs;
+        }
+        let mut out = [[0f32; T]; N];
+        for r in 0..N {
+            for t in 0..T {
+                let mut s = hsum256(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+                for (j, xj) in x[t].iter().enumerate().skip(i) {
+                    s += w[r].tail(j) * xj;
+                }
+                out[r][t] = s;
+            }
+        }
+        out
     }
 
     /// R weight rows x T activation rows, R*T accumulators.
@@ -619,10 +759,15 @@ pub(crate) mod tests {
                 Rows::Bf16([&wb[0][..], &wb[1][..], &wb[2][..], &wb[3][..]]),
                 [x[0], x[1], x[2]],
             );
+            // and rows alone, or two at a time (decode), as well
+            let pair = dot_rxt(Rows::Bf16([&wb[1][..], &wb[2][..]]), [x[3]]);
+            assert_eq!([pair[0][0], pair[1][0]], [gb[1][3], gb[2][3]]);
             for r in 0..4 {
                 for t in 0..4 {
-                    assert_eq!(gf[r][t].to_bits(), dot_f32(&wf[r], x[t]).to_bits());
-                    assert_eq!(gb[r][t].to_bits(), dot_bf16(&wb[r], x[t]).to_bits());
+                    let one_f = dot_rxt(Rows::F32([&wf[r][..]]), [x[t]])[0][0];
+                    let one_b = dot_rxt(Rows::Bf16([&wb[r][..]]), [x[t]])[0][0];
+                    assert_eq!(gf[r][t].to_bits(), one_f.to_bits());
+                    assert_eq!(gb[r][t].to_bits(), one_b.to_bits());
                 }
                 for t in 0..3 {
                     assert_eq!(g3[r][t].to_bits(), gb[r][t].to_bits());
@@ -642,10 +787,10 @@ pub(crate) mod tests {
                 close(dot_f32(&a, &b), portable::dot_f32(&a, &b), n),
                 "f32 n={n}"
             );
-            assert!(
-                close(dot_bf16(&wb, &b), portable::dot_f32(&wf, &b), n),
-                "bf16 n={n}"
-            );
+            let bf = dot_rxt(Rows::Bf16([&wb[..]]), [&b[..]])[0][0];
+            assert!(close(bf, portable::dot_f32(&wf, &b), n), "bf16 n={n}");
+            let ff = dot_rxt(Rows::F32([&a[..]]), [&b[..]])[0][0];
+            assert!(close(ff, portable::dot_f32(&a, &b), n), "f32 tile n={n}");
             if n % QK == 0 {
                 let (mut q8, mut s8, mut q4, mut s4) = (vec![], vec![], vec![], vec![]);
                 crate::quant::quantize_q8_0(&a, &mut q8, &mut s8);
@@ -673,8 +818,10 @@ pub(crate) mod tests {
                     x,
                 );
                 for r in 0..4 {
+                    let wf: Vec<f32> = ws[r].iter().map(|v| v.to_f32()).collect();
                     for t in 0..4 {
-                        assert!(close(got[r][t], dot_bf16(&ws[r], x[t]), n), "4x4 n={n}");
+                        let want = portable::dot_f32(&wf, x[t]);
+                        assert!(close(got[r][t], want, n), "4x4 n={n}");
                     }
                 }
             }
