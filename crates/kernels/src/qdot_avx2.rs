@@ -106,7 +106,13 @@ pub fn rows_times_tokens(w: QRows, rows: std::ops::Range<usize>, x: &[I8Act], ou
             // rows.end, whose bytes and scales the asserts above bound.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                x86::q4_rows8(w.bytes, w.scales, nb, lanes, toks, &mut cells)
+                let (b, s, c) = (w.bytes, w.scales, &mut cells);
+                match toks.len() {
+                    1 => x86::q4_rows8::<1>(b, s, nb, lanes, toks, c),
+                    2 => x86::q4_rows8::<2>(b, s, nb, lanes, toks, c),
+                    3 => x86::q4_rows8::<3>(b, s, nb, lanes, toks, c),
+                    _ => x86::q4_rows8::<4>(b, s, nb, lanes, toks, c),
+                }
             };
             for (i, lane) in (0..valid).zip(g - rows.start..) {
                 for (j, c) in cells.iter().take(toks.len()).enumerate() {
@@ -161,29 +167,11 @@ mod x86 {
         crate::simd::x86::hsum256(_mm256_add_ps(acc0, acc1))
     }
 
-    /// Eight Q4_0 rows (`rows`, repeats allowed) by up to four tokens: cells[t][i] =
-    /// dot(W[rows[i]], x[t]). `bytes` and `scales` are the whole matrix's, `nb` blocks a row.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_rows8(
-        bytes: &[u8],
-        scales: &[f16],
-        nb: usize,
-        rows: [usize; 8],
-        x: &[I8Act],
-        cells: &mut [[f32; 8]; 4],
-    ) {
-        match x.len() {
-            1 => q4_rows8_t::<1>(bytes, scales, nb, rows, x, cells),
-            2 => q4_rows8_t::<2>(bytes, scales, nb, rows, x, cells),
-            3 => q4_rows8_t::<3>(bytes, scales, nb, rows, x, cells),
-            _ => q4_rows8_t::<4>(bytes, scales, nb, rows, x, cells),
-        }
-    }
-
     /// Block b of the eight rows in eight registers, each of four rows' 8-byte runs: registers
     /// 0..4 hold rows 0, 1, 4, 5 and 4..8 rows 2, 3, 6, 7 (so that `vphaddd` of the two halves'
     /// dots leaves rows 0..8 in order); register i holds values 8 * (i % 4).. of the block.
-    /// (Closures and `array::map` here were left as calls, outside this function's features.)
+    /// (Intrinsics in closures or `array::map` here were left as calls, outside this
+    /// function's features: a tenth of the speed.)
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     unsafe fn q4_gather(row: &[*const u8; 8], b: usize) -> [__m256i; 8] {
@@ -204,7 +192,8 @@ mod x86 {
         w
     }
 
-    /// Four registers of `q4_gather` by the token's values: i32 [r r r' r' | r'' r'' r].
+    /// Four registers of `q4_gather` by the token's values: i32 [a a b b | c c d d] for their
+    /// four rows a, b, c, d.
     /// A pair is at most 2 * 15 * 127, so four of them add in i16.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
@@ -220,9 +209,10 @@ mod x86 {
         _mm256_madd_epi16(_mm256_add_epi16(s01, s23), ones)
     }
 
+    /// Eight Q4_0 rows (`rows`, repeats allowed) by T tokens: cells[t][i] = dot(W[rows[i]],
+    /// x[t]). `bytes` and `scales` are the whole matrix's, `nb` blocks a row.
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn q4_rows8_t<const T: usize>(
+    pub unsafe fn q4_rows8<const T: usize>(
         bytes: &[u8],
         scales: &[f16],
         nb: usize,

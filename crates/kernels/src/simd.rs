@@ -44,7 +44,8 @@ fn bf16_bits(w: &[bf16]) -> &[u16] {
     bytemuck::cast_slice(w)
 }
 
-/// sum_i a[i] * b[i]
+/// sum_i a[i] * b[i], as fast as a row streams: what the bandwidth probe reads with. A product's
+/// cells go through `dot_rxt`, whose order this need not share.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -100,7 +101,8 @@ pub enum Rows<'a, const R: usize> {
 
 /// out[r][t] = dot(w[r], x[t]) for `R` weight rows and `T` (1 to 4) activation rows of length
 /// k: every loaded weight vector serves T tokens and every activation vector R rows. Each cell is
-/// summed exactly as `dot_f32` / `dot_bf16` sum one row, so a token gets the same bits in any tile.
+/// summed in one order whatever the tile (R, T) around it, so a token gets the same bits alone or
+/// in a batch.
 #[inline]
 pub fn dot_rxt<const R: usize, const T: usize>(w: Rows<R>, x: [&[f32]; T]) -> [[f32; T]; R] {
     let k = x[0].len();
@@ -207,7 +209,7 @@ mod portable {
         })
     }
 
-    /// The order of `dot_f32` over the decoded row, so FP8 rows give the bits they gave decoded.
+    /// The order of `portable::dot_f32` over the decoded row.
     pub fn dot_fp8(codes: &[u8], scales: &[f32], block: usize, x: &[f32]) -> f32 {
         let table = crate::fp8::e4m3_table();
         let w = |j: usize| table[codes[j] as usize] * scales[j / block];
@@ -294,7 +296,7 @@ pub(crate) mod x86 {
 
     /// `dot_rxt` for FP8 rows whose scale blocks are a multiple of 16 columns wide. Each weight is
     /// `(e4m3 * 2^-8) * (scale * 2^8)`: the exact product rounded once, the same bits as the
-    /// table's `e4m3 * scale`, so a cell sums what `dot_f32` sums over the decoded row.
+    /// table's `e4m3 * scale`, so a cell sums what the f32 tile sums over the decoded row.
     #[target_feature(enable = "avx512f,avx2")]
     pub unsafe fn dot_rxt_fp8_avx512<const R: usize, const T: usize>(
         w: [&[u8]; R],
@@ -340,10 +342,6 @@ pub(crate) mod x86 {
         }
         out
     }
-
-    // The single-row dots below accumulate exactly like one cell of the 4x4 kernels (one
-    // 16-lane accumulator, then a fixed reduction, then the tail in order), so a token gets
-    // bit-identical results whether it is multiplied alone or inside a batch.
 
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
