@@ -308,13 +308,15 @@ pub(crate) mod x86 {
         let mut acc = [[_mm512_setzero_ps(); T]; R];
         let mut sv = [_mm512_setzero_ps(); R];
         let mut xv = [_mm512_setzero_ps(); T];
-        let (mut i, mut next_block) = (0, 0);
+        // b counts the blocks (no division per row and block)
+        let (mut i, mut next_block, mut b) = (0, 0, 0);
         while i + 16 <= k {
             if i == next_block {
                 for r in 0..R {
-                    sv[r] = _mm512_set1_ps(scales[r][i / block] * 256.0);
+                    sv[r] = _mm512_set1_ps(scales[r][b] * 256.0);
                 }
                 next_block += block;
+                b += 1;
             }
             for t in 0..T {
                 xv[t] = _mm512_loadu_ps(x[t].as_ptr().add(i));
@@ -422,8 +424,8 @@ pub(crate) mod x86 {
         unsafe fn load2(self, i: usize, scale: __m256) -> [__m256; 2] {
             [self.load(i, scale), self.load(i + 8, scale)]
         }
-        /// The multiplier of the block starting at column i (FP8), or anything (others).
-        fn block_scale(self, i: usize) -> f32;
+        /// The multiplier of block b (FP8), or anything (others).
+        fn block_scale(self, b: usize) -> f32;
         /// Value j alone, for a row's last few columns.
         fn tail(self, j: usize) -> f32;
         /// Pulls value j into L2 (any j: past the row's end it fetches nothing useful).
@@ -511,8 +513,8 @@ pub(crate) mod x86 {
             );
             _mm256_mul_ps(_mm256_cvtph_ps(h), scale)
         }
-        fn block_scale(self, i: usize) -> f32 {
-            self.scales[i / self.block] * 256.0
+        fn block_scale(self, b: usize) -> f32 {
+            self.scales[b] * 256.0
         }
         #[inline(always)]
         fn tail(self, j: usize) -> f32 {
@@ -585,15 +587,16 @@ pub(crate) mod x86 {
         // [even, odd] runs of eight
         let mut acc = [[[_mm256_setzero_ps(); 2]; T]; N];
         let mut sv = [_mm256_setzero_ps(); N];
-        let (mut i, mut next_block) = (0, 0);
+        let (mut i, mut next_block, mut b) = (0, 0, 0);
         // runs of eight, the even one into acc[..][0] and the odd one into [1]; a last even run
         // alone; a block starts on a multiple of 16 columns
         while i + 8 <= k {
             if i == next_block {
                 for r in 0..N {
-                    sv[r] = _mm256_set1_ps(w[r].block_scale(i));
+                    sv[r] = _mm256_set1_ps(w[r].block_scale(b));
                 }
                 next_block = next_block.saturating_add(block);
+                b += 1;
             }
             if i % L::LINE < 16 {
                 for row in &w {
