@@ -424,8 +424,10 @@ pub(crate) mod x86 {
         unsafe fn load2(self, i: usize, scale: __m256) -> [__m256; 2] {
             [self.load(i, scale), self.load(i + 8, scale)]
         }
-        /// The multiplier of block b (FP8), or anything (others).
-        fn block_scale(self, b: usize) -> f32;
+        /// The multiplier of block b (FP8; the others have none).
+        fn block_scale(self, _b: usize) -> f32 {
+            1.0
+        }
         /// Value j alone, for a row's last few columns.
         fn tail(self, j: usize) -> f32;
         /// Pulls value j into L2 (any j: past the row's end it fetches nothing useful).
@@ -456,9 +458,6 @@ pub(crate) mod x86 {
         unsafe fn load(self, i: usize, _: __m256) -> __m256 {
             _mm256_loadu_ps(self.0.as_ptr().add(i))
         }
-        fn block_scale(self, _: usize) -> f32 {
-            1.0
-        }
         #[inline(always)]
         fn tail(self, j: usize) -> f32 {
             self.0[j]
@@ -474,9 +473,6 @@ pub(crate) mod x86 {
         #[inline(always)]
         unsafe fn load(self, i: usize, _: __m256) -> __m256 {
             widen8(self.0.as_ptr().add(i))
-        }
-        fn block_scale(self, _: usize) -> f32 {
-            1.0
         }
         #[inline(always)]
         fn tail(self, j: usize) -> f32 {
@@ -525,8 +521,9 @@ pub(crate) mod x86 {
     /// `dot_rxt` on AVX2: out[r][t] = dot(w[r], x[t]). Each cell sums its even and odd runs of
     /// eight values in two 8-lane FMA chains (one chain waits 4 cycles per 8 values: two rows of
     /// bf16 at decode fell below the memory's pace), adds the two, reduces them in a fixed order,
-    /// then adds the tail in order: the same bits in any tile. Rows go four, two or one at a time
-    /// as 1, 2 or 3-4 tokens leave room among the 16 registers. `block`: the columns per FP8
+    /// then adds the tail in order: the same bits in any tile. With one token, rows go four at a
+    /// time; with two, two at a time; with three or four, two rows by two tokens, then by the rest
+    /// (2 * rows * tokens accumulators fit the 16 registers). `block`: the columns per FP8
     /// multiplier (a multiple of 16), or usize::MAX.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rxt_avx2<L: Row8, const R: usize, const T: usize>(
@@ -548,8 +545,7 @@ pub(crate) mod x86 {
                 [out[r], out[r + 1]] = rows_avx2([w[r], w[r + 1]], block, x);
                 r += 2;
             }
-        }
-        if T > 2 {
+        } else {
             // two rows by two tokens, then by the other one or two: each weight load serves two
             // tokens and each activation load two rows (one row by four tokens spent more loads
             // than FMAs)
