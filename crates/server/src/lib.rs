@@ -63,6 +63,9 @@ struct AppState {
     tokenizer: Arc<ChatTokenizer>,
     name: String,
     max_model_len: usize,
+    /// token ids a prompt may hold are below this (checked at the edge, so one request's bad
+    /// id never fails the batched step it would have joined)
+    vocab_size: usize,
     api_key: Option<String>,
     metrics: Arc<Metrics>,
     body_limit: usize,
@@ -82,6 +85,7 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         .max_model_len
         .unwrap_or(cfg.max_position_embeddings)
         .min(cfg.max_position_embeddings);
+    let vocab_size = cfg.vocab_size;
     let n_blocks = BlockPool::blocks_for_bytes(cfg, o.block_size, o.cache_mem);
     if n_blocks * o.block_size < 16 {
         anyhow::bail!(
@@ -147,6 +151,7 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         tokenizer,
         name,
         max_model_len,
+        vocab_size,
         api_key: o.api_key.clone(),
         metrics,
         body_limit: o.body_limit,
@@ -381,7 +386,7 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
                 .encode_prompt(a[0].as_str().unwrap())
                 .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?,
             Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|x| x.is_u64()) => {
-                a.iter().map(|x| x.as_u64().unwrap() as u32).collect()
+                token_ids(a, st.vocab_size)?
             }
             _ => {
                 return Err(ApiError::invalid(
@@ -407,6 +412,23 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
     }
     .await;
     run(st, job).await
+}
+
+/// A prompt given as token ids: each must name a token of the model's vocabulary (an id past
+/// it would fail the whole batched step, and a cast would wrap ids above 2^32).
+fn token_ids(a: &[Value], vocab_size: usize) -> Result<Vec<u32>, ApiError> {
+    a.iter()
+        .enumerate()
+        .map(|(i, x)| match x.as_u64() {
+            Some(id) if id < vocab_size as u64 => Ok(id as u32),
+            _ => Err(ApiError::invalid(
+                "prompt",
+                format!(
+                    "`prompt[{i}]` = {x} is not a token id of this model (vocab_size {vocab_size})"
+                ),
+            )),
+        })
+        .collect()
 }
 
 fn now() -> u64 {
