@@ -65,6 +65,22 @@ impl BlockPool {
         }
     }
 
+    /// A pool of the same shape with nothing in it (its storage reused).
+    pub fn emptied(&mut self) -> Self {
+        let n = self.refs.len();
+        BlockPool {
+            block_size: self.block_size,
+            layers: self.layers,
+            width: self.width,
+            data: std::mem::take(&mut self.data),
+            refs: vec![0; n],
+            free: (0..n).rev().collect(),
+            cached_idle: VecDeque::new(),
+            by_hash: HashMap::new(),
+            hash_of: vec![None; n],
+        }
+    }
+
     /// Blocks that fit in `bytes` of f32 storage.
     pub fn blocks_for_bytes(cfg: &ModelConfig, block_size: usize, bytes: usize) -> usize {
         bytes / (cfg.num_hidden_layers * block_size * cfg.latent_cache_width() * 4)

@@ -30,7 +30,7 @@ use whale_model::{Checkpoint, Model};
 
 use api::{ApiError, Common};
 use metrics::Metrics;
-use scheduler::{Engine, EngineConfig, Event, Submit, TokenLogprob};
+use scheduler::{Engine, EngineConfig, Event, Fault, Submit, TokenLogprob};
 
 pub struct Options {
     pub model: PathBuf,
@@ -47,6 +47,25 @@ pub struct Options {
     pub body_limit: usize,
     /// keep cached prefixes here across restarts
     pub context_cache_dir: Option<PathBuf>,
+}
+
+impl Options {
+    /// `whale serve`'s defaults for `model`.
+    pub fn new(model: PathBuf) -> Self {
+        Options {
+            model,
+            host: "127.0.0.1".into(),
+            port: 8000,
+            max_batch: 16,
+            cache_mem: 1 << 30,
+            max_model_len: None,
+            api_key: None,
+            dtype: None,
+            block_size: 16,
+            body_limit: 4 << 20,
+            context_cache_dir: None,
+        }
+    }
 }
 
 /// The engine thread, to wait for at shutdown (it writes the context cache on its way out).
@@ -161,7 +180,7 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(|| async {
             ApiError::plain(
@@ -263,6 +282,23 @@ async fn models(State(st): State<Shared>, req: Request) -> Response {
     }
     Json(json!({"object": "list", "data": [{"id": st.name, "object": "model", "created": 0, "owned_by": "whale", "max_model_len": st.max_model_len}]}))
         .into_response()
+}
+
+/// Whether the engine can serve: 503 once its thread has stopped.
+async fn health(State(st): State<Shared>) -> Response {
+    if st
+        .metrics
+        .engine_up
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "engine stopped"})),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics_text(State(st): State<Shared>) -> Response {
@@ -514,7 +550,7 @@ struct Choice {
     finish: Option<FinishReason>,
     completion_tokens: usize,
     cached: usize,
-    error: Option<String>,
+    error: Option<Fault>,
 }
 
 fn usage(prompt: usize, choices: &[Choice]) -> Value {
@@ -571,11 +607,19 @@ async fn whole_response(
     }
     for c in choices.iter_mut() {
         if c.finish.is_none() && c.error.is_none() {
-            c.error = Some("the engine stopped before the request finished".into());
+            c.error = Some(Fault {
+                message: "the engine stopped before the request finished".into(),
+                internal: true,
+            });
         }
     }
     if let Some(e) = choices.iter().find_map(|c| c.error.clone()) {
-        return ApiError::plain(StatusCode::SERVICE_UNAVAILABLE, "server_error", e).into_response();
+        let status = if e.internal {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return ApiError::plain(status, "server_error", e.message).into_response();
     }
     let id = request_id(job.chat);
     let body_choices: Vec<Value> = choices
@@ -723,7 +767,7 @@ fn stream_response(
                         break;
                     }
                     Event::Error(e) => {
-                        out.push(SseEvent::default().data(json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}}).to_string()));
+                        out.push(SseEvent::default().data(json!({"error": {"message": e.message, "type": "server_error", "param": null, "code": null}}).to_string()));
                         break;
                     }
                 }

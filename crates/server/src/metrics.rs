@@ -1,7 +1,7 @@
 //! Counters and histograms for `GET /metrics` (Prometheus text format).
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 #[derive(Default)]
@@ -68,6 +68,12 @@ pub struct Metrics {
     /// context tokens run through the model as prefill (cache hits skip it)
     pub prefill_tokens: Counter,
     pub preempted: Counter,
+    /// sequences the engine failed alone (the others of their step went on)
+    pub seq_faults: Counter,
+    /// engine steps that panicked (their requests got a 500)
+    pub engine_panics: Counter,
+    /// the engine thread is running and can take requests
+    pub engine_up: AtomicBool,
     pub prompt_tokens: Counter,
     pub generated_tokens: Counter,
     pub prefix_query_tokens: Counter,
@@ -88,6 +94,9 @@ impl Default for Metrics {
             cancelled: Counter::default(),
             prefill_tokens: Counter::default(),
             preempted: Counter::default(),
+            seq_faults: Counter::default(),
+            engine_panics: Counter::default(),
+            engine_up: AtomicBool::new(true),
             prompt_tokens: Counter::default(),
             generated_tokens: Counter::default(),
             prefix_query_tokens: Counter::default(),
@@ -137,6 +146,16 @@ impl Metrics {
                 "whale_preemptions_total",
                 "sequences preempted for cache blocks",
                 self.preempted.get(),
+            ),
+            (
+                "whale_sequence_faults_total",
+                "sequences failed alone by an engine error",
+                self.seq_faults.get(),
+            ),
+            (
+                "whale_engine_panics_total",
+                "engine steps that panicked",
+                self.engine_panics.get(),
             ),
             (
                 "whale_prompt_tokens_total",
@@ -196,6 +215,11 @@ impl Metrics {
                 "whale_cache_blocks_free",
                 "latent-cache blocks that can be handed out",
                 self.blocks_free.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "whale_engine_up",
+                "1 while the engine can serve",
+                self.engine_up.load(Ordering::Relaxed) as u8 as f64,
             ),
             (
                 "whale_prefix_cache_hit_rate",

@@ -54,8 +54,35 @@ pub enum Event {
         completion_tokens: usize,
         cached_tokens: usize,
     },
-    Error(String),
+    Error(Fault),
 }
+
+/// Why the engine gave up on a sequence.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub message: String,
+    /// a bug in the engine (a panic), not a lack of room: HTTP 500 rather than 503
+    pub internal: bool,
+}
+
+impl Fault {
+    fn capacity(message: impl Into<String>) -> Event {
+        Event::Error(Fault {
+            message: message.into(),
+            internal: false,
+        })
+    }
+
+    fn internal(message: impl Into<String>) -> Event {
+        Event::Error(Fault {
+            message: message.into(),
+            internal: true,
+        })
+    }
+}
+
+/// Steps that panic one after another before the engine gives up.
+const MAX_PANICS_IN_A_ROW: u32 = 3;
 
 pub struct EngineConfig {
     pub max_batch: usize,
@@ -151,6 +178,16 @@ impl Engine {
     /// Runs until every sender of `rx` is gone and no sequence is left; cached prefixes are
     /// read from and written back to the context-cache directory when there is one.
     pub fn run(mut self, rx: Receiver<Submit>) {
+        // `/health` reads this: the engine is down once this thread leaves, however it leaves
+        struct Up(Arc<Metrics>);
+        impl Drop for Up {
+            fn drop(&mut self) {
+                self.0
+                    .engine_up
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _up = Up(self.metrics.clone());
         if let Some((path, fp)) = &self.persist {
             match self.pool.load_prefixes(path, *fp) {
                 Ok(n) if n > 0 => eprintln!(
@@ -161,8 +198,9 @@ impl Engine {
                 Err(e) => eprintln!("whale serve: cannot read {}: {e}", path.display()),
             }
         }
-        self.run_loop(rx);
-        if let Some((path, fp)) = &self.persist {
+        let clean = self.run_loop(rx);
+        // after repeated panics the pool was emptied: keep the file as it was
+        if let (true, Some((path, fp))) = (clean, &self.persist) {
             match self.pool.save_prefixes(path, *fp) {
                 Ok(n) => eprintln!(
                     "whale serve: {n} cached prefix blocks saved to {}",
@@ -173,16 +211,18 @@ impl Engine {
         }
     }
 
-    fn run_loop(&mut self, rx: Receiver<Submit>) {
+    /// Serves until the senders are gone (true) or steps keep panicking (false).
+    fn run_loop(&mut self, rx: Receiver<Submit>) -> bool {
         let mut waiting: VecDeque<Seq> = VecDeque::new();
         let mut running: Vec<Seq> = Vec::new();
         let mut open = true;
+        let mut panics_in_a_row = 0;
         loop {
             // take new requests; block only when there is nothing to do
             loop {
                 let next = if running.is_empty() && waiting.is_empty() {
                     if !open {
-                        return;
+                        return true;
                     }
                     match rx.recv_timeout(Duration::from_millis(200)) {
                         Ok(s) => Some(s),
@@ -249,8 +289,8 @@ impl Engine {
                 if !self.pool.reserve(&mut s.blocks, first) {
                     self.pool.finish(&mut s.blocks);
                     if running.is_empty() {
-                        let _ = s.events.send(Event::Error(
-                            "the prompt does not fit in the cache pool (raise --cache-mem)".into(),
+                        let _ = s.events.send(Fault::capacity(
+                            "the prompt does not fit in the cache pool (raise --cache-mem)",
                         ));
                     } else {
                         waiting.push_front(s);
@@ -268,12 +308,50 @@ impl Engine {
             if running.is_empty() {
                 continue;
             }
-            self.step(&mut running, &mut waiting);
+            // A panic in a step (a bug) fails that step's requests, not the server: the pool's
+            // bookkeeping may be half-updated, so it starts afresh; waiting requests go on.
+            // Steps that keep panicking stop the engine, and `/health` says so.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.step(&mut running, &mut waiting)
+            }));
+            match step {
+                Ok(()) => panics_in_a_row = 0,
+                Err(p) => {
+                    let what = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    eprintln!(
+                        "whale serve: an engine step panicked ({what}); failing its {} requests",
+                        running.len()
+                    );
+                    self.metrics.engine_panics.inc();
+                    for s in running.drain(..) {
+                        let _ = s
+                            .events
+                            .send(Fault::internal(format!("the engine failed: {what}")));
+                    }
+                    for s in waiting.iter_mut() {
+                        s.blocks = SeqBlocks::default();
+                    }
+                    self.pool = self.pool.emptied();
+                    panics_in_a_row += 1;
+                    if panics_in_a_row >= MAX_PANICS_IN_A_ROW {
+                        eprintln!("whale serve: {panics_in_a_row} engine steps in a row panicked; the engine stops");
+                        for s in waiting.drain(..) {
+                            let _ = s.events.send(Fault::internal("the engine has stopped"));
+                        }
+                        return false;
+                    }
+                }
+            }
         }
     }
 
     /// One batched forward pass over every running sequence.
     fn step(&mut self, running: &mut Vec<Seq>, waiting: &mut VecDeque<Seq>) {
+        fail::fail_point!("whale-step", running.iter().any(fault_marked), |_| {});
         // what each sequence feeds this step
         let mut budget = self.cfg.prefill_chunk;
         let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(running.len());
@@ -305,8 +383,8 @@ impl Engine {
                 }
                 let mut s = running.remove(i);
                 self.pool.finish(&mut s.blocks);
-                let _ = s.events.send(Event::Error(
-                    "the sequence no longer fits in the cache pool".into(),
+                let _ = s.events.send(Fault::capacity(
+                    "the sequence no longer fits in the cache pool",
                 ));
                 continue;
             }
@@ -321,26 +399,43 @@ impl Engine {
         }
         self.metrics.prefill_tokens.add(prefilled as u64);
         let d = self.model.config.hidden_size;
-        let feed_refs: Vec<&[u32]> = feeds.iter().map(|f| f.as_slice()).collect();
-        let result = {
-            let mut batch = PagedBatch::new(
-                &mut self.pool,
-                running.iter_mut().map(|s| &mut s.blocks).collect(),
-                feed_refs.clone(),
-            );
-            self.model
-                .forward_batch(&feed_refs, &mut batch, AttentionForm::Auto)
-        };
-        let h = match result {
+        let h = match self.forward(running, &feeds) {
             Ok(h) => h,
             Err(e) => {
-                for mut s in running.drain(..) {
-                    self.pool.finish(&mut s.blocks);
-                    let _ = s.events.send(Event::Error(format!("{e:#}")));
+                // `forward_batch` commits nothing when it fails, so the step can go again one
+                // sequence at a time: only a sequence that fails alone is dropped
+                eprintln!(
+                    "whale serve: a batched step failed ({e:#}); retrying its sequences one by one"
+                );
+                let mut h = Vec::new();
+                let mut ok = vec![true; running.len()];
+                for i in 0..running.len() {
+                    match self.forward(&mut running[i..i + 1], &feeds[i..i + 1]) {
+                        Ok(hi) => h.extend_from_slice(&hi),
+                        Err(e) => {
+                            ok[i] = false;
+                            self.metrics.seq_faults.inc();
+                            self.pool.finish(&mut running[i].blocks);
+                            let _ = running[i].events.send(Fault::internal(format!("{e:#}")));
+                        }
+                    }
                 }
-                return;
+                let mut k = 0;
+                running.retain(|_| {
+                    k += 1;
+                    ok[k - 1]
+                });
+                let mut k = 0;
+                feeds.retain(|_| {
+                    k += 1;
+                    ok[k - 1]
+                });
+                h
             }
         };
+        if running.is_empty() {
+            return;
+        }
         // sequences whose context is now complete get logits and a new token
         let mut end = 0;
         let mut rows = Vec::new();
@@ -374,6 +469,21 @@ impl Engine {
                 keep
             });
         }
+    }
+
+    /// Runs one forward pass over `seqs`, each feeding its `feeds` entry.
+    fn forward(&mut self, seqs: &mut [Seq], feeds: &[Vec<u32>]) -> anyhow::Result<Vec<f32>> {
+        fail::fail_point!("whale-forward", seqs.iter().any(fault_marked), |_| {
+            Err(anyhow::anyhow!("injected forward fault"))
+        });
+        let feed_refs: Vec<&[u32]> = feeds.iter().map(|f| f.as_slice()).collect();
+        let mut batch = PagedBatch::new(
+            &mut self.pool,
+            seqs.iter_mut().map(|s| &mut s.blocks).collect(),
+            feed_refs.clone(),
+        );
+        self.model
+            .forward_batch(&feed_refs, &mut batch, AttentionForm::Auto)
     }
 
     /// Samples the next token of `s` and streams what it releases; true when `s` is finished.
@@ -450,6 +560,15 @@ impl Engine {
         }
         finished
     }
+}
+
+/// Fault injection (the `failpoints` feature, in tests): only sequences whose prompt opens
+/// with these tokens are hit, so tests running beside them are not.
+pub const FAULT_MARKER: [u32; 4] = [377, 376, 375, 374];
+
+#[allow(dead_code)] // read only where fail points are compiled in (tests)
+fn fault_marked(s: &Seq) -> bool {
+    s.ctx.starts_with(&FAULT_MARKER)
 }
 
 fn delta(parts: Vec<Part>, logprob: Option<TokenLogprob>) -> Event {

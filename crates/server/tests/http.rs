@@ -8,120 +8,8 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// One server test at a time: each starts its own engine, and timing-sensitive checks (a
-/// disconnect noticed before a 200-token generation ends) should not compete for two cores.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fixtures/tiny-v3")
-}
-
-/// Starts a server on a free port in a background runtime; returns its address.
-fn start(api_key: Option<&str>, max_model_len: Option<usize>, cache_mem: usize) -> String {
-    start_with(api_key, max_model_len, cache_mem, 8)
-}
-
-fn start_with(
-    api_key: Option<&str>,
-    max_model_len: Option<usize>,
-    cache_mem: usize,
-    max_batch: usize,
-) -> String {
-    let opts = whale_server::Options {
-        model: fixture(),
-        host: "127.0.0.1".into(),
-        port: 0,
-        max_batch,
-        cache_mem,
-        max_model_len,
-        api_key: api_key.map(String::from),
-        dtype: None,
-        block_size: 4,
-        body_limit: 64 << 10,
-        context_cache_dir: None,
-    };
-    serve(&opts)
-}
-
-/// Serves `opts` on a free loopback port from a background runtime; returns the address.
-fn serve(opts: &whale_server::Options) -> String {
-    let (router, _engine) = whale_server::app(opts).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(l.local_addr().unwrap().to_string()).unwrap();
-            axum::serve(l, router).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(nl) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&b[..nl]).unwrap().trim(), 16).unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[nl + 2..nl + 2 + size]);
-        b = &b[nl + 2 + size + 2..];
-    }
-}
-
-/// (status, body) of one request.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, String::from_utf8_lossy(&body).to_string())
-}
-
-fn post(addr: &str, path: &str, v: &Value) -> (u16, Value) {
-    let (s, b) = http(addr, "POST", path, v.to_string().as_bytes(), &[]);
-    (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
-}
-
-fn chat(q: &str, max: usize) -> Value {
-    json!({"model": "tiny-v3", "messages": [{"role": "user", "content": q}], "max_tokens": max, "temperature": 0})
-}
+mod common;
+use common::*;
 
 /// What the engine alone gives for the same chat, greedy.
 fn solo(q: &str, max: usize) -> (String, String) {
@@ -269,15 +157,6 @@ fn a_repeated_system_prompt_hits_the_prefix_cache() {
     assert_eq!(hit % 4, 0, "whole blocks only");
 }
 
-fn metric(addr: &str, name: &str) -> f64 {
-    let (_, m) = http(addr, "GET", "/metrics", b"", &[]);
-    m.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_client_that_disconnects_frees_its_blocks() {
     let _serial = serial();
@@ -351,15 +230,6 @@ fn completions_and_the_vote_extension() {
         .map(|x| x["count"].as_u64().unwrap())
         .sum();
     assert_eq!(counts, 3);
-}
-
-fn assert_error(r: (u16, Value), status: u16, param: &str) {
-    assert_eq!(r.0, status, "{}", r.1);
-    let e = &r.1["error"];
-    assert!(e["message"].is_string() && e["type"].is_string(), "{}", r.1);
-    if !param.is_empty() {
-        assert_eq!(e["param"], param, "{}", r.1);
-    }
 }
 
 #[test]
@@ -442,26 +312,6 @@ fn bad_requests_get_openai_errors() {
     // and the server is still fine
     let (s, v) = send(&chat("hi", 3));
     assert_eq!(s, 200, "{v}");
-}
-
-/// Reads a streamed chat response and returns (reasoning, content, finish_reason, saw [DONE]).
-fn read_stream(body: &str) -> (String, String, Option<String>, bool) {
-    let (mut r, mut a, mut f, mut done) = (String::new(), String::new(), None, false);
-    for d in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
-        if d == "[DONE]" {
-            done = true;
-            continue;
-        }
-        let v: Value = serde_json::from_str(d).unwrap();
-        if let Some(c) = v["choices"].get(0) {
-            r += c["delta"]["reasoning_content"].as_str().unwrap_or("");
-            a += c["delta"]["content"].as_str().unwrap_or("");
-            if let Some(x) = c["finish_reason"].as_str() {
-                f = Some(x.to_string());
-            }
-        }
-    }
-    (r, a, f, done)
 }
 
 #[test]
@@ -575,17 +425,12 @@ fn start_synthetic() -> String {
         dir
     });
     serve(&whale_server::Options {
-        model: dir.clone(),
-        host: "127.0.0.1".into(),
         port: 0,
         max_batch: 4,
         cache_mem: 64 << 20,
         max_model_len: Some(2048),
-        api_key: None,
-        dtype: None,
-        block_size: 16,
         body_limit: 1 << 20,
-        context_cache_dir: None,
+        ..whale_server::Options::new(dir.clone())
     })
 }
 
