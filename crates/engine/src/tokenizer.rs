@@ -29,7 +29,12 @@ pub struct ChatTokenizer {
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub add_bos_token: bool,
+    /// UTF-8 bytes of the longest vocabulary entry: no token stands for more text than this
+    max_token_bytes: usize,
 }
+
+/// Text above this is measured piece by piece before it is tokenised whole.
+const MEASURE_PIECE: usize = 64 << 10;
 
 /// `bos_token` and friends are either a string or an AddedToken object with `content`.
 fn token_text(v: Option<&Value>) -> Option<String> {
@@ -68,7 +73,17 @@ impl ChatTokenizer {
                 .map(String::from),
             _ => None,
         };
+        // byte-level vocabularies spell a byte as one char of up to two UTF-8 bytes, so an
+        // entry's UTF-8 length bounds the bytes it stands for from above
+        let max_token_bytes = tok
+            .get_vocab(true)
+            .keys()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
         Ok(ChatTokenizer {
+            max_token_bytes,
             tok,
             chat_template,
             bos_token: token_text(cfg.get("bos_token")),
@@ -88,6 +103,57 @@ impl ChatTokenizer {
             .map_err(|e| anyhow!("cannot tokenize: {e}"))?
             .get_ids()
             .to_vec())
+    }
+
+    /// Whether `text` certainly has more than `limit` tokens, found without tokenising it whole
+    /// (which costs hundreds of bytes of memory per byte of text). Sound: never true of a text
+    /// that fits. First by its length (no token covers more than the longest vocabulary entry),
+    /// then for long texts by counting pieces: every pre-token (and every added token) of the
+    /// text is at least one token, and counting pre-tokens in separate pieces of the text
+    /// finds at most one extra per stage of the pre-tokenizer at each cut, which is subtracted.
+    pub fn surely_longer_than(&self, text: &str, limit: usize) -> bool {
+        if text.len() > limit.saturating_mul(self.max_token_bytes) {
+            return true;
+        }
+        if text.len() <= MEASURE_PIECE {
+            return false;
+        }
+        use tokenizers::{OffsetReferential, OffsetType, PreTokenizer};
+        let stages = match self.tok.get_pre_tokenizer() {
+            Some(tokenizers::PreTokenizerWrapper::Sequence(s)) => s.as_ref().len(),
+            _ => 1,
+        };
+        let mut at_least = 0usize;
+        let mut first = true;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(MEASURE_PIECE);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            rest = tail;
+            let mut pre = self
+                .tok
+                .get_added_vocabulary()
+                .extract_and_normalize(self.tok.get_normalizer(), piece);
+            if let Some(p) = self.tok.get_pre_tokenizer() {
+                if p.pre_tokenize(&mut pre).is_err() {
+                    return false;
+                }
+            }
+            let n = pre
+                .get_splits(OffsetReferential::Original, OffsetType::None)
+                .len();
+            // the cut before every piece but the first may have split `stages` pre-tokens
+            let extra = if first { 0 } else { stages };
+            first = false;
+            at_least += n.saturating_sub(extra);
+            if at_least > limit {
+                return true;
+            }
+        }
+        false
     }
 
     /// A plain completion prompt: BOS first when the tokenizer wants one, never twice.

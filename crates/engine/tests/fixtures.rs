@@ -269,3 +269,53 @@ fn speculative_verification_accepts_and_rejects_without_changing_tokens() {
         }
     }
 }
+
+/// `surely_longer_than` may refuse a text without tokenising it whole, so it must never be
+/// true of a text that fits, and it must see that a long text does not.
+#[test]
+fn the_length_bound_never_refuses_a_text_that_fits() {
+    for name in ["tiny-v3"] {
+        let tok = ChatTokenizer::load(&fixture(name)).unwrap();
+        let mut text = String::new();
+        let mut i = 0u64;
+        // words, digits, unicode, runs of spaces and newlines, and added tokens, past several
+        // of the pieces the bound measures
+        while text.len() < 300 << 10 {
+            i = i
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            text.push_str(match i >> 61 {
+                0 => "The quick brown fox ",
+                1 => "12345 + 678 = 7023\n",
+                2 => "naïve café — 深度求索 ",
+                3 => "    indented(code)\n\n",
+                4 => "<｜User｜>",
+                5 => "x",
+                _ => "words, and more words. ",
+            });
+        }
+        let n = tok.encode(&text).unwrap().len();
+        assert!(
+            !tok.surely_longer_than(&text, n),
+            "{name}: refused at its own length {n}"
+        );
+        assert!(!tok.surely_longer_than(&text[..1000], 1000));
+        // a limit well under the text's pre-token count is seen, by pieces
+        let (mut lo, mut hi) = (0, n);
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            if tok.surely_longer_than(&text, mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        eprintln!(
+            "{name}: {} bytes, {n} tokens; seen as too long for limits up to {lo}",
+            text.len()
+        );
+        assert!(tok.surely_longer_than(&text, n / 4), "{name}: {n} tokens");
+        // and a text longer than the limit times the longest token, at once
+        assert!(tok.surely_longer_than(&text, 100));
+    }
+}

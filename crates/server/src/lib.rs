@@ -88,9 +88,44 @@ struct AppState {
     api_key: Option<String>,
     metrics: Arc<Metrics>,
     body_limit: usize,
+    /// tokenisations running at once (each off the async runtime, on a blocking thread)
+    tokenize_slots: tokio::sync::Semaphore,
 }
 
 type Shared = Arc<AppState>;
+
+/// Tokenisations at once: a long text costs hundreds of bytes of memory per byte while it is
+/// tokenised, so a burst of them waits its turn instead of growing the process.
+const TOKENIZE_SLOTS: usize = 2;
+
+/// Runs `f` with the tokenizer on a blocking thread, at most `TOKENIZE_SLOTS` at a time, so a
+/// long prompt never stalls the async runtime (and `/health` with it).
+async fn with_tokenizer<T: Send + 'static>(
+    st: &Shared,
+    f: impl FnOnce(&ChatTokenizer) -> T + Send + 'static,
+) -> T {
+    let _slot = st
+        .tokenize_slots
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    let tok = st.tokenizer.clone();
+    tokio::task::spawn_blocking(move || f(&tok))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// The error for a prompt that does not fit the context, found before tokenising it.
+fn too_long(st: &AppState, param: &str) -> ApiError {
+    ApiError::invalid(
+        param,
+        format!(
+            "the prompt is longer than the maximum context length of {} tokens",
+            st.max_model_len
+        ),
+    )
+    .with_code("context_length_exceeded")
+}
 
 /// Loads the model, starts the engine thread, and returns the router (tests serve it on a
 /// port of their own) with the engine thread.
@@ -104,6 +139,9 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         .max_model_len
         .unwrap_or(cfg.max_position_embeddings)
         .min(cfg.max_position_embeddings);
+    if max_model_len < 2 {
+        anyhow::bail!("--max-model-len must leave room for a prompt token and a generated one");
+    }
     let vocab_size = cfg.vocab_size;
     let n_blocks = BlockPool::blocks_for_bytes(cfg, o.block_size, o.cache_mem);
     if n_blocks * o.block_size < 16 {
@@ -174,6 +212,7 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         api_key: o.api_key.clone(),
         metrics,
         body_limit: o.body_limit,
+        tokenize_slots: tokio::sync::Semaphore::new(TOKENIZE_SLOTS),
     });
     let router = Router::new()
         .route("/", get(chat_page))
@@ -374,20 +413,28 @@ async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
             Some(t) => json!({"thinking": t, "enable_thinking": t}),
             None => Value::Null,
         };
-        let mut text = st
-            .tokenizer
-            .render_chat(&messages, true, &extra)
-            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-        let mut primed = primes_reasoning(&text);
-        if thinking == Some(false) && primed {
-            // the template opened a think block it cannot skip: close it empty
-            text.push_str("</think>\n\n");
-            primed = false;
-        }
-        let prompt = st
-            .tokenizer
-            .encode(&text)
-            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        // the prompt must leave room for one generated token
+        let limit = st.max_model_len - 1;
+        let (prompt, primed) = with_tokenizer(&st, move |tok| {
+            let mut text = tok
+                .render_chat(&messages, true, &extra)
+                .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+            let mut primed = primes_reasoning(&text);
+            if thinking == Some(false) && primed {
+                // the template opened a think block it cannot skip: close it empty
+                text.push_str("</think>\n\n");
+                primed = false;
+            }
+            if tok.surely_longer_than(&text, limit) {
+                return Ok(None);
+            }
+            let prompt = tok
+                .encode(&text)
+                .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+            Ok::<_, ApiError>(Some((prompt, primed)))
+        })
+        .await?
+        .ok_or_else(|| too_long(&st, "messages"))?;
         let max_tokens = budget(&st, "messages", prompt.len(), common.max_tokens)?;
         Ok::<Job, ApiError>(Job {
             prompt,
@@ -412,16 +459,26 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
                 "whale_vote is available on chat completions",
             ));
         }
-        let prompt = match o.get("prompt") {
-            Some(Value::String(s)) => st
-                .tokenizer
-                .encode_prompt(s)
-                .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?,
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => st
-                .tokenizer
-                .encode_prompt(a[0].as_str().unwrap())
-                .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?,
-            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|x| x.is_u64()) => {
+        let text = match o.get("prompt") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                a[0].as_str().map(String::from)
+            }
+            _ => None,
+        };
+        let limit = st.max_model_len - 1;
+        let prompt = match (text, o.get("prompt")) {
+            (Some(text), _) => with_tokenizer(&st, move |tok| {
+                if tok.surely_longer_than(&text, limit) {
+                    return Ok(None);
+                }
+                tok.encode_prompt(&text)
+                    .map(Some)
+                    .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))
+            })
+            .await?
+            .ok_or_else(|| too_long(&st, "prompt"))?,
+            (None, Some(Value::Array(a))) if !a.is_empty() && a.iter().all(|x| x.is_u64()) => {
                 token_ids(a, st.vocab_size)?
             }
             _ => {
