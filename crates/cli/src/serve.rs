@@ -25,15 +25,26 @@ pub struct ServeArgs {
     /// require `Authorization: Bearer KEY`
     #[arg(long)]
     api_key: Option<String>,
+    /// a file of API keys, one per line (blank lines and `#` comments skipped); each key is a
+    /// tenant of its own in the prefix cache
+    #[arg(long)]
+    api_keys_file: Option<PathBuf>,
+    /// serve /metrics without a key even when keys are set
+    #[arg(long)]
+    public_metrics: bool,
     /// weight format: auto (as stored), f32, bf16, bf16-fast (bf16 products, not exact), f16, int8, int4
     #[arg(long, default_value = "auto")]
     dtype: String,
     /// tokens per cache block
     #[arg(long, default_value_t = 16)]
     block_size: usize,
-    /// keep cached prefixes in this directory across restarts (written at shutdown)
+    /// keep cached prefixes in this directory across restarts
     #[arg(long)]
     context_cache_dir: Option<PathBuf>,
+    /// with --context-cache-dir: write the cache this often while serving, when it changed
+    /// (default 60; 0: only at shutdown)
+    #[arg(long)]
+    context_cache_flush_secs: Option<u64>,
 }
 
 /// "4GiB", "512MiB", "100MB", "1e9", "123456" -> bytes
@@ -65,6 +76,35 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if a.block_size == 0 || a.max_batch == 0 {
         bail!("--block-size and --max-batch must be positive");
     }
+    let mut api_keys: Vec<String> = a.api_key.into_iter().collect();
+    if let Some(f) = &a.api_keys_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("--api-keys-file: cannot read {}", f.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let key = line.trim();
+            if key.is_empty() || key.starts_with('#') {
+                continue;
+            }
+            if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bail!(
+                    "--api-keys-file {}: line {} holds a key with whitespace or control characters",
+                    f.display(),
+                    i + 1
+                );
+            }
+            api_keys.push(key.to_string());
+        }
+        if api_keys.is_empty() {
+            bail!("--api-keys-file {} holds no key", f.display());
+        }
+    }
+    if a.public_metrics && api_keys.is_empty() {
+        bail!("--public-metrics only matters with --api-key or --api-keys-file");
+    }
+    if a.context_cache_dir.is_none() && a.context_cache_flush_secs.is_some() {
+        bail!("--context-cache-flush-secs needs --context-cache-dir");
+    }
+    let flush_secs = a.context_cache_flush_secs.unwrap_or(60);
     let opts = whale_server::Options {
         model: a.model.unwrap_or_else(crate::default_model),
         host: a.host,
@@ -72,11 +112,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_batch: a.max_batch,
         cache_mem: parse_size(&a.cache_mem)?,
         max_model_len: a.max_model_len,
-        api_key: a.api_key,
+        api_keys,
+        public_metrics: a.public_metrics,
         dtype: whale_model::parse_dtype(&a.dtype)?,
         block_size: a.block_size,
         body_limit: 4 << 20,
         context_cache_dir: a.context_cache_dir,
+        context_cache_flush: (flush_secs > 0).then(|| std::time::Duration::from_secs(flush_secs)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,11 +5,17 @@
 //! tokens reuses them (prefix caching); reuse happens only on an exact token match.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hasher;
+
+use siphasher::sip::SipHasher13;
 
 use crate::cache::KvStore;
 use crate::config::ModelConfig;
 
-const PREFIX_MAGIC: &[u8; 8] = b"WHALEPC1";
+const PREFIX_MAGIC: &[u8; 8] = b"WHALEPC2";
+/// magic, key (16 bytes), fingerprint, block size, layers, width, record count, then a
+/// checksum of all of these (as a u64)
+const HEADER_BYTES: usize = 8 + 16 + 5 * 8 + 8;
 
 pub struct BlockPool {
     pub block_size: usize,
@@ -23,6 +29,22 @@ pub struct BlockPool {
     cached_idle: VecDeque<usize>,
     by_hash: HashMap<u64, usize>,
     hash_of: Vec<Option<u64>>,
+    /// the SipHash key of every block key: without it nobody outside can compute or aim at a
+    /// block key (random per pool; a pool that loads saved prefixes takes the file's)
+    key: [u8; 16],
+    /// prefix keys registered or evicted since the pool was made
+    changes: u64,
+}
+
+/// What `load_prefixes` found in a context-cache file.
+#[derive(Debug, Default, PartialEq)]
+pub struct LoadReport {
+    pub loaded: usize,
+    /// records that were damaged (checksum, non-finite values, a repeated key), missing from
+    /// a truncated file, or left over when the pool was full
+    pub skipped: usize,
+    /// why the whole file was not used, or what was skipped and why
+    pub notes: Vec<String>,
 }
 
 /// One sequence's place in the pool.
@@ -35,18 +57,33 @@ pub struct SeqBlocks {
     pub tokens: Vec<u32>,
     /// chained hash of each full block registered so far
     hashes: Vec<u64>,
+    /// where the chain of block keys starts: sequences with another salt (another tenant)
+    /// never share a block, and cannot learn from hits what another tenant's prompts hold
+    pub salt: u64,
 }
 
-fn chain_hash(prev: u64, tokens: &[u32]) -> u64 {
-    // FNV-1a over the previous block's hash and this block's tokens: a block's key names every
-    // token before it, so equal keys mean equal prefixes (up to 64-bit collisions).
-    let mut h = 0xcbf29ce484222325u64 ^ prev;
-    for t in tokens {
-        for b in t.to_le_bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+impl BlockPool {
+    /// Keyed SipHash over the previous block's key and this block's tokens: a block's key
+    /// names every token before it (and the tenant's salt), so equal keys mean equal prefixes.
+    fn chain_hash(&self, prev: u64, tokens: &[u32]) -> u64 {
+        let mut h = SipHasher13::new_with_key(&self.key);
+        h.write_u64(prev);
+        for t in tokens {
+            h.write_u32(*t);
         }
+        h.finish()
     }
-    h
+
+    /// The salt that starts the block keys of the tenant named by `tenant`.
+    pub fn salt_for(&self, tenant: &[u8]) -> u64 {
+        if tenant.is_empty() {
+            return 0;
+        }
+        let mut h = SipHasher13::new_with_key(&self.key);
+        h.write(b"whale tenant\0");
+        h.write(tenant);
+        h.finish()
+    }
 }
 
 impl BlockPool {
@@ -62,6 +99,8 @@ impl BlockPool {
             cached_idle: VecDeque::new(),
             by_hash: HashMap::new(),
             hash_of: vec![None; n_blocks],
+            key: rand::random(),
+            changes: 0,
         }
     }
 
@@ -78,6 +117,8 @@ impl BlockPool {
             cached_idle: VecDeque::new(),
             by_hash: HashMap::new(),
             hash_of: vec![None; n],
+            key: self.key,
+            changes: 0,
         }
     }
 
@@ -107,6 +148,7 @@ impl BlockPool {
         let b = self.cached_idle.pop_front()?;
         if let Some(h) = self.hash_of[b].take() {
             self.by_hash.remove(&h);
+            self.changes += 1;
         }
         Some(b)
     }
@@ -132,15 +174,18 @@ impl BlockPool {
     /// Starts a sequence for `prompt`, reusing every cached full block of its prefix but never
     /// the whole prompt (the last token must run to give logits). Returns the sequence and the
     /// number of prompt tokens served from the cache.
-    pub fn start(&mut self, prompt: &[u32]) -> (SeqBlocks, usize) {
-        let mut seq = SeqBlocks::default();
+    pub fn start(&mut self, prompt: &[u32], salt: u64) -> (SeqBlocks, usize) {
+        let mut seq = SeqBlocks {
+            salt,
+            ..SeqBlocks::default()
+        };
         let bs = self.block_size;
-        let mut prev = 0u64;
+        let mut prev = salt;
         for chunk in prompt.chunks_exact(bs) {
             if seq.len + bs >= prompt.len() {
                 break;
             }
-            let h = chain_hash(prev, chunk);
+            let h = self.chain_hash(prev, chunk);
             let Some(&b) = self.by_hash.get(&h) else {
                 break;
             };
@@ -188,20 +233,22 @@ impl BlockPool {
         let bs = self.block_size;
         while seq.hashes.len() < seq.len / bs {
             let i = seq.hashes.len();
-            let prev = if i == 0 { 0 } else { seq.hashes[i - 1] };
-            let h = chain_hash(prev, &seq.tokens[i * bs..(i + 1) * bs]);
+            let prev = if i == 0 { seq.salt } else { seq.hashes[i - 1] };
+            let h = self.chain_hash(prev, &seq.tokens[i * bs..(i + 1) * bs]);
             seq.hashes.push(h);
             let b = seq.blocks[i];
             if !self.by_hash.contains_key(&h) && self.hash_of[b].is_none() {
                 self.by_hash.insert(h, b);
                 self.hash_of[b] = Some(h);
+                self.changes += 1;
             }
         }
     }
 
-    /// Writes every block that caches a prefix (its key and rows) to `path`; `fingerprint`
-    /// names the model and layout, so a different model never reads them back. Returns the
-    /// number of blocks written.
+    /// Writes every block that caches a prefix (its key and rows, each record with a checksum)
+    /// to `path`: to a temporary file, synced, then renamed over `path`, so a crash leaves the
+    /// old file or the new one, never half of one. `fingerprint` names the model and layout.
+    /// Returns the number of blocks written.
     pub fn save_prefixes(
         &self,
         path: &std::path::Path,
@@ -211,63 +258,143 @@ impl BlockPool {
         let keyed: Vec<(u64, usize)> = self.by_hash.iter().map(|(&h, &b)| (h, b)).collect();
         let tmp = path.with_extension("tmp");
         let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        f.write_all(PREFIX_MAGIC)?;
-        for v in [fingerprint, self.block_size as u64, keyed.len() as u64] {
-            f.write_all(&v.to_le_bytes())?;
-        }
+        f.write_all(&self.header(fingerprint, keyed.len() as u64))?;
         let size = self.layers * self.block_size * self.width;
         for (h, b) in &keyed {
+            let rows: &[u8] = bytemuck::cast_slice(&self.data[b * size..(b + 1) * size]);
             f.write_all(&h.to_le_bytes())?;
-            f.write_all(bytemuck::cast_slice(&self.data[b * size..(b + 1) * size]))?;
+            f.write_all(&record_sum(*h, rows).to_le_bytes())?;
+            f.write_all(rows)?;
         }
         f.flush()?;
+        f.get_ref().sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)?;
         Ok(keyed.len())
     }
 
-    /// Reads prefixes written by `save_prefixes` into free blocks (as many as fit). A file of
-    /// another model or layout, or a damaged one, is ignored: Ok(0).
+    fn header(&self, fingerprint: u64, count: u64) -> Vec<u8> {
+        let mut h = Vec::with_capacity(HEADER_BYTES);
+        h.extend_from_slice(PREFIX_MAGIC);
+        h.extend_from_slice(&self.key);
+        for v in [
+            fingerprint,
+            self.block_size as u64,
+            self.layers as u64,
+            self.width as u64,
+            count,
+        ] {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+        let sum = crc32fast::hash(&h) as u64;
+        h.extend_from_slice(&sum.to_le_bytes());
+        h
+    }
+
+    /// Reads prefixes written by `save_prefixes` into free blocks (as many as fit) of a pool
+    /// that caches nothing yet; the pool takes the file's hash key, so the keys match. A file
+    /// of another model or layout, or with a damaged header, is not used at all; a damaged
+    /// record (checksum, non-finite values), a repeated one, or one a truncated file lacks is
+    /// skipped. Nothing read is used before it is checked; the report says what was skipped.
     pub fn load_prefixes(
         &mut self,
         path: &std::path::Path,
         fingerprint: u64,
-    ) -> std::io::Result<usize> {
+    ) -> std::io::Result<LoadReport> {
+        let mut report = LoadReport::default();
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
             Err(e) => return Err(e),
         };
-        let word = |i: usize| {
-            bytes
-                .get(8 + i * 8..16 + i * 8)
-                .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+        if !self.by_hash.is_empty() {
+            report.notes.push("the pool already caches prefixes".into());
+            return Ok(report);
+        }
+        let Some(head) = bytes.get(..HEADER_BYTES) else {
+            report
+                .notes
+                .push("the file is shorter than its header".into());
+            return Ok(report);
         };
-        if bytes.get(..8) != Some(PREFIX_MAGIC)
-            || word(0) != Some(fingerprint)
-            || word(1) != Some(self.block_size as u64)
-        {
-            return Ok(0);
+        let word = |i: usize| u64::from_le_bytes(head[24 + i * 8..32 + i * 8].try_into().unwrap());
+        if &head[..8] != PREFIX_MAGIC {
+            report
+                .notes
+                .push("not a whale context cache of this version".into());
+            return Ok(report);
         }
-        let n = word(2).unwrap_or(0) as usize;
+        if crc32fast::hash(&head[..HEADER_BYTES - 8]) as u64 != word(5) {
+            report
+                .notes
+                .push("the header's checksum does not match".into());
+            return Ok(report);
+        }
+        let layout = [
+            self.block_size as u64,
+            self.layers as u64,
+            self.width as u64,
+        ];
+        if word(0) != fingerprint || [word(1), word(2), word(3)] != layout {
+            report
+                .notes
+                .push("written for another model or cache layout".into());
+            return Ok(report);
+        }
+        let key: [u8; 16] = head[8..24].try_into().unwrap();
         let size = self.layers * self.block_size * self.width;
-        let rec = 8 + size * 4;
-        if bytes.len() != 32 + n * rec {
-            return Ok(0);
+        let rec = 16 + size * 4;
+        let count = word(4);
+        let present = ((bytes.len() - HEADER_BYTES) / rec) as u64;
+        if present != count || !(bytes.len() - HEADER_BYTES).is_multiple_of(rec) {
+            report.notes.push(format!(
+                "the header promises {count} records, the file holds {present} whole ones"
+            ));
         }
-        let mut loaded = 0;
-        for i in 0..n {
-            let Some(b) = self.free.pop() else { break };
-            let at = 32 + i * rec;
-            let h = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
-            let rows: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes[at + 8..at + rec]);
+        self.key = key;
+        let usable = count.min(present) as usize;
+        report.skipped += (count as usize).saturating_sub(usable);
+        let (mut bad, mut full) = (0, 0);
+        for r in bytes[HEADER_BYTES..].chunks_exact(rec).take(usable) {
+            let h = u64::from_le_bytes(r[..8].try_into().unwrap());
+            let sum = u64::from_le_bytes(r[8..16].try_into().unwrap());
+            let rows = &r[16..];
+            let rows: Vec<f32> = bytemuck::pod_collect_to_vec(rows);
+            if sum != record_sum(h, &r[16..])
+                || !rows.iter().all(|x| x.is_finite())
+                || self.by_hash.contains_key(&h)
+            {
+                bad += 1;
+                continue;
+            }
+            let Some(b) = self.free.pop() else {
+                full += 1;
+                continue;
+            };
             self.data[b * size..(b + 1) * size].copy_from_slice(&rows);
             self.hash_of[b] = Some(h);
             self.by_hash.insert(h, b);
             self.cached_idle.push_back(b);
-            loaded += 1;
+            report.loaded += 1;
         }
-        Ok(loaded)
+        if bad > 0 {
+            report.notes.push(format!(
+                "{bad} damaged records (checksum, non-finite values or a repeated key)"
+            ));
+        }
+        if full > 0 {
+            report
+                .notes
+                .push(format!("{full} records did not fit in the pool"));
+        }
+        report.skipped += bad + full;
+        Ok(report)
+    }
+
+    /// Prefix keys registered or evicted so far: when it has not moved, a save would write
+    /// the same file again.
+    pub fn prefix_changes(&self) -> u64 {
+        self.changes
     }
 
     fn region(&self, block: usize, layer: usize) -> std::ops::Range<usize> {
@@ -275,6 +402,14 @@ impl BlockPool {
         let start = (block * self.layers + layer) * size;
         start..start + size
     }
+}
+
+/// The checksum of one saved block: its key and its rows.
+fn record_sum(key: u64, rows: &[u8]) -> u64 {
+    let mut c = crc32fast::Hasher::new();
+    c.update(&key.to_le_bytes());
+    c.update(rows);
+    c.finalize() as u64
 }
 
 /// A step's view of the pool: the sequences of the batch (their blocks reserved beforehand),

@@ -107,6 +107,9 @@ pub struct Common {
     pub ignore_eos: bool,
     /// extension: majority vote over the `n` final answers
     pub vote: bool,
+    /// vLLM's `cache_salt`: only requests with the same salt (and API key) share cached
+    /// prefix blocks
+    pub cache_salt: Option<String>,
 }
 
 pub const MAX_N: u64 = 16;
@@ -203,6 +206,16 @@ pub fn common(o: &Map<String, Value>, chat: bool) -> R<Common> {
         include_usage,
         ignore_eos: boolean(o, "ignore_eos")?.unwrap_or(false),
         vote: boolean(o, "whale_vote")?.unwrap_or(false),
+        cache_salt: match o.get("cache_salt") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
+            Some(v) => {
+                return Err(ApiError::invalid(
+                    "cache_salt",
+                    format!("`cache_salt` must be a string of 1 to 256 bytes, got {v}"),
+                ))
+            }
+        },
     })
 }
 

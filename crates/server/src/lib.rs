@@ -21,6 +21,7 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use whale_engine::tokenizer::primes_reasoning;
@@ -39,7 +40,11 @@ pub struct Options {
     pub max_batch: usize,
     pub cache_mem: usize,
     pub max_model_len: Option<usize>,
-    pub api_key: Option<String>,
+    /// keys a request may present as `Authorization: Bearer KEY`; none: no key is asked for.
+    /// Each key is a tenant of its own in the prefix cache.
+    pub api_keys: Vec<String>,
+    /// serve `/metrics` without a key even when keys are set
+    pub public_metrics: bool,
     pub dtype: Option<whale_model::Format>,
     /// tokens per cache block
     pub block_size: usize,
@@ -47,6 +52,8 @@ pub struct Options {
     pub body_limit: usize,
     /// keep cached prefixes here across restarts
     pub context_cache_dir: Option<PathBuf>,
+    /// write the context cache this often while serving (when it changed); None: at shutdown
+    pub context_cache_flush: Option<std::time::Duration>,
 }
 
 impl Options {
@@ -59,11 +66,13 @@ impl Options {
             max_batch: 16,
             cache_mem: 1 << 30,
             max_model_len: None,
-            api_key: None,
+            api_keys: Vec::new(),
+            public_metrics: false,
             dtype: None,
             block_size: 16,
             body_limit: 4 << 20,
             context_cache_dir: None,
+            context_cache_flush: Some(std::time::Duration::from_secs(60)),
         }
     }
 }
@@ -85,7 +94,8 @@ struct AppState {
     /// token ids a prompt may hold are below this (checked at the edge, so one request's bad
     /// id never fails the batched step it would have joined)
     vocab_size: usize,
-    api_key: Option<String>,
+    api_keys: Vec<String>,
+    public_metrics: bool,
     metrics: Arc<Metrics>,
     body_limit: usize,
     /// tokenisations running at once (each off the async runtime, on a blocking thread)
@@ -183,8 +193,10 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
             max_batch: o.max_batch.max(1),
             max_model_len,
             prefill_chunk: 256,
+            flush_every: o.context_cache_flush,
         },
         metrics: metrics.clone(),
+        saved_at: (std::time::Instant::now(), 0),
     };
     // The engine runs on a worker of its own thread pool, so each forward pass's fork-joins are
     // work-stealing joins rather than jobs injected from outside that it sleeps on. Its own: a
@@ -209,7 +221,8 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         name,
         max_model_len,
         vocab_size,
-        api_key: o.api_key.clone(),
+        api_keys: o.api_keys.clone(),
+        public_metrics: o.public_metrics,
         metrics,
         body_limit: o.body_limit,
         tokenize_slots: tokio::sync::Semaphore::new(TOKENIZE_SLOTS),
@@ -277,17 +290,27 @@ pub async fn serve(o: Options) -> Result<()> {
     Ok(())
 }
 
-fn authorize(st: &AppState, req: &Request) -> Result<(), ApiError> {
-    let Some(key) = &st.api_key else {
-        return Ok(());
-    };
+/// Checks the request's key; returns the tenant it names (the key itself, empty on a server
+/// without keys). Every key is compared in constant time, so the time taken says nothing
+/// about how much of a key was right, or which key matched.
+fn authorize(st: &AppState, req: &Request) -> Result<Vec<u8>, ApiError> {
+    if st.api_keys.is_empty() {
+        return Ok(Vec::new());
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(key.as_str()) {
-        Ok(())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim().as_bytes())
+        .unwrap_or_default();
+    let mut found = subtle::Choice::from(0);
+    for key in &st.api_keys {
+        found |= key.as_bytes().ct_eq(given);
+    }
+    if bool::from(found) && !given.is_empty() {
+        Ok(given.to_vec())
     } else {
         Err(ApiError::plain(
             StatusCode::UNAUTHORIZED,
@@ -298,11 +321,12 @@ fn authorize(st: &AppState, req: &Request) -> Result<(), ApiError> {
     }
 }
 
+/// The request's JSON body, and the tenant its key names.
 async fn read_json(
     st: &AppState,
     req: Request,
-) -> Result<serde_json::Map<String, Value>, ApiError> {
-    authorize(st, &req)?;
+) -> Result<(serde_json::Map<String, Value>, Vec<u8>), ApiError> {
+    let tenant = authorize(st, &req)?;
     let bytes = to_bytes(req.into_body(), st.body_limit)
         .await
         .map_err(|_| {
@@ -312,7 +336,16 @@ async fn read_json(
                 format!("the request body is larger than {} bytes", st.body_limit),
             )
         })?;
-    api::parse_body(&bytes)
+    Ok((api::parse_body(&bytes)?, tenant))
+}
+
+/// Who shares cached prefix blocks: requests with the same key and the same `cache_salt`.
+fn cache_tenant(mut key: Vec<u8>, c: &Common) -> Vec<u8> {
+    if let Some(salt) = &c.cache_salt {
+        key.push(0);
+        key.extend_from_slice(salt.as_bytes());
+    }
+    key
 }
 
 async fn models(State(st): State<Shared>, req: Request) -> Response {
@@ -340,7 +373,13 @@ async fn health(State(st): State<Shared>) -> Response {
     }
 }
 
-async fn metrics_text(State(st): State<Shared>) -> Response {
+async fn metrics_text(State(st): State<Shared>, req: Request) -> Response {
+    // the figures tell one tenant about the others' traffic: behind the key unless asked
+    if !st.public_metrics {
+        if let Err(e) = authorize(&st, &req) {
+            return e.into_response();
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),
@@ -351,6 +390,7 @@ async fn metrics_text(State(st): State<Shared>) -> Response {
 /// A request turned into engine work: the prompt, how many samples, their parameters.
 struct Job {
     prompt: Vec<u32>,
+    tenant: Vec<u8>,
     primed: bool,
     chat: bool,
     common: Common,
@@ -404,8 +444,9 @@ fn budget(
 
 async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
     let job = async {
-        let o = read_json(&st, req).await?;
+        let (o, key) = read_json(&st, req).await?;
         let common = api::common(&o, true)?;
+        let tenant = cache_tenant(key, &common);
         check_model(&st, &common)?;
         let messages = api::messages(&o)?;
         let thinking = api::thinking(&o)?;
@@ -438,6 +479,7 @@ async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
         let max_tokens = budget(&st, "messages", prompt.len(), common.max_tokens)?;
         Ok::<Job, ApiError>(Job {
             prompt,
+            tenant,
             primed,
             chat: true,
             common,
@@ -450,8 +492,9 @@ async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
 
 async fn completions(State(st): State<Shared>, req: Request) -> Response {
     let job = async {
-        let o = read_json(&st, req).await?;
+        let (o, key) = read_json(&st, req).await?;
         let common = api::common(&o, false)?;
+        let tenant = cache_tenant(key, &common);
         check_model(&st, &common)?;
         if common.vote {
             return Err(ApiError::invalid(
@@ -497,6 +540,7 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
         let max_tokens = budget(&st, "prompt", prompt.len(), asked)?;
         Ok(Job {
             prompt,
+            tenant,
             primed: false,
             chat: false,
             common,
@@ -563,6 +607,7 @@ async fn run(st: Shared, job: Result<Job, ApiError>) -> Response {
                 },
                 top_logprobs: job.common.top_logprobs,
                 events: etx,
+                tenant: job.tenant.clone(),
                 group,
             };
             if tx.send(submit).is_err() {

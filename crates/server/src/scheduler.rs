@@ -28,6 +28,9 @@ pub struct Submit {
     pub params: GenerateParams,
     pub top_logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
+    /// who the prefix cache keeps this request's blocks for: requests of other tenants never
+    /// share (or see hits on) its blocks; empty for a server without keys
+    pub tenant: Vec<u8>,
     /// samples of one request share a group: later ones start once the first has its prompt
     /// in the cache, so they reuse its full prefix blocks instead of recomputing them
     pub group: u64,
@@ -89,6 +92,8 @@ pub struct EngineConfig {
     pub max_model_len: usize,
     /// prompt tokens prefilled per step across all sequences (chunked prefill)
     pub prefill_chunk: usize,
+    /// write the context cache this often (when it changed), not only at shutdown
+    pub flush_every: Option<Duration>,
 }
 
 struct Seq {
@@ -111,6 +116,7 @@ struct Seq {
     last_token: Option<Instant>,
     admitted_once: bool,
     group: u64,
+    tenant: Vec<u8>,
 }
 
 impl Seq {
@@ -133,6 +139,7 @@ impl Seq {
             last_token: None,
             admitted_once: false,
             group: s.group,
+            tenant: s.tenant,
         }
     }
 
@@ -172,6 +179,8 @@ pub struct Engine {
     pub pool: BlockPool,
     pub cfg: EngineConfig,
     pub metrics: Arc<Metrics>,
+    /// when the context cache was last written, and the pool's prefix changes then
+    pub saved_at: (Instant, u64),
 }
 
 impl Engine {
@@ -190,25 +199,54 @@ impl Engine {
         let _up = Up(self.metrics.clone());
         if let Some((path, fp)) = &self.persist {
             match self.pool.load_prefixes(path, *fp) {
-                Ok(n) if n > 0 => eprintln!(
-                    "whale serve: {n} cached prefix blocks loaded from {}",
-                    path.display()
-                ),
-                Ok(_) => {}
+                Ok(r) => {
+                    if r.loaded > 0 || r.skipped > 0 {
+                        eprintln!(
+                            "whale serve: {} cached prefix blocks loaded from {}, {} skipped",
+                            r.loaded,
+                            path.display(),
+                            r.skipped
+                        );
+                    }
+                    for n in r.notes {
+                        eprintln!("whale serve: context cache {}: {n}", path.display());
+                    }
+                }
                 Err(e) => eprintln!("whale serve: cannot read {}: {e}", path.display()),
             }
         }
+        self.saved_at = (Instant::now(), self.pool.prefix_changes());
         let clean = self.run_loop(rx);
         // after repeated panics the pool was emptied: keep the file as it was
-        if let (true, Some((path, fp))) = (clean, &self.persist) {
-            match self.pool.save_prefixes(path, *fp) {
-                Ok(n) => eprintln!(
-                    "whale serve: {n} cached prefix blocks saved to {}",
-                    path.display()
-                ),
-                Err(e) => eprintln!("whale serve: cannot write {}: {e}", path.display()),
-            }
+        if clean {
+            self.save(true);
         }
+    }
+
+    /// Writes the context cache if it changed since the last write, and (unless `always`)
+    /// the flush interval has passed.
+    fn save(&mut self, always: bool) {
+        let Some((path, fp)) = &self.persist else {
+            return;
+        };
+        let (at, changes) = self.saved_at;
+        let due = match self.cfg.flush_every {
+            _ if always => true,
+            Some(every) => at.elapsed() >= every,
+            None => false,
+        };
+        if !due || changes == self.pool.prefix_changes() {
+            return;
+        }
+        match self.pool.save_prefixes(path, *fp) {
+            Ok(n) if always => eprintln!(
+                "whale serve: {n} cached prefix blocks saved to {}",
+                path.display()
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("whale serve: cannot write {}: {e}", path.display()),
+        }
+        self.saved_at = (Instant::now(), self.pool.prefix_changes());
     }
 
     /// Serves until the senders are gone (true) or steps keep panicking (false).
@@ -275,7 +313,8 @@ impl Engine {
                     break;
                 };
                 let mut s = waiting.remove(pos).expect("position is in range");
-                let (blocks, hit) = self.pool.start(&s.ctx);
+                let salt = self.pool.salt_for(&s.tenant);
+                let (blocks, hit) = self.pool.start(&s.ctx, salt);
                 s.blocks = blocks;
                 if !s.admitted_once {
                     s.cached_tokens = hit;
@@ -305,6 +344,7 @@ impl Engine {
                 self.pool.used(),
                 self.pool.available(),
             );
+            self.save(false);
             if running.is_empty() {
                 continue;
             }

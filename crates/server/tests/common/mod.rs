@@ -35,7 +35,7 @@ pub fn start_with(
         max_batch,
         cache_mem,
         max_model_len,
-        api_key: api_key.map(String::from),
+        api_keys: api_key.map(String::from).into_iter().collect(),
         block_size: 4,
         body_limit: 64 << 10,
         ..whale_server::Options::new(fixture())
