@@ -31,6 +31,37 @@ pub struct ChatTokenizer {
     pub add_bos_token: bool,
     /// UTF-8 bytes of the longest vocabulary entry: no token stands for more text than this
     max_token_bytes: usize,
+    /// the text of each special added token (turn markers, BOS, EOS, tool markers), longest
+    /// first: spelled inside a message, it is tokenised as text, so no one can forge a turn
+    control_texts: Vec<String>,
+}
+
+/// A rendered chat prompt in which every control token's text that came from a message's
+/// content stands as a placeholder (`\u{E000}nonce:k\u{E001}`, a nonce no client can guess):
+/// the template's own control tokens become tokens, the messages' become text.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub text: String,
+    nonce: u64,
+    literals: Vec<String>,
+}
+
+impl Rendered {
+    fn placeholder(nonce: u64, k: usize) -> String {
+        format!("\u{E000}{nonce:016x}:{k}\u{E001}")
+    }
+
+    /// The prompt as the template wrote it, the messages' text put back.
+    pub fn plain(&self) -> std::borrow::Cow<'_, str> {
+        if self.literals.is_empty() {
+            return self.text.as_str().into();
+        }
+        let mut t = self.text.clone();
+        for (k, lit) in self.literals.iter().enumerate() {
+            t = t.replace(&Self::placeholder(self.nonce, k), lit);
+        }
+        t.into()
+    }
 }
 
 /// Text above this is measured piece by piece before it is tokenised whole.
@@ -82,7 +113,18 @@ impl ChatTokenizer {
             .max()
             .unwrap_or(1)
             .max(1);
+        // `<think>` and `</think>` stay: templates split earlier answers at them, and they
+        // cannot open a turn
+        let mut control_texts: Vec<String> = tok
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special && t.content != "<think>" && t.content != "</think>")
+            .map(|t| t.content.clone())
+            .filter(|c| !c.is_empty())
+            .collect();
+        control_texts.sort_by_key(|c| std::cmp::Reverse(c.len()));
         Ok(ChatTokenizer {
+            control_texts,
             max_token_bytes,
             tok,
             chat_template,
@@ -173,6 +215,55 @@ impl ChatTokenizer {
         Ok(ids)
     }
 
+    /// Tokens of `text` read as plain text: the added vocabulary (special tokens included) is
+    /// not matched, as transformers' `split_special_tokens=True` does.
+    pub fn encode_as_text(&self, text: &str) -> Result<Vec<u32>> {
+        use tokenizers::{Model, OffsetReferential, OffsetType, PreTokenizer};
+        let none = tokenizers::AddedVocabulary::new();
+        let mut pre = none.extract_and_normalize(self.tok.get_normalizer(), text);
+        if let Some(p) = self.tok.get_pre_tokenizer() {
+            p.pre_tokenize(&mut pre)
+                .map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        }
+        pre.tokenize(|n| self.tok.get_model().tokenize(n.get()))
+            .map_err(|e| anyhow!("cannot tokenize: {e}"))?;
+        Ok(pre
+            .get_splits(OffsetReferential::Original, OffsetType::None)
+            .into_iter()
+            .flat_map(|(_, _, toks)| toks.iter().flatten().map(|t| t.id))
+            .collect())
+    }
+
+    /// Tokens of a rendered chat: the template's text as usual, each placeholder as the text it
+    /// stands for.
+    pub fn encode_rendered(&self, r: &Rendered) -> Result<Vec<u32>> {
+        if r.literals.is_empty() {
+            return self.encode(&r.text);
+        }
+        let mut ids = Vec::new();
+        let mut rest = r.text.as_str();
+        while let Some(at) = rest.find('\u{E000}') {
+            let (before, from) = rest.split_at(at);
+            let lit = (0..r.literals.len())
+                .find(|&k| from.starts_with(&Rendered::placeholder(r.nonce, k)));
+            match lit {
+                Some(k) => {
+                    ids.extend(self.encode(before)?);
+                    ids.extend(self.encode_as_text(&r.literals[k])?);
+                    rest = &from[Rendered::placeholder(r.nonce, k).len()..];
+                }
+                None => {
+                    // a private-use char of the text itself: keep going past it
+                    let skip = at + '\u{E000}'.len_utf8();
+                    ids.extend(self.encode(&rest[..skip])?);
+                    rest = &rest[skip..];
+                }
+            }
+        }
+        ids.extend(self.encode(rest)?);
+        Ok(ids)
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tok
             .decode(ids, false)
@@ -183,9 +274,43 @@ impl ChatTokenizer {
         self.chat_template.is_some()
     }
 
-    /// The chat template rendered for `messages`; `extra` adds template variables
-    /// (for example `thinking` for templates that can turn reasoning off).
+    /// The chat template rendered for `messages`, control-token text in their contents held as
+    /// placeholders (see `Rendered`); `extra` adds template variables (for example `thinking`
+    /// for templates that can turn reasoning off).
     pub fn render_chat(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        extra: &Value,
+    ) -> Result<Rendered> {
+        let nonce: u64 = rand::random();
+        let mut literals: Vec<String> = Vec::new();
+        let guarded: Vec<Message> = messages
+            .iter()
+            .map(|m| {
+                let mut content = m.content.clone();
+                for c in &self.control_texts {
+                    if content.contains(c.as_str()) {
+                        let k = literals.len();
+                        literals.push(c.clone());
+                        content = content.replace(c.as_str(), &Rendered::placeholder(nonce, k));
+                    }
+                }
+                Message {
+                    role: m.role.clone(),
+                    content,
+                }
+            })
+            .collect();
+        let text = self.render_raw(&guarded, add_generation_prompt, extra)?;
+        Ok(Rendered {
+            text,
+            nonce,
+            literals,
+        })
+    }
+
+    fn render_raw(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
@@ -225,9 +350,9 @@ impl ChatTokenizer {
     /// Rendered chat as token ids. The template writes BOS itself, so no special tokens are
     /// added on top (the double-BOS pitfall).
     pub fn encode_chat(&self, messages: &[Message], extra: &Value) -> Result<(String, Vec<u32>)> {
-        let text = self.render_chat(messages, true, extra)?;
-        let ids = self.encode(&text)?;
-        Ok((text, ids))
+        let r = self.render_chat(messages, true, extra)?;
+        let ids = self.encode_rendered(&r)?;
+        Ok((r.plain().into_owned(), ids))
     }
 }
 

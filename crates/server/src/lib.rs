@@ -457,20 +457,20 @@ async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
         // the prompt must leave room for one generated token
         let limit = st.max_model_len - 1;
         let (prompt, primed) = with_tokenizer(&st, move |tok| {
-            let mut text = tok
+            let mut r = tok
                 .render_chat(&messages, true, &extra)
                 .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-            let mut primed = primes_reasoning(&text);
+            let mut primed = primes_reasoning(&r.text);
             if thinking == Some(false) && primed {
                 // the template opened a think block it cannot skip: close it empty
-                text.push_str("</think>\n\n");
+                r.text.push_str("</think>\n\n");
                 primed = false;
             }
-            if tok.surely_longer_than(&text, limit) {
+            if tok.surely_longer_than(&r.plain(), limit) {
                 return Ok(None);
             }
             let prompt = tok
-                .encode(&text)
+                .encode_rendered(&r)
                 .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
             Ok::<_, ApiError>(Some((prompt, primed)))
         })
