@@ -45,6 +45,21 @@ pub struct ServeArgs {
     /// (default 60; 0: only at shutdown)
     #[arg(long)]
     context_cache_flush_secs: Option<u64>,
+    /// sequences that may wait for a place in the batch; past it requests get 429 with
+    /// Retry-After
+    #[arg(long, default_value_t = 256)]
+    max_queued: usize,
+    /// seconds a client has to send a request's head, and its body, and that an idle
+    /// keep-alive connection stays open
+    #[arg(long, default_value_t = 30.0)]
+    read_timeout: f64,
+    /// seconds running requests may go on after SIGTERM/SIGINT; then they get an error and
+    /// the server exits
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout: f64,
+    /// open connections at once; more are closed as they arrive
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
 }
 
 /// "4GiB", "512MiB", "100MB", "1e9", "123456" -> bytes
@@ -105,7 +120,23 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         bail!("--context-cache-flush-secs needs --context-cache-dir");
     }
     let flush_secs = a.context_cache_flush_secs.unwrap_or(60);
+    let secs = |name: &str, v: f64| {
+        if v.is_finite() && v > 0.0 && v < 1e6 {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(anyhow::anyhow!(
+                "--{name} must be a positive number of seconds"
+            ))
+        }
+    };
+    if a.max_connections == 0 {
+        bail!("--max-connections must be positive");
+    }
     let opts = whale_server::Options {
+        max_queued: a.max_queued,
+        read_timeout: secs("read-timeout", a.read_timeout)?,
+        shutdown_timeout: secs("shutdown-timeout", a.shutdown_timeout)?,
+        max_connections: a.max_connections,
         model: a.model.unwrap_or_else(crate::default_model),
         host: a.host,
         port: a.port,
@@ -124,5 +155,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(whale_server::serve(opts))
+    let r = rt.block_on(whale_server::serve(opts));
+    // a blocking tokenisation of a client that went away must not hold the exit
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    r
 }

@@ -3,6 +3,7 @@
 //! prefix-cached latent cache.
 
 pub mod api;
+pub mod listen;
 pub mod metrics;
 pub mod scheduler;
 mod vote;
@@ -19,8 +20,10 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -54,6 +57,14 @@ pub struct Options {
     pub context_cache_dir: Option<PathBuf>,
     /// write the context cache this often while serving (when it changed); None: at shutdown
     pub context_cache_flush: Option<std::time::Duration>,
+    /// for a request's head, for its body, and for an idle keep-alive connection
+    pub read_timeout: Duration,
+    /// requests in flight may finish for this long after SIGTERM
+    pub shutdown_timeout: Duration,
+    /// sequences that may wait for a place in the batch; past it requests get 429
+    pub max_queued: usize,
+    /// open connections at once
+    pub max_connections: usize,
 }
 
 impl Options {
@@ -72,17 +83,37 @@ impl Options {
             block_size: 16,
             body_limit: 4 << 20,
             context_cache_dir: None,
-            context_cache_flush: Some(std::time::Duration::from_secs(60)),
+            context_cache_flush: Some(Duration::from_secs(60)),
+            read_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+            max_queued: 256,
+            max_connections: 1024,
+        }
+    }
+
+    pub fn limits(&self) -> listen::Limits {
+        listen::Limits {
+            header_timeout: self.read_timeout,
+            max_connections: self.max_connections,
+            shutdown_timeout: self.shutdown_timeout,
         }
     }
 }
 
 /// The engine thread, to wait for at shutdown (it writes the context cache on its way out).
-pub struct EngineThread(std::thread::JoinHandle<()>);
+pub struct EngineThread {
+    thread: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
 
 impl EngineThread {
     pub fn join(self) {
-        let _ = self.0.join();
+        let _ = self.thread.join();
+    }
+
+    /// Ends every request in flight with an error and stops the engine.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -100,6 +131,10 @@ struct AppState {
     body_limit: usize,
     /// tokenisations running at once (each off the async runtime, on a blocking thread)
     tokenize_slots: tokio::sync::Semaphore,
+    read_timeout: Duration,
+    /// sequences submitted and not yet answered, and how many there may be
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
 }
 
 type Shared = Arc<AppState>;
@@ -183,7 +218,9 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
             Some((dir.join("prefix-cache.bin"), fp))
         }
     };
+    let stop = Arc::new(AtomicBool::new(false));
     let engine = Engine {
+        stop: stop.clone(),
         persist,
         model,
         tokenizer: tokenizer.clone(),
@@ -226,6 +263,9 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         metrics,
         body_limit: o.body_limit,
         tokenize_slots: tokio::sync::Semaphore::new(TOKENIZE_SLOTS),
+        read_timeout: o.read_timeout,
+        in_flight: AtomicUsize::new(0),
+        max_in_flight: o.max_batch.max(1) + o.max_queued,
     });
     let router = Router::new()
         .route("/", get(chat_page))
@@ -242,7 +282,7 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
             )
         })
         .with_state(state);
-    Ok((router, EngineThread(thread)))
+    Ok((router, EngineThread { thread, stop }))
 }
 
 /// The chat page: one static file compiled into the binary (no CDN, no network at run time).
@@ -255,7 +295,8 @@ async fn chat_page() -> impl axum::response::IntoResponse {
     )
 }
 
-/// Serves until SIGINT or SIGTERM; then stops accepting and lets running streams finish.
+/// Serves until SIGINT or SIGTERM; then stops accepting, lets running requests finish until
+/// the shutdown deadline, and waits for the engine to write its context cache.
 pub async fn serve(o: Options) -> Result<()> {
     let (router, engine) = app(&o)?;
     let addr = format!("{}:{}", o.host, o.port);
@@ -266,27 +307,17 @@ pub async fn serve(o: Options) -> Result<()> {
         "whale serve: listening on http://{addr} (model {})",
         o.model.display()
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let term = async {
-                #[cfg(unix)]
-                if let Ok(mut s) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                {
-                    s.recv().await;
-                    return;
-                }
-                std::future::pending::<()>().await
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term => {},
-            }
-            eprintln!("whale serve: shutting down, draining running requests");
-        })
-        .await?;
-    // the router and its sender are gone: the engine finishes and saves its context cache
-    engine.join();
+    listen::serve_on(
+        listener,
+        router,
+        &o.limits(),
+        listen::signalled(),
+        Some(&engine),
+    )
+    .await?;
+    // every connection is gone, or the deadline passed and the engine was told to stop
+    engine.stop();
+    tokio::task::spawn_blocking(move || engine.join()).await?;
     Ok(())
 }
 
@@ -327,15 +358,26 @@ async fn read_json(
     req: Request,
 ) -> Result<(serde_json::Map<String, Value>, Vec<u8>), ApiError> {
     let tenant = authorize(st, &req)?;
-    let bytes = to_bytes(req.into_body(), st.body_limit)
+    // a body trickled in byte by byte holds a connection and a buffer: it gets a deadline
+    let body = tokio::time::timeout(st.read_timeout, to_bytes(req.into_body(), st.body_limit))
         .await
         .map_err(|_| {
             ApiError::plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::REQUEST_TIMEOUT,
                 "invalid_request_error",
-                format!("the request body is larger than {} bytes", st.body_limit),
+                format!(
+                    "the request body did not arrive within {} s",
+                    st.read_timeout.as_secs_f64()
+                ),
             )
         })?;
+    let bytes = body.map_err(|_| {
+        ApiError::plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than {} bytes", st.body_limit),
+        )
+    })?;
     Ok((api::parse_body(&bytes)?, tenant))
 }
 
@@ -587,6 +629,17 @@ async fn run(st: Shared, job: Result<Job, ApiError>) -> Response {
         Ok(j) => j,
         Err(e) => return e.into_response(),
     };
+    let Some(in_flight) = InFlight::take(&st, job.common.n) else {
+        let mut r = ApiError::plain(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "the server is at capacity (--max-queued); retry shortly",
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
+    };
     let mut receivers = Vec::with_capacity(job.common.n);
     let group: u64 = rand::random();
     {
@@ -628,9 +681,35 @@ async fn run(st: Shared, job: Result<Job, ApiError>) -> Response {
             return ApiError::invalid("whale_vote", "whale_vote needs `stream: false`")
                 .into_response();
         }
-        stream_response(st, job, receivers).into_response()
+        stream_response(st, job, receivers, in_flight).into_response()
     } else {
-        whole_response(st, job, receivers).await
+        let r = whole_response(st, job, receivers).await;
+        drop(in_flight);
+        r
+    }
+}
+
+/// A request's sequences counted as in flight until its answer ends (or its client leaves).
+struct InFlight {
+    st: Shared,
+    n: usize,
+}
+
+impl InFlight {
+    /// None when `n` more would pass the server's limit.
+    fn take(st: &Shared, n: usize) -> Option<Self> {
+        let before = st.in_flight.fetch_add(n, Ordering::AcqRel);
+        if before + n > st.max_in_flight {
+            st.in_flight.fetch_sub(n, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlight { st: st.clone(), n })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.st.in_flight.fetch_sub(self.n, Ordering::AcqRel);
     }
 }
 
@@ -761,6 +840,7 @@ fn stream_response(
     st: Shared,
     job: Job,
     receivers: Vec<UnboundedReceiver<Event>>,
+    in_flight: InFlight,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let n = receivers.len();
     let merged = stream::select_all(
@@ -790,8 +870,10 @@ fn stream_response(
         started: Vec<bool>,
         finished: usize,
         ended: bool,
+        _in_flight: InFlight,
     }
     let state = S {
+        _in_flight: in_flight,
         merged,
         choices: vec![Choice::default(); n],
         started: vec![false; n],

@@ -181,6 +181,8 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     /// when the context cache was last written, and the pool's prefix changes then
     pub saved_at: (Instant, u64),
+    /// set at the shutdown deadline: every request left gets an error and the loop ends
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Engine {
@@ -256,6 +258,20 @@ impl Engine {
         let mut open = true;
         let mut panics_in_a_row = 0;
         loop {
+            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for mut s in running.drain(..) {
+                    self.pool.finish(&mut s.blocks);
+                    let _ = s
+                        .events
+                        .send(Fault::capacity("the server is shutting down"));
+                }
+                for s in waiting.drain(..) {
+                    let _ = s
+                        .events
+                        .send(Fault::capacity("the server is shutting down"));
+                }
+                return true;
+            }
             // take new requests; block only when there is nothing to do
             loop {
                 let next = if running.is_empty() && waiting.is_empty() {

@@ -45,7 +45,8 @@ pub fn start_with(
 
 /// Serves `opts` on a free loopback port from a background runtime; returns the address.
 pub fn serve(opts: &whale_server::Options) -> String {
-    let (router, _engine) = whale_server::app(opts).unwrap();
+    let (router, engine) = whale_server::app(opts).unwrap();
+    let limits = opts.limits();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -56,7 +57,10 @@ pub fn serve(opts: &whale_server::Options) -> String {
         rt.block_on(async move {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap().to_string()).unwrap();
-            axum::serve(l, router).await.unwrap();
+            let forever = std::future::pending::<()>();
+            whale_server::listen::serve_on(l, router, &limits, forever, Some(&engine))
+                .await
+                .unwrap();
         });
     });
     rx.recv().unwrap()
