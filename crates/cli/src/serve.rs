@@ -60,6 +60,10 @@ pub struct ServeArgs {
     /// open connections at once; more are closed as they arrive
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// an origin (`https://app.example`) whose web pages may call the API; repeatable. Without
+    /// an API key, a loopback server answers only pages of localhost and these origins
+    #[arg(long)]
+    cors_origin: Vec<String>,
 }
 
 /// "4GiB", "512MiB", "100MB", "1e9", "123456" -> bytes
@@ -137,6 +141,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         read_timeout: secs("read-timeout", a.read_timeout)?,
         shutdown_timeout: secs("shutdown-timeout", a.shutdown_timeout)?,
         max_connections: a.max_connections,
+        cors_origins: a.cors_origin,
         model: a.model.unwrap_or_else(crate::default_model),
         host: a.host,
         port: a.port,

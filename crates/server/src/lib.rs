@@ -5,6 +5,7 @@
 pub mod api;
 pub mod listen;
 pub mod metrics;
+mod origin;
 pub mod scheduler;
 mod vote;
 
@@ -65,6 +66,8 @@ pub struct Options {
     pub max_queued: usize,
     /// open connections at once
     pub max_connections: usize,
+    /// origins (`scheme://host[:port]`) whose web pages may call the API (CORS)
+    pub cors_origins: Vec<String>,
 }
 
 impl Options {
@@ -88,6 +91,7 @@ impl Options {
             shutdown_timeout: Duration::from_secs(30),
             max_queued: 256,
             max_connections: 1024,
+            cors_origins: Vec::new(),
         }
     }
 
@@ -281,7 +285,20 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
                 "no such endpoint",
             )
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "this endpoint does not take that method",
+            )
+        })
         .with_state(state);
+    let policy = Arc::new(origin::Policy::new(
+        &o.host,
+        !o.api_keys.is_empty(),
+        o.cors_origins.clone(),
+    ));
+    let router = router.layer(axum::middleware::from_fn_with_state(policy, origin::guard));
     Ok((router, EngineThread { thread, stop }))
 }
 
@@ -683,16 +700,19 @@ async fn run(st: Shared, job: Result<Job, ApiError>) -> Response {
         }
         stream_response(st, job, receivers, in_flight).into_response()
     } else {
+        let mut in_flight = in_flight;
         let r = whole_response(st, job, receivers).await;
-        drop(in_flight);
+        in_flight.answered = true;
         r
     }
 }
 
-/// A request's sequences counted as in flight until its answer ends (or its client leaves).
+/// A request's sequences counted as in flight until its answer ends (or its client leaves:
+/// then the request counts as cancelled, once, however many samples it had).
 struct InFlight {
     st: Shared,
     n: usize,
+    answered: bool,
 }
 
 impl InFlight {
@@ -703,12 +723,19 @@ impl InFlight {
             st.in_flight.fetch_sub(n, Ordering::AcqRel);
             return None;
         }
-        Some(InFlight { st: st.clone(), n })
+        Some(InFlight {
+            st: st.clone(),
+            n,
+            answered: false,
+        })
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if !self.answered {
+            self.st.metrics.cancelled.inc();
+        }
         self.st.in_flight.fetch_sub(self.n, Ordering::AcqRel);
     }
 }
@@ -870,10 +897,10 @@ fn stream_response(
         started: Vec<bool>,
         finished: usize,
         ended: bool,
-        _in_flight: InFlight,
+        in_flight: InFlight,
     }
     let state = S {
-        _in_flight: in_flight,
+        in_flight,
         merged,
         choices: vec![Choice::default(); n],
         started: vec![false; n],
@@ -900,6 +927,7 @@ fn stream_response(
                     }
                     out.push(SseEvent::default().data("[DONE]"));
                     s.ended = true;
+                    s.in_flight.answered = true;
                     break;
                 };
                 match ev {

@@ -306,17 +306,11 @@ impl Engine {
                 let gone = s.events.is_closed();
                 if gone {
                     self.pool.finish(&mut s.blocks);
-                    self.metrics.cancelled.inc();
                 }
                 !gone
             });
-            waiting.retain(|s| {
-                let gone = s.events.is_closed();
-                if gone {
-                    self.metrics.cancelled.inc();
-                }
-                !gone
-            });
+            // (cancelled requests are counted at the edge, once per request)
+            waiting.retain(|s| !s.events.is_closed());
             // admit in arrival order while there is room in the batch and the pool
             while running.len() < self.cfg.max_batch {
                 // a sibling still prefilling the same prompt: wait for its blocks
@@ -370,6 +364,13 @@ impl Engine {
             let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.step(&mut running, &mut waiting)
             }));
+            // the gauges say what the step left, not what the next request finds
+            self.metrics.set_queue(
+                running.len(),
+                waiting.len(),
+                self.pool.used(),
+                self.pool.available(),
+            );
             match step {
                 Ok(()) => panics_in_a_row = 0,
                 Err(p) => {
@@ -608,9 +609,6 @@ impl Engine {
         for e in events {
             if s.events.send(e).is_err() {
                 // the client is gone
-                if !finished {
-                    self.metrics.cancelled.inc();
-                }
                 return true;
             }
         }

@@ -169,9 +169,11 @@ fn a_client_that_disconnects_frees_its_blocks() {
     req.as_object_mut().unwrap().remove("model"); // served under its directory name
     req["stream"] = json!(true);
     req["ignore_eos"] = json!(true);
+    // three samples, one request: it counts as one cancelled request
+    req["n"] = json!(3);
     let body = req.to_string();
     let mut s = TcpStream::connect(&addr).unwrap();
-    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     // wait for the first generated chunk: headers alone may come before the scheduler admits it
     let mut seen = Vec::new();
     let mut buf = [0u8; 512];
@@ -355,7 +357,7 @@ fn sixty_four_streaming_clients_under_a_small_cache() {
                 let body = req.to_string();
                 let mut s = TcpStream::connect(&addr).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-                write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+                write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
                 if i % 7 == 3 {
                     // an impatient client: leaves after the headers
                     let mut buf = [0u8; 64];
@@ -442,7 +444,7 @@ fn timed_first_token(addr: &str, req: &Value) -> (f64, Value) {
     let body = req.to_string();
     let mut s = TcpStream::connect(addr).unwrap();
     let t = Instant::now();
-    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut raw = Vec::new();
     let mut first = None;
     let mut buf = [0u8; 4096];

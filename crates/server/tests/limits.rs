@@ -97,7 +97,7 @@ fn slow_clients_are_cut_off_at_the_read_timeout() {
     let addr = serve(&quick(500, 8, 256));
     let body = chat("What is 2 + 2?", 2).to_string();
     // a body trickled in: 408 at the deadline, long before the trickle would end
-    let head = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
     let (reply, took) = trickle(&addr, &head, body.as_bytes());
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.contains("\"error\""), "{reply}");
@@ -112,7 +112,7 @@ fn slow_clients_are_cut_off_at_the_read_timeout() {
     // an idle keep-alive connection is closed too
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let t = Instant::now();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -152,7 +152,7 @@ fn past_max_queued_requests_get_429_with_retry_after() {
     }
     let mut s = TcpStream::connect(&addr).unwrap();
     let body = chat("What is 9 + 9?", 2).to_string();
-    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     let reply = String::from_utf8_lossy(&out).to_ascii_lowercase();
@@ -206,7 +206,7 @@ fn shutdown_ends_at_its_deadline_despite_a_stalled_upload() {
     let addr = addr_rx.recv().unwrap();
     // an upload that stalls half way
     let mut stalled = TcpStream::connect(&addr).unwrap();
-    write!(stalled, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"messages\": ").unwrap();
+    write!(stalled, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"messages\": ").unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
     stop_tx.send(()).unwrap();

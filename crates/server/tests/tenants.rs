@@ -118,3 +118,89 @@ fn keys_are_checked_whatever_the_case_of_bearer_and_guard_the_metrics() {
     let open = keyed(&["key-a"], true);
     assert_eq!(http(&open, "GET", "/metrics", b"", &[]).0, 200);
 }
+
+/// Status and whole reply (head and body) of a GET with these headers, sent raw so that
+/// `Host` is ours to choose.
+fn raw(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    (text.split(' ').nth(1).unwrap().parse().unwrap(), text)
+}
+
+#[test]
+fn a_keyless_loopback_server_answers_local_pages_only() {
+    let _serial = serial();
+    let addr = serve(&whale_server::Options {
+        port: 0,
+        cache_mem: 8 << 20,
+        block_size: 4,
+        cors_origins: vec!["https://app.example".into()],
+        ..whale_server::Options::new(fixture())
+    });
+    // DNS rebinding: a page of evil.example resolved to 127.0.0.1
+    let (s, b) = raw(&addr, "GET", "/v1/models", "Host: evil.example\r\n");
+    assert_eq!(s, 403, "{b}");
+    assert!(b.contains("permission_error"), "{b}");
+    // a cross-site page
+    let (s, b) = raw(
+        &addr,
+        "GET",
+        "/v1/models",
+        "Host: localhost\r\nOrigin: http://evil.example\r\n",
+    );
+    assert_eq!(s, 403, "{b}");
+    // local pages, the allowed origin (with its CORS header), and no origin at all are fine
+    for h in [
+        "Host: localhost:8000\r\n",
+        "Host: 127.0.0.1\r\nOrigin: http://localhost:3000\r\n",
+        "Host: [::1]:80\r\n",
+    ] {
+        let (s, b) = raw(&addr, "GET", "/v1/models", h);
+        assert_eq!(s, 200, "{h}: {b}");
+        assert!(
+            !b.to_ascii_lowercase()
+                .contains("access-control-allow-origin"),
+            "{b}"
+        );
+    }
+    let (s, b) = raw(
+        &addr,
+        "GET",
+        "/v1/models",
+        "Host: localhost\r\nOrigin: https://app.example\r\n",
+    );
+    assert_eq!(s, 200, "{b}");
+    assert!(
+        b.to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://app.example"),
+        "{b}"
+    );
+    let (s, b) = raw(
+        &addr,
+        "OPTIONS",
+        "/v1/chat/completions",
+        "Host: localhost\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n",
+    );
+    assert_eq!(s, 204, "{b}");
+    // a wrong method gets the OpenAI error JSON, not an empty 405
+    let (s, b) = raw(&addr, "GET", "/v1/chat/completions", "Host: localhost\r\n");
+    assert_eq!(s, 405, "{b}");
+    assert!(b.contains("\"error\""), "{b}");
+    // with a key, other host names are served (the key is the guard)
+    let keyed = keyed(&["key-a"], false);
+    let (s, b) = raw(
+        &keyed,
+        "GET",
+        "/v1/models",
+        "Host: whale.internal\r\nAuthorization: Bearer key-a\r\n",
+    );
+    assert_eq!(s, 200, "{b}");
+}
