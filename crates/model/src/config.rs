@@ -372,13 +372,52 @@ impl ModelConfig {
                 bail!("config.json: field `{name}` must be positive");
             }
         }
+        // far past any released model, and small enough that no product of them overflows
+        // or asks for memory no machine has before the tensors are checked against them
+        let bounded = [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 20),
+            ("intermediate_size", self.intermediate_size, 1 << 22),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 12),
+            (
+                "num_nextn_predict_layers",
+                self.num_nextn_predict_layers,
+                1 << 6,
+            ),
+            ("num_attention_heads", self.num_attention_heads, 1 << 12),
+            ("kv_lora_rank", self.kv_lora_rank, 1 << 16),
+            ("qk_nope_head_dim", self.qk_nope_head_dim, 1 << 14),
+            ("qk_rope_head_dim", self.qk_rope_head_dim, 1 << 14),
+            ("v_head_dim", self.v_head_dim, 1 << 14),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 26,
+            ),
+        ];
+        for (name, v, most) in bounded {
+            if v > most {
+                bail!("config.json: field `{name}` is {v}, more than the {most} whale allows");
+            }
+        }
         if !self.qk_rope_head_dim.is_multiple_of(2) {
             bail!(
                 "config.json: `qk_rope_head_dim` must be even (rope rotates pairs), got {}",
                 self.qk_rope_head_dim
             );
         }
+        if self.q_lora_rank.is_some_and(|r| r > 1 << 16) {
+            bail!("config.json: field `q_lora_rank` is more than the 65536 whale allows");
+        }
         if let Some(m) = &self.moe {
+            for (name, v, most) in [
+                ("n_routed_experts", m.n_routed_experts, 1 << 16),
+                ("moe_intermediate_size", m.moe_intermediate_size, 1 << 22),
+            ] {
+                if v > most {
+                    bail!("config.json: field `{name}` is {v}, more than the {most} whale allows");
+                }
+            }
             if m.n_group == 0 || m.n_routed_experts % m.n_group != 0 {
                 bail!(
                     "config.json: `n_routed_experts` ({}) must be a multiple of `n_group` ({})",

@@ -130,7 +130,7 @@ impl Model {
             let p = format!("model.layers.{i}.");
             if !ck.has(&format!("{p}eh_proj.weight")) {
                 // Many re-published checkpoints drop the MTP module; the main model does not need it.
-                continue;
+                break;
             }
             let head_name = format!("{p}shared_head.head.weight");
             mtp.push(MtpLayer {
