@@ -129,23 +129,30 @@ fn a_full_pool_refuses_instead_of_overflowing() {
     assert!(pool.reserve(&mut t, 5));
 }
 
-#[test]
-fn saved_prefixes_come_back_in_a_new_pool_for_the_same_model_only() {
-    let m = model();
-    let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("prefixes.bin");
+/// Runs a 30-token prompt through a pool and saves its 7 full blocks of 4 under fingerprint 7;
+/// returns the file and the prompt.
+fn saved_prefixes(m: &Model, dir: &std::path::Path) -> (PathBuf, Vec<u32>) {
+    let file = dir.join("prefixes.bin");
     let prompt: Vec<u32> = (10..40).collect();
     let mut pool = BlockPool::new(&m.config, 4, 64);
     let (mut a, _) = pool.start(&prompt, 0);
     step(
-        &m,
+        m,
         &mut pool,
         std::slice::from_mut(&mut a),
         std::slice::from_ref(&prompt),
     );
     pool.finish(&mut a);
-    assert_eq!(pool.save_prefixes(&file, 7).unwrap(), 7); // 30 tokens = 7 full blocks
-                                                          // a new pool with the same fingerprint serves the prefix, with the same numbers
+    assert_eq!(pool.save_prefixes(&file, 7).unwrap(), 7);
+    (file, prompt)
+}
+
+#[test]
+fn saved_prefixes_come_back_in_a_new_pool_for_the_same_model_only() {
+    let m = model();
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, prompt) = saved_prefixes(&m, tmp.path());
+    // a new pool with the same fingerprint serves the prefix, with the same numbers
     let mut fresh = BlockPool::new(&m.config, 4, 64);
     let r = fresh.load_prefixes(&file, 7).unwrap();
     assert_eq!((r.loaded, r.skipped), (7, 0), "{r:?}");
@@ -167,18 +174,7 @@ fn saved_prefixes_come_back_in_a_new_pool_for_the_same_model_only() {
 fn a_damaged_context_cache_is_detected_record_by_record() {
     let m = model();
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("prefixes.bin");
-    let prompt: Vec<u32> = (10..40).collect();
-    let mut pool = BlockPool::new(&m.config, 4, 64);
-    let (mut a, _) = pool.start(&prompt, 0);
-    step(
-        &m,
-        &mut pool,
-        std::slice::from_mut(&mut a),
-        std::slice::from_ref(&prompt),
-    );
-    pool.finish(&mut a);
-    assert_eq!(pool.save_prefixes(&file, 7).unwrap(), 7);
+    let (file, _) = saved_prefixes(&m, tmp.path());
     let good = std::fs::read(&file).unwrap();
     let header = 8 + 16 + 5 * 8 + 8;
     let rec = (good.len() - header) / 7;

@@ -23,37 +23,6 @@ fn marked_prompt() -> Value {
     json!({"prompt": p, "max_tokens": 4})
 }
 
-fn victims(addr: &str, n: usize, tokens: usize) -> Vec<std::thread::JoinHandle<(u16, String)>> {
-    (0..n)
-        .map(|i| {
-            let addr = addr.to_string();
-            std::thread::spawn(move || {
-                let mut v = chat(&format!("What is {i} + 30?"), tokens);
-                v["stream"] = json!(true);
-                v["ignore_eos"] = json!(true);
-                http(
-                    &addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    v.to_string().as_bytes(),
-                    &[],
-                )
-            })
-        })
-        .collect()
-}
-
-fn assert_unharmed(v: Vec<std::thread::JoinHandle<(u16, String)>>) {
-    for v in v {
-        let (s, body) = v.join().unwrap();
-        assert_eq!(s, 200);
-        assert!(!body.contains("\"error\""), "a victim saw an error: {body}");
-        let (_, _, finish, done) = read_stream(&body);
-        assert_eq!(finish.as_deref(), Some("length"), "{body}");
-        assert!(done);
-    }
-}
-
 #[test]
 fn a_sequence_the_engine_fails_on_is_dropped_alone() {
     let _serial = serial();

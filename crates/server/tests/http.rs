@@ -538,23 +538,7 @@ fn an_out_of_vocabulary_prompt_fails_alone_with_a_400() {
     let _serial = serial();
     let addr = start(None, None, 8 << 20);
     // eight victims stream while the bad requests arrive; none may see an error
-    let victims: Vec<_> = (0..8)
-        .map(|i| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                let mut v = chat(&format!("What is {i} + 30?"), 40);
-                v["stream"] = json!(true);
-                v["ignore_eos"] = json!(true);
-                http(
-                    &addr,
-                    "POST",
-                    "/v1/chat/completions",
-                    v.to_string().as_bytes(),
-                    &[],
-                )
-            })
-        })
-        .collect();
+    let victims = victims(&addr, 8, 40);
     std::thread::sleep(Duration::from_millis(50));
     for prompt in [json!([5, 384]), json!([5, 400]), json!([5, 4294967301u64])] {
         let r = post(
@@ -564,14 +548,7 @@ fn an_out_of_vocabulary_prompt_fails_alone_with_a_400() {
         );
         assert_error(r, 400, "prompt");
     }
-    for v in victims {
-        let (s, body) = v.join().unwrap();
-        assert_eq!(s, 200);
-        assert!(!body.contains("\"error\""), "a victim saw an error: {body}");
-        let (_, _, finish, done) = read_stream(&body);
-        assert_eq!(finish.as_deref(), Some("length"), "{body}");
-        assert!(done);
-    }
+    assert_unharmed(victims);
     // the last id of the vocabulary is fine
     let (s, v) = post(
         &addr,

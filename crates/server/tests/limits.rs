@@ -176,34 +176,10 @@ fn past_max_queued_requests_get_429_with_retry_after() {
 #[test]
 fn shutdown_ends_at_its_deadline_despite_a_stalled_upload() {
     let _serial = serial();
-    let opts = quick(30_000, 8, 256);
-    let (router, engine) = whale_server::app(&opts).unwrap();
-    let limits = opts.limits();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx.send(l.local_addr().unwrap().to_string()).unwrap();
-            let stop = async {
-                let _ = stop_rx.await;
-            };
-            whale_server::listen::serve_on(l, router, &limits, stop, Some(&engine))
-                .await
-                .unwrap();
-            engine.stop();
-            tokio::task::spawn_blocking(move || engine.join())
-                .await
-                .unwrap();
-        });
-        rt.shutdown_timeout(Duration::from_secs(1));
+    let (addr, server) = serve_until(&quick(30_000, 8, 256), async {
+        let _ = stop_rx.await;
     });
-    let addr = addr_rx.recv().unwrap();
     // an upload that stalls half way
     let mut stalled = TcpStream::connect(&addr).unwrap();
     write!(stalled, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"messages\": ").unwrap();

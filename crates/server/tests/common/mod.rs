@@ -45,10 +45,19 @@ pub fn start_with(
 
 /// Serves `opts` on a free loopback port from a background runtime; returns the address.
 pub fn serve(opts: &whale_server::Options) -> String {
+    serve_until(opts, std::future::pending()).0
+}
+
+/// Serves `opts` until `stop` resolves, then shuts down as `whale serve` does (the deadline,
+/// the engine's end); returns the address and the thread that ends when the server has.
+pub fn serve_until(
+    opts: &whale_server::Options,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (String, std::thread::JoinHandle<()>) {
     let (router, engine) = whale_server::app(opts).unwrap();
     let limits = opts.limits();
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let server = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -57,13 +66,17 @@ pub fn serve(opts: &whale_server::Options) -> String {
         rt.block_on(async move {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap().to_string()).unwrap();
-            let forever = std::future::pending::<()>();
-            whale_server::listen::serve_on(l, router, &limits, forever, Some(&engine))
+            whale_server::listen::serve_on(l, router, &limits, stop, Some(&engine))
+                .await
+                .unwrap();
+            engine.stop();
+            tokio::task::spawn_blocking(move || engine.join())
                 .await
                 .unwrap();
         });
+        rt.shutdown_timeout(Duration::from_secs(1));
     });
-    rx.recv().unwrap()
+    (rx.recv().unwrap(), server)
 }
 
 pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -159,4 +172,37 @@ pub fn read_stream(body: &str) -> (String, String, Option<String>, bool) {
         }
     }
     (r, a, f, done)
+}
+
+/// `n` greedy chat streams of `tokens` tokens each (past end-of-sequence), started at once.
+pub fn victims(addr: &str, n: usize, tokens: usize) -> Vec<std::thread::JoinHandle<(u16, String)>> {
+    (0..n)
+        .map(|i| {
+            let addr = addr.to_string();
+            std::thread::spawn(move || {
+                let mut v = chat(&format!("What is {i} + 30?"), tokens);
+                v["stream"] = json!(true);
+                v["ignore_eos"] = json!(true);
+                http(
+                    &addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    v.to_string().as_bytes(),
+                    &[],
+                )
+            })
+        })
+        .collect()
+}
+
+/// Each stream ran to its length, saw no error and ended with `[DONE]`.
+pub fn assert_unharmed(v: Vec<std::thread::JoinHandle<(u16, String)>>) {
+    for v in v {
+        let (s, body) = v.join().unwrap();
+        assert_eq!(s, 200);
+        assert!(!body.contains("\"error\""), "a victim saw an error: {body}");
+        let (_, _, finish, done) = read_stream(&body);
+        assert_eq!(finish.as_deref(), Some("length"), "{body}");
+        assert!(done);
+    }
 }
