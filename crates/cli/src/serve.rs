@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// an API key, a loopback server answers only pages of localhost and these origins
     #[arg(long)]
     cors_origin: Vec<String>,
+    /// a name requests may give as `model` (e.g. deepseek-reasoner); repeatable, the first is
+    /// the one answers carry (default: the model directory's name)
+    #[arg(long)]
+    served_model_name: Vec<String>,
 }
 
 /// "4GiB", "512MiB", "100MB", "1e9", "123456" -> bytes
@@ -142,6 +146,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         shutdown_timeout: secs("shutdown-timeout", a.shutdown_timeout)?,
         max_connections: a.max_connections,
         cors_origins: a.cors_origin,
+        served_model_names: a.served_model_name,
         model: a.model.unwrap_or_else(crate::default_model),
         host: a.host,
         port: a.port,

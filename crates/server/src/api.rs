@@ -124,7 +124,107 @@ pub fn parse_body(bytes: &[u8]) -> R<Map<String, Value>> {
     }
 }
 
+/// Fields whale reads, on both endpoints, on chat only and on completions only.
+pub const FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "n",
+    "logprobs",
+    "stream",
+    "stream_options",
+    "ignore_eos",
+    "cache_salt",
+];
+pub const CHAT_FIELDS: &[&str] = &[
+    "messages",
+    "max_completion_tokens",
+    "top_logprobs",
+    "whale_vote",
+    "thinking",
+    "chat_template_kwargs",
+];
+pub const COMPLETION_FIELDS: &[&str] = &["prompt"];
+/// Fields that cannot change what is generated: accepted and not used.
+pub const INERT_FIELDS: &[&str] = &["user", "metadata", "store", "service_tier"];
+
+/// Fields whale does not implement yet, and the value of each that leaves the output as if it
+/// were absent (a client library that always sends `presence_penalty: 0` is served).
+/// Whether a field's value leaves the output as if the field were absent.
+type IsNeutral = fn(&Value) -> bool;
+
+const NEUTRAL: &[(&str, IsNeutral)] = &[
+    ("presence_penalty", |v| v.as_f64() == Some(0.0)),
+    ("frequency_penalty", |v| v.as_f64() == Some(0.0)),
+    ("repetition_penalty", |v| v.as_f64() == Some(1.0)),
+    ("logit_bias", |v| {
+        v.as_object().is_some_and(|m| m.is_empty())
+    }),
+    ("tools", |v| v.as_array().is_some_and(|a| a.is_empty())),
+    ("tool_choice", |v| v.as_str() == Some("none")),
+    ("parallel_tool_calls", |v| v.is_boolean()),
+    ("functions", |v| v.as_array().is_some_and(|a| a.is_empty())),
+    ("response_format", |v| {
+        v.get("type").and_then(|t| t.as_str()) == Some("text")
+            && v.as_object().is_some_and(|m| m.len() == 1)
+    }),
+    ("echo", |v| v.as_bool() == Some(false)),
+    ("best_of", |v| v.as_u64() == Some(1)),
+    ("suffix", |v| v.as_str() == Some("")),
+];
+
+/// Nothing silently ignored: a field that would change the result and that whale does not
+/// implement is a 400 naming it (or its neutral value is accepted); inert fields pass.
+pub fn known_fields(o: &Map<String, Value>, chat: bool) -> R<()> {
+    let own = if chat { CHAT_FIELDS } else { COMPLETION_FIELDS };
+    for (k, v) in o {
+        let k = k.as_str();
+        if v.is_null() || FIELDS.contains(&k) || own.contains(&k) || INERT_FIELDS.contains(&k) {
+            continue;
+        }
+        match NEUTRAL.iter().find(|(name, _)| *name == k) {
+            Some((_, neutral)) if neutral(v) => continue,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    k,
+                    format!("`{k}` is not supported by whale yet (it would change the output); leave it out or give its default"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    k,
+                    format!("unknown field `{k}` for {}", if chat { "chat completions" } else { "completions" }),
+                ))
+            }
+        }
+    }
+    let nested: [(&str, &[&str]); 2] = [
+        ("stream_options", &["include_usage"]),
+        ("chat_template_kwargs", &["thinking", "enable_thinking"]),
+    ];
+    for (field, keys) in nested {
+        if let Some(Value::Object(m)) = o.get(field) {
+            if let Some(k) = m.keys().find(|k| !keys.contains(&k.as_str())) {
+                return Err(ApiError::invalid(
+                    &format!("{field}.{k}"),
+                    format!(
+                        "`{field}.{k}` is not supported (whale reads {})",
+                        keys.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn common(o: &Map<String, Value>, chat: bool) -> R<Common> {
+    known_fields(o, chat)?;
     let model = match o.get("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -287,9 +387,20 @@ pub fn messages(o: &Map<String, Value>) -> R<Vec<Message>> {
     Ok(out)
 }
 
-/// Whether the request asks to skip thinking: `thinking: false`, or DeepSeek/vLLM style
-/// `chat_template_kwargs: {"thinking": false}` (also `enable_thinking`).
+/// Whether the request asks to think: DeepSeek's `thinking: {"type": "enabled" | "disabled"}`,
+/// `thinking: true | false`, or vLLM style `chat_template_kwargs: {"thinking": false}` (also
+/// `enable_thinking`).
 pub fn thinking(o: &Map<String, Value>) -> R<Option<bool>> {
+    if let Some(Value::Object(t)) = o.get("thinking") {
+        return match (t.get("type").and_then(|v| v.as_str()), t.len()) {
+            (Some("enabled"), 1) => Ok(Some(true)),
+            (Some("disabled"), 1) => Ok(Some(false)),
+            _ => Err(ApiError::invalid(
+                "thinking",
+                "`thinking` must be true, false, {\"type\": \"enabled\"} or {\"type\": \"disabled\"}",
+            )),
+        };
+    }
     if let Some(b) = boolean(o, "thinking")? {
         return Ok(Some(b));
     }

@@ -58,6 +58,9 @@ pub struct Options {
     pub context_cache_dir: Option<PathBuf>,
     /// write the context cache this often while serving (when it changed); None: at shutdown
     pub context_cache_flush: Option<std::time::Duration>,
+    /// names requests may give as `model` (the first is the one answers carry); none: the
+    /// checkpoint directory's name
+    pub served_model_names: Vec<String>,
     /// for a request's head, for its body, and for an idle keep-alive connection
     pub read_timeout: Duration,
     /// requests in flight may finish for this long after SIGTERM
@@ -87,6 +90,7 @@ impl Options {
             body_limit: 4 << 20,
             context_cache_dir: None,
             context_cache_flush: Some(Duration::from_secs(60)),
+            served_model_names: Vec::new(),
             read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             max_queued: 256,
@@ -124,6 +128,8 @@ impl EngineThread {
 struct AppState {
     submit: Mutex<Sender<Submit>>,
     tokenizer: Arc<ChatTokenizer>,
+    /// the served model names; the first is the one answers carry
+    names: Vec<String>,
     name: String,
     max_model_len: usize,
     /// token ids a prompt may hold are below this (checked at the edge, so one request's bad
@@ -251,15 +257,20 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         .name("whale-engine".into())
         .spawn(move || workers.install(|| engine.run(rx)))
         .context("cannot start the engine thread")?;
-    let name = o
-        .model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "whale".into());
+    let names = if o.served_model_names.is_empty() {
+        vec![o
+            .model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "whale".into())]
+    } else {
+        o.served_model_names.clone()
+    };
     let state = Arc::new(AppState {
         submit: Mutex::new(tx),
         tokenizer,
-        name,
+        name: names[0].clone(),
+        names,
         max_model_len,
         vocab_size,
         api_keys: o.api_keys.clone(),
@@ -276,6 +287,7 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model_by_id))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(|| async {
@@ -411,8 +423,44 @@ async fn models(State(st): State<Shared>, req: Request) -> Response {
     if let Err(e) = authorize(&st, &req) {
         return e.into_response();
     }
-    Json(json!({"object": "list", "data": [{"id": st.name, "object": "model", "created": 0, "owned_by": "whale", "max_model_len": st.max_model_len}]}))
-        .into_response()
+    let data: Vec<Value> = st.names.iter().map(|n| model_card(&st, n)).collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn model_card(st: &AppState, name: &str) -> Value {
+    json!({"id": name, "object": "model", "created": 0, "owned_by": "whale", "max_model_len": st.max_model_len})
+}
+
+/// `GET /v1/models/{id}`: the card of one served name.
+async fn model_by_id(
+    State(st): State<Shared>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    if let Err(e) = authorize(&st, &req) {
+        return e.into_response();
+    }
+    if st.names.contains(&id) {
+        Json(model_card(&st, &id)).into_response()
+    } else {
+        model_not_found(&st, &id).into_response()
+    }
+}
+
+fn model_not_found(st: &AppState, m: &str) -> ApiError {
+    ApiError::plain(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "the model `{m}` does not exist; this server serves {}",
+            st.names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+    .with_code("model_not_found")
 }
 
 /// Whether the engine can serve: 503 once its thread has stopped.
@@ -458,15 +506,7 @@ struct Job {
 
 fn check_model(st: &AppState, c: &Common) -> Result<(), ApiError> {
     match &c.model {
-        Some(m) if *m != st.name => Err(ApiError::plain(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            format!(
-                "the model `{m}` does not exist; this server serves `{}`",
-                st.name
-            ),
-        )
-        .with_code("model_not_found")),
+        Some(m) if !st.names.contains(m) => Err(model_not_found(st, m)),
         _ => Ok(()),
     }
 }
