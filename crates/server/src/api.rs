@@ -319,8 +319,8 @@ pub fn common(o: &Map<String, Value>, chat: bool) -> R<Common> {
     })
 }
 
-/// `messages` of a chat request: roles system, user, assistant (tool results are rendered as
-/// user text by templates that do not know tools); content a string or a list of text parts.
+/// `messages` of a chat request: roles system, user, assistant and developer (tool messages
+/// are refused until tool calls are supported); content a string or a list of text parts.
 pub fn messages(o: &Map<String, Value>) -> R<Vec<Message>> {
     let Some(Value::Array(a)) = o.get("messages") else {
         return Err(ApiError::invalid(
@@ -377,11 +377,25 @@ pub fn messages(o: &Map<String, Value>) -> R<Vec<Message>> {
                 ))
             }
         };
-        let role = match role {
-            "developer" => "system",
-            "tool" => "user",
-            r => r,
-        };
+        if role == "tool" {
+            return Err(ApiError::invalid(
+                &format!("{param}.role"),
+                "`tool` messages answer tool calls, which whale does not support yet",
+            ));
+        }
+        // what a message may carry besides its role and content; `name` is read by none of the
+        // DeepSeek templates. The rest would change the prompt and are not supported yet.
+        if let Some(k) = m
+            .iter()
+            .find(|(k, v)| !matches!(k.as_str(), "role" | "content" | "name") && !v.is_null())
+            .map(|(k, _)| k)
+        {
+            return Err(ApiError::invalid(
+                &format!("{param}.{k}"),
+                format!("`{k}` on a message is not supported by whale yet"),
+            ));
+        }
+        // `developer` goes to the template as it is, as transformers passes it
         out.push(Message::new(role, &content));
     }
     Ok(out)

@@ -125,3 +125,55 @@ fn deepseek_thinking_object_and_served_model_names() {
     assert_eq!(s, 404, "{b}");
     assert!(b.contains("model_not_found"), "{b}");
 }
+
+#[test]
+fn message_fields_that_would_change_the_prompt_are_refused() {
+    let _serial = serial();
+    let addr = start(None, None, 8 << 20);
+    let conv = |extra: serde_json::Value| {
+        let mut msgs = vec![json!({"role": "user", "content": "What is 2 + 2?"})];
+        msgs.push(extra);
+        msgs.push(json!({"role": "user", "content": "And 3 + 3?"}));
+        post(
+            &addr,
+            "/v1/chat/completions",
+            &json!({"messages": msgs, "max_tokens": 2, "temperature": 0}),
+        )
+    };
+    assert_error(
+        conv(json!({"role": "tool", "content": "4", "tool_call_id": "a"})),
+        400,
+        "messages[1].role",
+    );
+    assert_error(
+        conv(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "a", "type": "function", "function": {"name": "add", "arguments": "{}"}}]}),
+        ),
+        400,
+        "messages[1].tool_calls",
+    );
+    assert_error(
+        conv(json!({"role": "assistant", "content": "4", "reasoning_content": "2 + 2"})),
+        400,
+        "messages[1].reasoning_content",
+    );
+    assert_error(
+        conv(json!({"role": "assistant", "content": "4", "prefix": true})),
+        400,
+        "messages[1].prefix",
+    );
+    let (s, v) = conv(json!({"role": "assistant", "content": "4", "name": "whale"}));
+    assert_eq!(s, 200, "{v}");
+    // `developer` reaches the template as it is: DeepSeek's templates leave it out
+    let (s, with_dev) = conv(json!({"role": "developer", "content": "Answer in French."}));
+    assert_eq!(s, 200, "{with_dev}");
+    let (_, without) = post(
+        &addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "user", "content": "And 3 + 3?"}], "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(
+        with_dev["usage"]["prompt_tokens"],
+        without["usage"]["prompt_tokens"]
+    );
+}
