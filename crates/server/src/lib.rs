@@ -7,6 +7,7 @@ pub mod listen;
 pub mod metrics;
 mod origin;
 pub mod scheduler;
+mod tokens;
 mod vote;
 
 use anyhow::{Context, Result};
@@ -125,7 +126,7 @@ impl EngineThread {
     }
 }
 
-struct AppState {
+pub(crate) struct AppState {
     submit: Mutex<Sender<Submit>>,
     tokenizer: Arc<ChatTokenizer>,
     /// the served model names; the first is the one answers carry
@@ -147,7 +148,7 @@ struct AppState {
     max_in_flight: usize,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// Tokenisations at once: a long text costs hundreds of bytes of memory per byte while it is
 /// tokenised, so a burst of them waits its turn instead of growing the process.
@@ -155,7 +156,7 @@ const TOKENIZE_SLOTS: usize = 2;
 
 /// Runs `f` with the tokenizer on a blocking thread, at most `TOKENIZE_SLOTS` at a time, so a
 /// long prompt never stalls the async runtime (and `/health` with it).
-async fn with_tokenizer<T: Send + 'static>(
+pub(crate) async fn with_tokenizer<T: Send + 'static>(
     st: &Shared,
     f: impl FnOnce(&ChatTokenizer) -> T + Send + 'static,
 ) -> T {
@@ -171,7 +172,7 @@ async fn with_tokenizer<T: Send + 'static>(
 }
 
 /// The error for a prompt that does not fit the context, found before tokenising it.
-fn too_long(st: &AppState, param: &str) -> ApiError {
+pub(crate) fn too_long(st: &AppState, param: &str) -> ApiError {
     ApiError::invalid(
         param,
         format!(
@@ -288,6 +289,9 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model_by_id))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/detokenize", post(tokens::detokenize))
+        .route("/v1/chat/template", post(tokens::chat_template))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(|| async {
@@ -382,7 +386,7 @@ fn authorize(st: &AppState, req: &Request) -> Result<Vec<u8>, ApiError> {
 }
 
 /// The request's JSON body, and the tenant its key names.
-async fn read_json(
+pub(crate) async fn read_json(
     st: &AppState,
     req: Request,
 ) -> Result<(serde_json::Map<String, Value>, Vec<u8>), ApiError> {
@@ -504,8 +508,8 @@ struct Job {
     max_tokens: usize,
 }
 
-fn check_model(st: &AppState, c: &Common) -> Result<(), ApiError> {
-    match &c.model {
+pub(crate) fn check_model(st: &AppState, model: Option<&String>) -> Result<(), ApiError> {
+    match model {
         Some(m) if !st.names.contains(m) => Err(model_not_found(st, m)),
         _ => Ok(()),
     }
@@ -541,40 +545,50 @@ fn budget(
     }
 }
 
+/// A conversation's prompt as a chat request runs it: the text, its ids, and whether it opens
+/// a think block. Refused when it surely has more than `limit` tokens.
+pub(crate) async fn chat_prompt(
+    st: &Shared,
+    o: &serde_json::Map<String, Value>,
+    add_generation_prompt: bool,
+    limit: usize,
+) -> Result<(String, Vec<u32>, bool), ApiError> {
+    let messages = api::messages(o)?;
+    let thinking = api::thinking(o)?;
+    let extra = match thinking {
+        Some(t) => json!({"thinking": t, "enable_thinking": t}),
+        None => Value::Null,
+    };
+    with_tokenizer(st, move |tok| {
+        let mut r = tok
+            .render_chat(&messages, add_generation_prompt, &extra)
+            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        let mut primed = primes_reasoning(&r.text);
+        if thinking == Some(false) && primed {
+            // the template opened a think block it cannot skip: close it empty
+            r.text.push_str("</think>\n\n");
+            primed = false;
+        }
+        if tok.surely_longer_than(&r.plain(), limit) {
+            return Ok(None);
+        }
+        let prompt = tok
+            .encode_rendered(&r)
+            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        Ok::<_, ApiError>(Some((r.plain().into_owned(), prompt, primed)))
+    })
+    .await?
+    .ok_or_else(|| too_long(st, "messages"))
+}
+
 async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
     let job = async {
         let (o, key) = read_json(&st, req).await?;
         let common = api::common(&o, true)?;
         let tenant = cache_tenant(key, &common);
-        check_model(&st, &common)?;
-        let messages = api::messages(&o)?;
-        let thinking = api::thinking(&o)?;
-        let extra = match thinking {
-            Some(t) => json!({"thinking": t, "enable_thinking": t}),
-            None => Value::Null,
-        };
+        check_model(&st, common.model.as_ref())?;
         // the prompt must leave room for one generated token
-        let limit = st.max_model_len - 1;
-        let (prompt, primed) = with_tokenizer(&st, move |tok| {
-            let mut r = tok
-                .render_chat(&messages, true, &extra)
-                .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-            let mut primed = primes_reasoning(&r.text);
-            if thinking == Some(false) && primed {
-                // the template opened a think block it cannot skip: close it empty
-                r.text.push_str("</think>\n\n");
-                primed = false;
-            }
-            if tok.surely_longer_than(&r.plain(), limit) {
-                return Ok(None);
-            }
-            let prompt = tok
-                .encode_rendered(&r)
-                .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-            Ok::<_, ApiError>(Some((prompt, primed)))
-        })
-        .await?
-        .ok_or_else(|| too_long(&st, "messages"))?;
+        let (_, prompt, primed) = chat_prompt(&st, &o, true, st.max_model_len - 1).await?;
         let max_tokens = budget(&st, "messages", prompt.len(), common.max_tokens)?;
         Ok::<Job, ApiError>(Job {
             prompt,
@@ -594,7 +608,7 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
         let (o, key) = read_json(&st, req).await?;
         let common = api::common(&o, false)?;
         let tenant = cache_tenant(key, &common);
-        check_model(&st, &common)?;
+        check_model(&st, common.model.as_ref())?;
         if common.vote {
             return Err(ApiError::invalid(
                 "whale_vote",
@@ -652,7 +666,7 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
 
 /// A prompt given as token ids: each must name a token of the model's vocabulary (an id past
 /// it would fail the whole batched step, and a cast would wrap ids above 2^32).
-fn token_ids(a: &[Value], vocab_size: usize) -> Result<Vec<u32>, ApiError> {
+pub(crate) fn token_ids(a: &[Value], vocab_size: usize) -> Result<Vec<u32>, ApiError> {
     a.iter()
         .enumerate()
         .map(|(i, x)| match x.as_u64() {

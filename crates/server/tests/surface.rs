@@ -177,3 +177,63 @@ fn message_fields_that_would_change_the_prompt_are_refused() {
         without["usage"]["prompt_tokens"]
     );
 }
+
+#[test]
+fn tokenize_detokenize_and_the_chat_template_without_generating() {
+    let _serial = serial();
+    let addr = start(None, None, 8 << 20);
+    let msgs = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]);
+    let (s, t) = post(&addr, "/v1/chat/template", &json!({"messages": msgs}));
+    assert_eq!(s, 200, "{t}");
+    assert!(
+        t["prompt"].as_str().unwrap().contains("What is 2 + 2?"),
+        "{t}"
+    );
+    let ids = t["prompt_token_ids"].as_array().unwrap().clone();
+    // the ids are the ones a chat request runs
+    let (_, c) = post(
+        &addr,
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 1}),
+    );
+    assert_eq!(c["usage"]["prompt_tokens"], ids.len());
+    let (s, k) = post(&addr, "/tokenize", &json!({"messages": msgs}));
+    assert_eq!(s, 200, "{k}");
+    assert_eq!(k["tokens"].as_array().unwrap(), &ids);
+    assert_eq!(k["count"], ids.len());
+    assert_eq!(k["max_model_len"], 256);
+    // the rendered text reads back from its ids
+    let (s, d) = post(&addr, "/detokenize", &json!({"tokens": ids}));
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["prompt"], t["prompt"]);
+    let (s, k) = post(
+        &addr,
+        "/tokenize",
+        &json!({"prompt": "hello there", "add_special_tokens": false}),
+    );
+    assert_eq!(s, 200, "{k}");
+    let (_, d) = post(&addr, "/detokenize", &json!({"tokens": k["tokens"]}));
+    assert_eq!(d["prompt"], "hello there");
+    assert_error(
+        post(&addr, "/detokenize", &json!({"tokens": [5, 400]})),
+        400,
+        "tokens",
+    );
+    assert_error(
+        post(&addr, "/tokenize", &json!({"prompt": "x", "frob": 1})),
+        400,
+        "frob",
+    );
+    assert_error(post(&addr, "/tokenize", &json!({})), 400, "prompt");
+    assert_error(
+        post(&addr, "/tokenize", &json!({"prompt": "x ".repeat(20_000)})),
+        400,
+        "prompt",
+    );
+    let (s, _) = post(
+        &addr,
+        "/tokenize",
+        &json!({"prompt": "x", "model": "gpt-9"}),
+    );
+    assert_eq!(s, 404);
+}
