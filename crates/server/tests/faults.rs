@@ -82,3 +82,22 @@ fn an_engine_that_keeps_panicking_stops_and_health_says_so() {
     assert_eq!(s, 503, "{e}");
     assert_eq!(metric(&addr, "whale_engine_up"), 0.0);
 }
+
+/// The queue gauges say what the last step left: once an answer is back, no sequence is
+/// counted as running for long (they were left for up to 200 ms while the engine waited).
+#[test]
+fn gauges_are_fresh_once_an_answer_is_back() {
+    let _serial = serial();
+    let addr = start(None, None, 8 << 20);
+    for i in 0..5 {
+        let (s, v) = post(&addr, "/v1/chat/completions", &chat(&format!("What is {i} + 2?"), 3));
+        assert_eq!(s, 200, "{v}");
+        let t = std::time::Instant::now();
+        while metric(&addr, "whale_running_sequences") != 0.0 {
+            assert!(
+                t.elapsed() < Duration::from_millis(100),
+                "a finished sequence still counted as running after 100 ms"
+            );
+        }
+    }
+}
