@@ -90,7 +90,11 @@ fn gauges_are_fresh_once_an_answer_is_back() {
     let _serial = serial();
     let addr = start(None, None, 8 << 20);
     for i in 0..5 {
-        let (s, v) = post(&addr, "/v1/chat/completions", &chat(&format!("What is {i} + 2?"), 3));
+        let (s, v) = post(
+            &addr,
+            "/v1/chat/completions",
+            &chat(&format!("What is {i} + 2?"), 3),
+        );
         assert_eq!(s, 200, "{v}");
         let t = std::time::Instant::now();
         while metric(&addr, "whale_running_sequences") != 0.0 {
