@@ -137,6 +137,15 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             ))
         }
     };
+    // an Origin header is `scheme://host[:port]`: anything else would never match
+    if let Some(o) = a.cors_origin.iter().find(|o| {
+        let rest = o
+            .strip_prefix("https://")
+            .or_else(|| o.strip_prefix("http://"));
+        rest.is_none_or(|r| r.is_empty() || r.contains('/'))
+    }) {
+        bail!("--cors-origin `{o}` is not an origin like https://app.example or http://localhost:3000 (no path, no trailing /)");
+    }
     if a.max_connections == 0 {
         bail!("--max-connections must be positive");
     }

@@ -203,21 +203,12 @@ pub fn known_fields(o: &Map<String, Value>, chat: bool) -> R<()> {
             }
         }
     }
-    let nested: [(&str, &[&str]); 2] = [
-        ("stream_options", &["include_usage"]),
-        ("chat_template_kwargs", &["thinking", "enable_thinking"]),
-    ];
-    for (field, keys) in nested {
-        if let Some(Value::Object(m)) = o.get(field) {
-            if let Some(k) = m.keys().find(|k| !keys.contains(&k.as_str())) {
-                return Err(ApiError::invalid(
-                    &format!("{field}.{k}"),
-                    format!(
-                        "`{field}.{k}` is not supported (whale reads {})",
-                        keys.join(", ")
-                    ),
-                ));
-            }
+    if let Some(Value::Object(m)) = o.get("stream_options") {
+        if let Some(k) = m.keys().find(|k| k.as_str() != "include_usage") {
+            return Err(ApiError::invalid(
+                &format!("stream_options.{k}"),
+                format!("`stream_options.{k}` is not supported (whale reads include_usage)"),
+            ));
         }
     }
     Ok(())
@@ -383,11 +374,11 @@ pub fn messages(o: &Map<String, Value>) -> R<Vec<Message>> {
                 "`tool` messages answer tool calls, which whale does not support yet",
             ));
         }
-        // what a message may carry besides its role and content; `name` is read by none of the
-        // DeepSeek templates. The rest would change the prompt and are not supported yet.
+        // anything else a message carries (`name`, `tool_calls`, `reasoning_content`, ...) would
+        // reach the template, and whale's messages carry only role and content: refused
         if let Some(k) = m
             .iter()
-            .find(|(k, v)| !matches!(k.as_str(), "role" | "content" | "name") && !v.is_null())
+            .find(|(k, v)| !matches!(k.as_str(), "role" | "content") && !v.is_null())
             .map(|(k, _)| k)
         {
             return Err(ApiError::invalid(
@@ -420,7 +411,19 @@ pub fn thinking(o: &Map<String, Value>) -> R<Option<bool>> {
     }
     match o.get("chat_template_kwargs") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(k)) => Ok(boolean(k, "thinking")?.or(boolean(k, "enable_thinking")?)),
+        Some(Value::Object(k)) => {
+            // the template sees no other variable: refused, not dropped
+            if let Some(x) = k
+                .keys()
+                .find(|x| !matches!(x.as_str(), "thinking" | "enable_thinking"))
+            {
+                return Err(ApiError::invalid(
+                    &format!("chat_template_kwargs.{x}"),
+                    format!("`chat_template_kwargs.{x}` is not supported (whale reads thinking, enable_thinking)"),
+                ));
+            }
+            Ok(boolean(k, "thinking")?.or(boolean(k, "enable_thinking")?))
+        }
         Some(v) => Err(ApiError::invalid(
             "chat_template_kwargs",
             format!("`chat_template_kwargs` must be an object, got {v}"),

@@ -162,8 +162,11 @@ fn message_fields_that_would_change_the_prompt_are_refused() {
         400,
         "messages[1].prefix",
     );
-    let (s, v) = conv(json!({"role": "assistant", "content": "4", "name": "whale"}));
-    assert_eq!(s, 200, "{v}");
+    assert_error(
+        conv(json!({"role": "assistant", "content": "4", "name": "whale"})),
+        400,
+        "messages[1].name",
+    );
     // `developer` reaches the template as it is: DeepSeek's templates leave it out
     let (s, with_dev) = conv(json!({"role": "developer", "content": "Answer in French."}));
     assert_eq!(s, 200, "{with_dev}");
