@@ -545,14 +545,14 @@ fn budget(
     }
 }
 
-/// A conversation's prompt as a chat request runs it: the text, its ids, and whether it opens
+/// A conversation's prompt as a chat request runs it: the render, its ids, and whether it opens
 /// a think block. Refused when it surely has more than `limit` tokens.
 pub(crate) async fn chat_prompt(
     st: &Shared,
     o: &serde_json::Map<String, Value>,
     add_generation_prompt: bool,
     limit: usize,
-) -> Result<(String, Vec<u32>, bool), ApiError> {
+) -> Result<(whale_engine::tokenizer::Rendered, Vec<u32>, bool), ApiError> {
     let messages = api::messages(o)?;
     let thinking = api::thinking(o)?;
     let extra = match thinking {
@@ -575,7 +575,7 @@ pub(crate) async fn chat_prompt(
         let prompt = tok
             .encode_rendered(&r)
             .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-        Ok::<_, ApiError>(Some((r.plain().into_owned(), prompt, primed)))
+        Ok::<_, ApiError>(Some((r, prompt, primed)))
     })
     .await?
     .ok_or_else(|| too_long(st, "messages"))

@@ -10,6 +10,13 @@ use serde_json::{json, Map, Value};
 use crate::api::ApiError;
 use crate::{chat_prompt, check_model, read_json, token_ids, too_long, with_tokenizer, Shared};
 
+fn reply(r: Result<Value, ApiError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 fn only(o: &Map<String, Value>, fields: &[&str]) -> Result<(), ApiError> {
     match o.keys().find(|k| !fields.contains(&k.as_str())) {
         Some(k) => Err(ApiError::invalid(
@@ -94,10 +101,7 @@ pub async fn tokenize(State(st): State<Shared>, req: Request) -> Response {
         Ok(json!({"count": ids.len(), "max_model_len": st.max_model_len, "tokens": ids}))
     }
     .await;
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(r)
 }
 
 pub async fn detokenize(State(st): State<Shared>, req: Request) -> Response {
@@ -122,10 +126,7 @@ pub async fn detokenize(State(st): State<Shared>, req: Request) -> Response {
         Ok(json!({"prompt": text}))
     }
     .await;
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(r)
 }
 
 pub async fn chat_template(State(st): State<Shared>, req: Request) -> Response {
@@ -143,12 +144,9 @@ pub async fn chat_template(State(st): State<Shared>, req: Request) -> Response {
             ],
         )?;
         let generation = flag(&o, "add_generation_prompt", true)?;
-        let (text, ids, _) = chat_prompt(&st, &o, generation, st.max_model_len).await?;
-        Ok::<_, ApiError>(json!({"prompt": text, "prompt_token_ids": ids}))
+        let (rendered, ids, _) = chat_prompt(&st, &o, generation, st.max_model_len).await?;
+        Ok::<_, ApiError>(json!({"prompt": rendered.plain(), "prompt_token_ids": ids}))
     }
     .await;
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+    reply(r)
 }

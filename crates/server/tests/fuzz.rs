@@ -42,35 +42,31 @@ fn json() -> impl Strategy<Value = Value> {
 /// The request fields, and some that are not.
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
-        prop::sample::select(vec![
-            "model",
-            "messages",
-            "prompt",
-            "max_tokens",
-            "max_completion_tokens",
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "seed",
-            "stop",
-            "n",
-            "logprobs",
-            "top_logprobs",
-            "stream",
-            "stream_options",
-            "include_usage",
-            "ignore_eos",
-            "whale_vote",
-            "cache_salt",
-            "thinking",
-            "type",
-            "role",
-            "content",
-            "text",
-            "chat_template_kwargs",
-            "enable_thinking",
-        ])
+        // the fields whale reads or accepts, some it refuses, and nested keys
+        prop::sample::select(
+            [
+                api::FIELDS,
+                api::CHAT_FIELDS,
+                api::COMPLETION_FIELDS,
+                api::INERT_FIELDS
+            ]
+            .concat()
+            .into_iter()
+            .chain([
+                "presence_penalty",
+                "logit_bias",
+                "tools",
+                "include_usage",
+                "type",
+                "role",
+                "content",
+                "text",
+                "enable_thinking",
+                "name",
+                "tool_calls",
+            ])
+            .collect::<Vec<_>>(),
+        )
         .prop_map(String::from),
         "[a-z_]{1,12}",
     ]
