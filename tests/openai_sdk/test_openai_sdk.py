@@ -58,8 +58,9 @@ def test_chat_streaming_equals_non_streaming(server):
             content += ch.delta.content or ""
     m = whole.choices[0].message
     want_reasoning = (m.model_extra or {}).get("reasoning_content") or ""
-    assert reasoning.strip() == want_reasoning
-    assert content.lstrip() == (m.content or "")
+    # field by field, exactly: the stream is trimmed as the whole message is
+    assert reasoning == want_reasoning
+    assert content == (m.content or "")
     assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
 
 

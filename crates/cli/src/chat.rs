@@ -42,6 +42,7 @@ impl SamplingArgs {
                 top_p: self.top_p,
                 min_p: self.min_p,
                 seed: self.seed,
+                ..Default::default()
             },
             stop: self.stop.clone(),
             ignore_eos: false,

@@ -110,6 +110,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             top_p: a.top_p,
             min_p: 0.0,
             seed: a.seed,
+            ..Default::default()
         },
         stop: vec![],
         ignore_eos: a.ignore_eos,

@@ -180,7 +180,7 @@ impl Engine {
         if budget == 0 {
             return Ok((out, FinishReason::Length, Duration::ZERO, Duration::ZERO));
         }
-        let mut sampler = Sampler::new(params.sampling.clone());
+        let mut sampler = Sampler::for_prompt(params.sampling.clone(), prompt);
         let mut cache = self.model.new_cache(prompt.len() + budget);
         let t0 = Instant::now();
         let mut logits =

@@ -1,7 +1,9 @@
 //! Splits streamed model text into reasoning and answer: text before `</think>` is reasoning.
 //! A prompt that already opened `<think>` (the R1 template primes it) starts in reasoning;
 //! otherwise output that opens with `<think>` enters it. Tags split across chunks are held back
-//! until they can be decided.
+//! until they can be decided. Each part is trimmed as DeepSeek's API trims it (no whitespace
+//! around the reasoning, none before the answer), and the trim is done on the stream itself so
+//! that streamed deltas add up to the whole message exactly.
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Part {
@@ -17,6 +19,12 @@ pub struct ReasoningSplitter {
     /// still possible that the output opens with `<think>`
     at_start: bool,
     pending: String,
+    /// reasoning / answer text has been emitted (leading whitespace is dropped before that)
+    reasoning_started: bool,
+    answer_started: bool,
+    /// whitespace at the end of the reasoning so far: emitted once text follows it, dropped at
+    /// `</think>` or the end
+    held: String,
 }
 
 /// Length of the longest suffix of `s` that is a proper prefix of `tag`.
@@ -33,6 +41,42 @@ impl ReasoningSplitter {
             in_reasoning: primed,
             at_start: !primed,
             pending: String::new(),
+            reasoning_started: false,
+            answer_started: false,
+            held: String::new(),
+        }
+    }
+
+    fn reasoning(&mut self, text: &str, out: &mut Vec<Part>) {
+        let text = if self.reasoning_started {
+            text
+        } else {
+            text.trim_start()
+        };
+        if text.is_empty() {
+            return;
+        }
+        let body = text.trim_end();
+        if body.is_empty() {
+            self.held.push_str(text);
+            return;
+        }
+        let mut emit = std::mem::take(&mut self.held);
+        emit.push_str(body);
+        self.held.push_str(&text[body.len()..]);
+        self.reasoning_started = true;
+        out.push(Part::Reasoning(emit));
+    }
+
+    fn answer(&mut self, text: &str, out: &mut Vec<Part>) {
+        let text = if self.answer_started {
+            text
+        } else {
+            text.trim_start()
+        };
+        if !text.is_empty() {
+            self.answer_started = true;
+            out.push(Part::Answer(text.to_string()));
         }
     }
 
@@ -58,19 +102,17 @@ impl ReasoningSplitter {
                 if let Some(i) = self.pending.find(CLOSE) {
                     let before: String = self.pending.drain(..i).collect();
                     self.pending.drain(..CLOSE.len());
-                    if !before.is_empty() {
-                        out.push(Part::Reasoning(before));
-                    }
+                    self.reasoning(&before, &mut out);
+                    self.held.clear();
                     self.in_reasoning = false;
                     continue;
                 }
                 let keep = partial_tag_suffix(&self.pending, CLOSE);
                 let emit: String = self.pending.drain(..self.pending.len() - keep).collect();
-                if !emit.is_empty() {
-                    out.push(Part::Reasoning(emit));
-                }
+                self.reasoning(&emit, &mut out);
             } else if !self.pending.is_empty() {
-                out.push(Part::Answer(std::mem::take(&mut self.pending)));
+                let text = std::mem::take(&mut self.pending);
+                self.answer(&text, &mut out);
             }
             return out;
         }
@@ -80,13 +122,14 @@ impl ReasoningSplitter {
     pub fn finish(&mut self) -> Vec<Part> {
         let rest = std::mem::take(&mut self.pending);
         self.at_start = false;
-        if rest.is_empty() {
-            vec![]
-        } else if self.in_reasoning {
-            vec![Part::Reasoning(rest)]
+        let mut out = vec![];
+        if self.in_reasoning {
+            self.reasoning(&rest, &mut out);
         } else {
-            vec![Part::Answer(rest)]
+            self.answer(&rest, &mut out);
         }
+        self.held.clear();
+        out
     }
 }
 
@@ -115,13 +158,13 @@ mod tests {
             &["12 plus", " 30 is 42.</", "think>", "\n\nThe answer is 42."],
         );
         assert_eq!(r, "12 plus 30 is 42.");
-        assert_eq!(a, "\n\nThe answer is 42.");
+        assert_eq!(a, "The answer is 42.");
     }
 
     #[test]
     fn model_opens_the_tag_itself() {
         let (r, a) = run(false, &["<th", "ink>\nhmm", "</think>", "42"]);
-        assert_eq!(r, "\nhmm");
+        assert_eq!(r, "hmm");
         assert_eq!(a, "42");
     }
 
@@ -135,6 +178,31 @@ mod tests {
             run(true, &["thinking forever </thi"]),
             ("thinking forever </thi".into(), String::new())
         );
+    }
+
+    #[test]
+    fn parts_are_trimmed_wherever_the_stream_is_cut() {
+        let text = "\n  Let me see.\n\nIt is 42. \n</think>\n\n The answer:  42 \n";
+        let whole = run(true, &[text]);
+        assert_eq!(
+            whole,
+            (
+                "Let me see.\n\nIt is 42.".into(),
+                "The answer:  42 \n".into()
+            )
+        );
+        for cut in 0..=text.len() {
+            if text.is_char_boundary(cut) {
+                assert_eq!(
+                    run(true, &[&text[..cut], &text[cut..]]),
+                    whole,
+                    "cut at {cut}"
+                );
+            }
+        }
+        let bytes: Vec<String> = text.chars().map(String::from).collect();
+        let refs: Vec<&str> = bytes.iter().map(|s| s.as_str()).collect();
+        assert_eq!(run(true, &refs), whole);
     }
 
     #[test]

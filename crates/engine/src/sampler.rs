@@ -1,9 +1,12 @@
 //! Next-token choice from logits: greedy, or temperature with top-k, top-p and min-p filters,
-//! from a seeded generator so a seed reproduces a sample.
+//! from a seeded generator so a seed reproduces a sample. Penalties and logit biases shift the
+//! logits first, as OpenAI and vLLM define them.
 
 use anyhow::{bail, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -16,6 +19,15 @@ pub struct SamplingParams {
     /// 0 means off
     pub min_p: f32,
     pub seed: Option<u64>,
+    /// OpenAI's: subtracted once from every token already generated (0 means off)
+    pub presence_penalty: f32,
+    /// OpenAI's: subtracted per occurrence in the generated tokens (0 means off)
+    pub frequency_penalty: f32,
+    /// vLLM / transformers': a token of the prompt or the output has a positive logit divided
+    /// by it and a negative one multiplied (1 means off)
+    pub repetition_penalty: f32,
+    /// OpenAI's `logit_bias`: added to a token's logit (-100 bans it, 100 all but forces it)
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -26,6 +38,10 @@ impl Default for SamplingParams {
             top_p: 1.0,
             min_p: 0.0,
             seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            logit_bias: vec![],
         }
     }
 }
@@ -48,13 +64,45 @@ impl SamplingParams {
         if !(0.0..=1.0).contains(&self.min_p) {
             bail!("min_p must be in [0, 1], got {}", self.min_p);
         }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                bail!("{name} must be in [-2, 2], got {v}");
+            }
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 2.0) {
+            bail!(
+                "repetition_penalty must be in (0, 2], got {}",
+                self.repetition_penalty
+            );
+        }
+        if let Some((t, b)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            bail!("logit_bias for token {t} must be in [-100, 100], got {b}");
+        }
         Ok(())
+    }
+
+    /// Whether any penalty or bias changes the logits.
+    fn shifts_logits(&self) -> bool {
+        self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || self.repetition_penalty != 1.0
+            || !self.logit_bias.is_empty()
     }
 }
 
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
+    /// how often each token was generated, and the prompt's tokens (for the penalties)
+    generated: HashMap<u32, u32>,
+    prompt: HashSet<u32>,
 }
 
 /// The first position of the largest logit (the kernels' vectorised scan).
@@ -68,7 +116,55 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_entropy(),
         };
-        Sampler { params, rng }
+        Sampler {
+            params,
+            rng,
+            generated: HashMap::new(),
+            prompt: HashSet::new(),
+        }
+    }
+
+    /// As `new`, for a sequence that continues `prompt` (the repetition penalty counts it).
+    pub fn for_prompt(params: SamplingParams, prompt: &[u32]) -> Self {
+        let mut s = Self::new(params);
+        if s.params.repetition_penalty != 1.0 {
+            s.prompt.extend(prompt.iter().copied());
+        }
+        s
+    }
+
+    /// The logits after penalties and biases.
+    pub fn shifted<'a>(&self, logits: &'a [f32]) -> Cow<'a, [f32]> {
+        let p = &self.params;
+        if !p.shifts_logits() {
+            return Cow::Borrowed(logits);
+        }
+        let mut l = logits.to_vec();
+        if p.repetition_penalty != 1.0 {
+            let r = p.repetition_penalty;
+            for &t in self.prompt.iter().chain(self.generated.keys()) {
+                if let Some(x) = l.get_mut(t as usize) {
+                    *x = if *x > 0.0 { *x / r } else { *x * r };
+                }
+            }
+            // a token in both sets was penalised twice; undo one
+            for &t in self.generated.keys().filter(|t| self.prompt.contains(t)) {
+                if let Some(x) = l.get_mut(t as usize) {
+                    *x = if *x > 0.0 { *x * r } else { *x / r };
+                }
+            }
+        }
+        for (&t, &n) in &self.generated {
+            if let Some(x) = l.get_mut(t as usize) {
+                *x -= p.frequency_penalty * n as f32 + p.presence_penalty;
+            }
+        }
+        for &(t, b) in &p.logit_bias {
+            if let Some(x) = l.get_mut(t as usize) {
+                *x += b;
+            }
+        }
+        Cow::Owned(l)
     }
 
     /// Candidates after temperature and the filters: (token, probability), probabilities
@@ -117,7 +213,17 @@ impl Sampler {
         c
     }
 
+    /// The next token; it counts as generated for the penalties of later calls.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let logits = self.shifted(logits);
+        let tok = self.choose(&logits);
+        if self.params.shifts_logits() {
+            *self.generated.entry(tok).or_default() += 1;
+        }
+        tok
+    }
+
+    fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature == 0.0 {
             return argmax(logits);
         }
@@ -200,6 +306,35 @@ mod tests {
         let ones = draw(2).iter().filter(|&&x| x == 1).count() as f32 / 4000.0;
         // binomial sd = sqrt(.75*.25/4000) = 0.0068; 5 sd
         assert!((ones - 0.75).abs() < 0.035, "{ones}");
+    }
+
+    #[test]
+    fn penalties_and_biases_shift_the_logits_as_specified() {
+        let mut s = Sampler::for_prompt(
+            SamplingParams {
+                presence_penalty: 0.5,
+                frequency_penalty: 0.25,
+                repetition_penalty: 2.0,
+                logit_bias: vec![(3, -100.0), (0, 1.5)],
+                ..Default::default()
+            },
+            &[2],
+        );
+        s.generated.insert(1, 2);
+        let l = s.shifted(&[1.0, 4.0, -1.0, 9.0, 0.5]);
+        // 0: bias; 1: generated twice, positive, /2 then -0.5 - 2*0.25; 2: prompt, negative, *2;
+        // 3: banned; 4: untouched
+        assert_eq!(&l[..], &[2.5, 1.0, -2.0, -91.0, 0.5]);
+        // greedy follows the shifted logits, and counts what it picks
+        let mut g = Sampler::new(SamplingParams {
+            frequency_penalty: 2.0,
+            ..Default::default()
+        });
+        let logits = [3.0f32, 2.0];
+        assert_eq!(
+            (0..4).map(|_| g.sample(&logits)).collect::<Vec<_>>(),
+            [0, 1, 0, 1]
+        );
     }
 
     #[test]

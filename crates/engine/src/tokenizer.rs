@@ -64,6 +64,9 @@ impl Rendered {
     }
 }
 
+/// DeepSeek's fill-in-the-middle markers: begin, hole, end.
+pub const FIM_TOKENS: [&str; 3] = ["<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"];
+
 /// Text above this is measured piece by piece before it is tokenised whole.
 const MEASURE_PIECE: usize = 64 << 10;
 
@@ -268,6 +271,21 @@ impl ChatTokenizer {
         self.tok
             .decode(ids, false)
             .map_err(|e| anyhow!("cannot detokenize: {e}"))
+    }
+
+    /// The id of a token spelled exactly `text` (a special token's text, for instance).
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.tok.token_to_id(text)
+    }
+
+    /// DeepSeek's fill-in-the-middle prompt, `<｜fim▁begin｜>prefix<｜fim▁hole｜>suffix<｜fim▁end｜>`
+    /// (the model writes the middle), when this vocabulary has those tokens.
+    pub fn fim_prompt(&self, prefix: &str, suffix: &str) -> Option<String> {
+        let [begin, hole, end] = FIM_TOKENS;
+        FIM_TOKENS
+            .iter()
+            .all(|t| self.token_id(t).is_some())
+            .then(|| format!("{begin}{prefix}{hole}{suffix}{end}"))
     }
 
     pub fn has_chat_template(&self) -> bool {

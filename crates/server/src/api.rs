@@ -110,6 +110,10 @@ pub struct Common {
     /// vLLM's `cache_salt`: only requests with the same salt (and API key) share cached
     /// prefix blocks
     pub cache_salt: Option<String>,
+    /// vLLM's `return_tokens_as_token_ids`: logprobs name tokens as `token_id:N`
+    pub tokens_as_ids: bool,
+    /// completions: the prompt's text comes first in the answer
+    pub echo: bool,
 }
 
 pub const MAX_N: u64 = 16;
@@ -140,6 +144,11 @@ pub const FIELDS: &[&str] = &[
     "stream_options",
     "ignore_eos",
     "cache_salt",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "return_tokens_as_token_ids",
 ];
 pub const CHAT_FIELDS: &[&str] = &[
     "messages",
@@ -149,7 +158,7 @@ pub const CHAT_FIELDS: &[&str] = &[
     "thinking",
     "chat_template_kwargs",
 ];
-pub const COMPLETION_FIELDS: &[&str] = &["prompt"];
+pub const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "suffix"];
 /// Fields that cannot change what is generated: accepted and not used.
 pub const INERT_FIELDS: &[&str] = &["user", "metadata", "store", "service_tier"];
 
@@ -159,12 +168,6 @@ pub const INERT_FIELDS: &[&str] = &["user", "metadata", "store", "service_tier"]
 type IsNeutral = fn(&Value) -> bool;
 
 const NEUTRAL: &[(&str, IsNeutral)] = &[
-    ("presence_penalty", |v| v.as_f64() == Some(0.0)),
-    ("frequency_penalty", |v| v.as_f64() == Some(0.0)),
-    ("repetition_penalty", |v| v.as_f64() == Some(1.0)),
-    ("logit_bias", |v| {
-        v.as_object().is_some_and(|m| m.is_empty())
-    }),
     ("tools", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("tool_choice", |v| v.as_str() == Some("none")),
     ("parallel_tool_calls", |v| v.is_boolean()),
@@ -173,9 +176,7 @@ const NEUTRAL: &[(&str, IsNeutral)] = &[
         v.get("type").and_then(|t| t.as_str()) == Some("text")
             && v.as_object().is_some_and(|m| m.len() == 1)
     }),
-    ("echo", |v| v.as_bool() == Some(false)),
     ("best_of", |v| v.as_u64() == Some(1)),
-    ("suffix", |v| v.as_str() == Some("")),
 ];
 
 /// Nothing silently ignored: a field that would change the result and that whale does not
@@ -214,7 +215,45 @@ pub fn known_fields(o: &Map<String, Value>, chat: bool) -> R<()> {
     Ok(())
 }
 
-pub fn common(o: &Map<String, Value>, chat: bool) -> R<Common> {
+/// OpenAI's `logit_bias`: token ids (as strings, or numbers) mapped to a bias in [-100, 100].
+fn logit_bias(o: &Map<String, Value>, vocab_size: usize) -> R<Vec<(u32, f32)>> {
+    let m = match o.get("logit_bias") {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Object(m)) => m,
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                format!("`logit_bias` must be an object of token ids to biases, got {v}"),
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(m.len());
+    for (k, v) in m {
+        let param = format!("logit_bias.{k}");
+        let id = match k.parse::<u64>() {
+            Ok(id) if id < vocab_size as u64 => id as u32,
+            _ => {
+                return Err(ApiError::invalid(
+                    &param,
+                    format!("`logit_bias` key {k:?} is not a token id of this model (vocab_size {vocab_size})"),
+                ))
+            }
+        };
+        match v.as_f64() {
+            Some(b) if (-100.0..=100.0).contains(&b) => out.push((id, b as f32)),
+            _ => {
+                return Err(ApiError::invalid(
+                    &param,
+                    format!("a logit bias must be a number in [-100, 100], got {v}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The common fields of a request; token ids are checked against `vocab_size`.
+pub fn common(o: &Map<String, Value>, chat: bool, vocab_size: usize) -> R<Common> {
     known_fields(o, chat)?;
     let model = match o.get("model") {
         None | Some(Value::Null) => None,
@@ -289,6 +328,18 @@ pub fn common(o: &Map<String, Value>, chat: bool) -> R<Common> {
                     ApiError::invalid("seed", format!("`seed` must be an integer, got {v}"))
                 })? as u64),
             },
+            presence_penalty: num(o, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
+            frequency_penalty: num(o, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
+            repetition_penalty: match num(o, "repetition_penalty", 0.0, 2.0)? {
+                Some(x) if x == 0.0 => {
+                    return Err(ApiError::invalid(
+                        "repetition_penalty",
+                        "`repetition_penalty` must be in (0, 2]",
+                    ))
+                }
+                x => x.unwrap_or(1.0) as f32,
+            },
+            logit_bias: logit_bias(o, vocab_size)?,
         },
         stop,
         n: int(o, "n", 1, MAX_N)?.unwrap_or(1) as usize,
@@ -297,6 +348,8 @@ pub fn common(o: &Map<String, Value>, chat: bool) -> R<Common> {
         include_usage,
         ignore_eos: boolean(o, "ignore_eos")?.unwrap_or(false),
         vote: boolean(o, "whale_vote")?.unwrap_or(false),
+        tokens_as_ids: boolean(o, "return_tokens_as_token_ids")?.unwrap_or(false),
+        echo: !chat && boolean(o, "echo")?.unwrap_or(false),
         cache_salt: match o.get("cache_salt") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),

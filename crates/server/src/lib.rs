@@ -501,6 +501,8 @@ async fn metrics_text(State(st): State<Shared>, req: Request) -> Response {
 /// A request turned into engine work: the prompt, how many samples, their parameters.
 struct Job {
     prompt: Vec<u32>,
+    /// completions with `echo`: the prompt's text, which the answer repeats first
+    echo: Option<String>,
     tenant: Vec<u8>,
     primed: bool,
     chat: bool,
@@ -584,13 +586,14 @@ pub(crate) async fn chat_prompt(
 async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
     let job = async {
         let (o, key) = read_json(&st, req).await?;
-        let common = api::common(&o, true)?;
+        let common = api::common(&o, true, st.vocab_size)?;
         let tenant = cache_tenant(key, &common);
         check_model(&st, common.model.as_ref())?;
         // the prompt must leave room for one generated token
         let (_, prompt, primed) = chat_prompt(&st, &o, true, st.max_model_len - 1).await?;
         let max_tokens = budget(&st, "messages", prompt.len(), common.max_tokens)?;
         Ok::<Job, ApiError>(Job {
+            echo: None,
             prompt,
             tenant,
             primed,
@@ -606,7 +609,7 @@ async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
 async fn completions(State(st): State<Shared>, req: Request) -> Response {
     let job = async {
         let (o, key) = read_json(&st, req).await?;
-        let common = api::common(&o, false)?;
+        let common = api::common(&o, false, st.vocab_size)?;
         let tenant = cache_tenant(key, &common);
         check_model(&st, common.model.as_ref())?;
         if common.vote {
@@ -621,6 +624,52 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
                 a[0].as_str().map(String::from)
             }
             _ => None,
+        };
+        let suffix = match o.get("suffix") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(v) => {
+                return Err(ApiError::invalid(
+                    "suffix",
+                    format!("`suffix` must be a string, got {v}"),
+                ))
+            }
+        };
+        if common.echo && common.top_logprobs.is_some() {
+            // the prompt's own logprobs are not computed (prefill keeps only the last row)
+            return Err(ApiError::invalid(
+                "echo",
+                "`echo` with `logprobs` is not supported (whale does not compute prompt logprobs)",
+            ));
+        }
+        let echo = match (&text, common.echo) {
+            (_, false) => None,
+            (Some(t), true) => Some(t.clone()),
+            (None, true) => None, // token ids: decoded below
+        };
+        let text = match (text, suffix) {
+            (t, None) => t,
+            (Some(prefix), Some(suffix)) => {
+                if common.echo {
+                    return Err(ApiError::invalid(
+                        "echo",
+                        "`echo` with `suffix` is not supported",
+                    ));
+                }
+                Some(st.tokenizer.fim_prompt(&prefix, &suffix).ok_or_else(|| {
+                    ApiError::invalid(
+                        "suffix",
+                        "`suffix` needs fill-in-the-middle tokens, which this model's vocabulary does not have",
+                    )
+                })?)
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "suffix",
+                    "`suffix` needs the prompt as a string",
+                ))
+            }
         };
         let limit = st.max_model_len - 1;
         let prompt = match (text, o.get("prompt")) {
@@ -651,7 +700,12 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
         let room = st.max_model_len.saturating_sub(prompt.len());
         let asked = common.max_tokens.or(Some(16.min(room.max(1))));
         let max_tokens = budget(&st, "prompt", prompt.len(), asked)?;
+        let echo = match echo {
+            None if common.echo => Some(st.tokenizer.decode(&prompt).unwrap_or_default()),
+            e => e,
+        };
         Ok(Job {
+            echo,
             prompt,
             tenant,
             primed: false,
@@ -794,13 +848,48 @@ impl Drop for InFlight {
     }
 }
 
-fn logprob_json(st: &AppState, lp: &TokenLogprob) -> Value {
-    let tok = |id: u32| st.tokenizer.decode(&[id]).unwrap_or_default();
+/// A token as logprobs name it: its text, or `token_id:N` when the request asks for ids.
+fn token_text(st: &AppState, as_ids: bool, id: u32) -> String {
+    if as_ids {
+        format!("token_id:{id}")
+    } else {
+        st.tokenizer.decode(&[id]).unwrap_or_default()
+    }
+}
+
+/// Chat logprobs: `{"content": [{token, logprob, bytes, top_logprobs}]}`.
+fn chat_logprobs(st: &AppState, as_ids: bool, lps: &[(TokenLogprob, usize)]) -> Value {
+    let entry = |id: u32, l: f32| {
+        let t = token_text(st, as_ids, id);
+        json!({"token": t, "logprob": l, "bytes": st.tokenizer.decode(&[id]).unwrap_or_default().into_bytes()})
+    };
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|(lp, _)| {
+            let mut e = entry(lp.id, lp.logprob);
+            e["top_logprobs"] = lp.top.iter().map(|&(id, l)| entry(id, l)).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Completions logprobs, in OpenAI's legacy shape: parallel lists of tokens, their logprobs,
+/// the top alternatives (token -> logprob) and each token's character offset in the text.
+fn completion_logprobs(st: &AppState, as_ids: bool, lps: &[(TokenLogprob, usize)]) -> Value {
+    let top = |lp: &TokenLogprob| {
+        let mut m = serde_json::Map::new();
+        for &(id, l) in &lp.top {
+            // two ids can decode to the same text; the likelier one is kept
+            m.entry(token_text(st, as_ids, id)).or_insert(json!(l));
+        }
+        Value::Object(m)
+    };
     json!({
-        "token": tok(lp.id),
-        "logprob": lp.logprob,
-        "bytes": tok(lp.id).into_bytes(),
-        "top_logprobs": lp.top.iter().map(|&(id, l)| json!({"token": tok(id), "logprob": l, "bytes": tok(id).into_bytes()})).collect::<Vec<_>>(),
+        "tokens": lps.iter().map(|(lp, _)| token_text(st, as_ids, lp.id)).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|(lp, _)| lp.logprob).collect::<Vec<_>>(),
+        "top_logprobs": lps.iter().map(|(lp, _)| top(lp)).collect::<Vec<_>>(),
+        "text_offset": lps.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
     })
 }
 
@@ -808,7 +897,8 @@ fn logprob_json(st: &AppState, lp: &TokenLogprob) -> Value {
 struct Choice {
     reasoning: String,
     content: String,
-    logprobs: Vec<Value>,
+    /// each token's logprobs and the character offset of its text in the answer
+    logprobs: Vec<(TokenLogprob, usize)>,
     finish: Option<FinishReason>,
     completion_tokens: usize,
     cached: usize,
@@ -834,8 +924,16 @@ async fn whole_response(
     job: Job,
     receivers: Vec<UnboundedReceiver<Event>>,
 ) -> Response {
-    let mut choices = vec![Choice::default(); receivers.len()];
+    let echo = job.echo.clone().unwrap_or_default();
+    let mut choices = vec![
+        Choice {
+            content: echo.clone(),
+            ..Choice::default()
+        };
+        receivers.len()
+    ];
     for (c, mut rx) in choices.iter_mut().zip(receivers) {
+        let mut chars = echo.chars().count();
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Delta {
@@ -843,11 +941,12 @@ async fn whole_response(
                     content,
                     logprob,
                 } => {
+                    if let Some(lp) = logprob {
+                        c.logprobs.push((lp, chars));
+                    }
                     c.reasoning.push_str(&reasoning);
                     c.content.push_str(&content);
-                    if let Some(lp) = logprob {
-                        c.logprobs.push(logprob_json(&st, &lp));
-                    }
+                    chars += content.chars().count();
                 }
                 Event::Done {
                     finish,
@@ -889,11 +988,18 @@ async fn whole_response(
         .enumerate()
         .map(|(i, c)| {
             let finish = c.finish.map(|f| f.as_str()).unwrap_or("stop");
-            let logprobs = job.common.top_logprobs.map(|_| json!({"content": c.logprobs}));
+            let as_ids = job.common.tokens_as_ids;
+            let logprobs = job.common.top_logprobs.map(|_| {
+                if job.chat {
+                    chat_logprobs(&st, as_ids, &c.logprobs)
+                } else {
+                    completion_logprobs(&st, as_ids, &c.logprobs)
+                }
+            });
             if job.chat {
                 json!({
                     "index": i,
-                    "message": {"role": "assistant", "content": c.content.trim_start(), "reasoning_content": if job.primed || !c.reasoning.is_empty() { Some(c.reasoning.trim()) } else { None }},
+                    "message": {"role": "assistant", "content": c.content, "reasoning_content": if job.primed || !c.reasoning.is_empty() { Some(&c.reasoning) } else { None }},
                     "logprobs": logprobs,
                     "finish_reason": finish,
                 })
@@ -947,6 +1053,10 @@ fn stream_response(
     };
     struct S<M> {
         merged: M,
+        /// the prompt's text, sent first (completions with `echo`)
+        echo: Option<String>,
+        /// characters of answer text sent so far, per choice
+        chars: Vec<usize>,
         choices: Vec<Choice>,
         started: Vec<bool>,
         finished: usize,
@@ -956,6 +1066,8 @@ fn stream_response(
     let state = S {
         in_flight,
         merged,
+        echo: job.echo.clone(),
+        chars: vec![0; n],
         choices: vec![Choice::default(); n],
         started: vec![false; n],
         finished: 0,
@@ -965,6 +1077,7 @@ fn stream_response(
     let include_usage = job.common.include_usage;
     let prompt_len = job.prompt.len();
     let want_logprobs = job.common.top_logprobs.is_some();
+    let as_ids = job.common.tokens_as_ids;
     let events = stream::unfold(state, move |mut s| {
         let chunk = chunk.clone();
         let st_logprobs = st_logprobs.clone();
@@ -973,6 +1086,14 @@ fn stream_response(
                 return None;
             }
             let mut out: Vec<SseEvent> = Vec::new();
+            if let Some(echo) = s.echo.take() {
+                let choices: Vec<Value> = (0..s.chars.len())
+                    .map(|i| json!({"index": i, "text": echo, "logprobs": null, "finish_reason": null}))
+                    .collect();
+                s.chars.iter_mut().for_each(|c| *c = echo.chars().count());
+                out.push(chunk(json!(choices), None));
+                return Some((stream::iter(out.into_iter().map(Ok::<_, Infallible>)), s));
+            }
             loop {
                 let Some((i, ev)) = s.merged.next().await else {
                     // every sample ended (or the engine went away)
@@ -993,9 +1114,15 @@ fn stream_response(
                         if reasoning.is_empty() && content.is_empty() && logprob.is_none() {
                             continue;
                         }
-                        let lp = logprob
-                            .filter(|_| want_logprobs)
-                            .map(|l| json!({"content": [logprob_json(&st_logprobs, &l)]}));
+                        let lp = logprob.filter(|_| want_logprobs).map(|l| {
+                            let one = [(l, s.chars[i])];
+                            if chat {
+                                chat_logprobs(&st_logprobs, as_ids, &one)
+                            } else {
+                                completion_logprobs(&st_logprobs, as_ids, &one)
+                            }
+                        });
+                        s.chars[i] += content.chars().count();
                         let choice = if chat {
                             let mut delta = json!({});
                             if !s.started[i] {
@@ -1010,7 +1137,7 @@ fn stream_response(
                             }
                             json!({"index": i, "delta": delta, "logprobs": lp, "finish_reason": null})
                         } else {
-                            json!({"index": i, "text": content, "logprobs": null, "finish_reason": null})
+                            json!({"index": i, "text": content, "logprobs": lp, "finish_reason": null})
                         };
                         out.push(chunk(json!([choice]), None));
                         break;

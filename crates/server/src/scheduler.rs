@@ -123,12 +123,12 @@ impl Seq {
     fn new(s: Submit) -> Self {
         Seq {
             prompt_len: s.prompt.len(),
+            sampler: Sampler::for_prompt(s.params.sampling.clone(), &s.prompt),
             ctx: s.prompt,
             pending: None,
             blocks: SeqBlocks::default(),
             generated: 0,
             cached_tokens: 0,
-            sampler: Sampler::new(s.params.sampling.clone()),
             stops: StopMatcher::new(s.params.stop.clone()),
             splitter: s.split_reasoning.then(|| ReasoningSplitter::new(s.primed)),
             params: s.params,

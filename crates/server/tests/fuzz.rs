@@ -78,7 +78,7 @@ fn request() -> impl Strategy<Value = Map<String, Value>> {
 
 fn check(o: &Map<String, Value>) {
     for chat in [true, false] {
-        if let Ok(c) = api::common(o, chat) {
+        if let Ok(c) = api::common(o, chat, 384) {
             assert!(c.n >= 1 && c.n as u64 <= api::MAX_N);
             assert!(c.sampling.temperature.is_finite());
         }

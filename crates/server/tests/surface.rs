@@ -16,9 +16,12 @@ fn fields_that_would_change_the_output_are_refused_by_name() {
         post(&addr, "/v1/chat/completions", &r)
     };
     for (k, v) in [
-        ("presence_penalty", json!(0.5)),
-        ("frequency_penalty", json!(-1)),
-        ("logit_bias", json!({"5": 100})),
+        ("presence_penalty", json!(2.5)),
+        ("frequency_penalty", json!("x")),
+        ("repetition_penalty", json!(0)),
+        ("logit_bias", json!([5])),
+        ("logit_bias.384", json!({"384": 1})),
+        ("logit_bias.5", json!({"5": 101})),
         (
             "tools",
             json!([{"type": "function", "function": {"name": "add"}}]),
@@ -26,7 +29,8 @@ fn fields_that_would_change_the_output_are_refused_by_name() {
         ("response_format", json!({"type": "json_object"})),
         ("frobnicate", json!(true)),
     ] {
-        assert_error(with(k, v), 400, k);
+        let field = k.split('.').next().unwrap();
+        assert_error(with(field, v), 400, k);
     }
     let mut r = chat("What is 2 + 2?", 2);
     r["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
@@ -68,6 +72,86 @@ fn fields_that_would_change_the_output_are_refused_by_name() {
         &json!({"prompt": "hi", "top_logprobs": 2}),
     );
     assert_error(r, 400, "top_logprobs");
+}
+
+/// Greedy completions of a token prompt, `n` tokens, with `extra` fields and the top 20 raw
+/// logprobs of each step: (ids, per step [(id, logprob)]).
+fn greedy_steps(
+    addr: &str,
+    n: usize,
+    extra: serde_json::Value,
+) -> (Vec<u32>, Vec<Vec<(u32, f64)>>) {
+    let mut r = json!({"prompt": [1, 40, 41, 42, 43], "max_tokens": n, "temperature": 0, "ignore_eos": true, "logprobs": 20, "return_tokens_as_token_ids": true});
+    for (k, v) in extra.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    let (s, v) = post(addr, "/v1/completions", &r);
+    assert_eq!(s, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let id = |t: &str| t.strip_prefix("token_id:").unwrap().parse::<u32>().unwrap();
+    let ids: Vec<u32> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| id(x.as_str().unwrap()))
+        .collect();
+    let tops = lp["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| {
+            step.as_object()
+                .unwrap()
+                .iter()
+                .map(|(t, l)| (id(t), l.as_f64().unwrap()))
+                .collect()
+        })
+        .collect();
+    (ids, tops)
+}
+
+#[test]
+fn penalties_and_logit_bias_change_the_output_as_specified() {
+    let _serial = serial();
+    let addr = start(None, None, 8 << 20);
+    let (plain, _) = greedy_steps(&addr, 12, json!({}));
+    // a bias of 100 all but forces a token; -100 bans one
+    let (forced, _) = greedy_steps(&addr, 12, json!({"logit_bias": {"77": 100}}));
+    assert_eq!(forced, vec![77; 12]);
+    let (banned, _) = greedy_steps(
+        &addr,
+        12,
+        json!({"logit_bias": {plain[0].to_string(): -100}}),
+    );
+    assert!(!banned.contains(&plain[0]), "{banned:?}");
+    // OpenAI's penalties: each step takes the largest raw logprob less
+    // frequency * count + presence * (count > 0) over the tokens generated before it
+    for (f, p) in [(1.5, 0.0), (0.0, 2.0), (0.7, 0.9)] {
+        let (ids, tops) = greedy_steps(
+            &addr,
+            24,
+            json!({"frequency_penalty": f, "presence_penalty": p}),
+        );
+        assert_ne!(ids, greedy_steps(&addr, 24, json!({})).0);
+        for (i, top) in tops.iter().enumerate() {
+            let score = |id: u32, lp: f64| {
+                let n = ids[..i].iter().filter(|&&x| x == id).count() as f64;
+                lp - f * n - if n > 0.0 { p } else { 0.0 }
+            };
+            let chosen = top.iter().find(|x| x.0 == ids[i]).copied();
+            // the chosen token is among the top 20 raw ones, or all of those were penalised
+            let best = top
+                .iter()
+                .map(|&(id, lp)| score(id, lp))
+                .fold(f64::MIN, f64::max);
+            if let Some((id, lp)) = chosen {
+                assert!(score(id, lp) >= best - 1e-4, "step {i}: {ids:?}");
+            }
+        }
+    }
+    // the repetition penalty (vLLM's) changes a repetitive greedy path
+    let (rep, _) = greedy_steps(&addr, 24, json!({"repetition_penalty": 1.8}));
+    assert_ne!(rep, greedy_steps(&addr, 24, json!({})).0);
 }
 
 #[test]
@@ -239,4 +323,138 @@ fn tokenize_detokenize_and_the_chat_template_without_generating() {
         &json!({"prompt": "x", "model": "gpt-9"}),
     );
     assert_eq!(s, 404);
+}
+
+#[test]
+fn completions_logprobs_echo_and_suffix_in_the_completions_shape() {
+    let _serial = serial();
+    let addr = start(None, None, 8 << 20);
+    let req = json!({"prompt": "The cat", "max_tokens": 8, "temperature": 0, "ignore_eos": true, "logprobs": 3});
+    let (s, v) = post(&addr, "/v1/completions", &req);
+    assert_eq!(s, 200, "{v}");
+    let c = &v["choices"][0];
+    let lp = &c["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 8, "{v}");
+    for k in ["token_logprobs", "top_logprobs", "text_offset"] {
+        assert_eq!(lp[k].as_array().unwrap().len(), 8, "{k}: {v}");
+    }
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 3, "{top:?}");
+        // greedy: the chosen token is the likeliest
+        let chosen = lp["token_logprobs"][i].as_f64().unwrap();
+        let best = top
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(chosen <= 0.0 && (chosen - best).abs() < 1e-5, "{v}");
+    }
+    // streamed: the same tokens and logprobs, chunk by chunk
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let (_, body) = http(
+        &addr,
+        "POST",
+        "/v1/completions",
+        sreq.to_string().as_bytes(),
+        &[],
+    );
+    let (mut text, mut streamed) = (String::new(), Vec::new());
+    for d in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if d == "[DONE]" {
+            break;
+        }
+        let ch: serde_json::Value = serde_json::from_str(d).unwrap();
+        text.push_str(ch["choices"][0]["text"].as_str().unwrap());
+        if let Some(t) = ch["choices"][0]["logprobs"]["tokens"].as_array() {
+            streamed.extend(t.iter().cloned());
+        }
+    }
+    assert_eq!(text, c["text"].as_str().unwrap());
+    assert_eq!(&streamed, tokens);
+    // echo puts the prompt first, streamed and not
+    let mut e = json!({"prompt": "The cat", "max_tokens": 8, "temperature": 0, "ignore_eos": true, "echo": true});
+    let (_, ev) = post(&addr, "/v1/completions", &e);
+    assert_eq!(
+        ev["choices"][0]["text"].as_str().unwrap(),
+        format!("The cat{}", c["text"].as_str().unwrap())
+    );
+    e["stream"] = json!(true);
+    let (_, body) = http(
+        &addr,
+        "POST",
+        "/v1/completions",
+        e.to_string().as_bytes(),
+        &[],
+    );
+    let streamed: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| {
+            let ch: serde_json::Value = serde_json::from_str(d).unwrap();
+            ch["choices"][0]["text"].as_str().unwrap_or("").to_string()
+        })
+        .collect();
+    assert_eq!(streamed, ev["choices"][0]["text"].as_str().unwrap());
+    // echo with logprobs would need the prompt's logprobs: refused, as is a suffix on a
+    // vocabulary without fill-in-the-middle tokens
+    let mut bad = req.clone();
+    bad["echo"] = json!(true);
+    assert_error(post(&addr, "/v1/completions", &bad), 400, "echo");
+    let mut bad = req.clone();
+    bad["suffix"] = json!(" sat.");
+    assert_error(post(&addr, "/v1/completions", &bad), 400, "suffix");
+}
+
+#[test]
+fn streamed_and_whole_answers_agree_field_by_field_on_50_prompts() {
+    let _serial = serial();
+    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-r1");
+    let addr = serve(&whale_server::Options {
+        port: 0,
+        cache_mem: 32 << 20,
+        ..whale_server::Options::new(model)
+    });
+    let mut reasoned = 0;
+    for i in 0..50u32 {
+        let q = format!("What is {} + {}?", 3 + i * 7 % 90, 11 + i * 13 % 80);
+        let mut r = json!({"messages": [{"role": "user", "content": q}], "max_tokens": 96, "temperature": 0});
+        let (s, whole) = post(&addr, "/v1/chat/completions", &r);
+        assert_eq!(s, 200, "{whole}");
+        r["stream"] = json!(true);
+        let (s, body) = http(
+            &addr,
+            "POST",
+            "/v1/chat/completions",
+            r.to_string().as_bytes(),
+            &[],
+        );
+        assert_eq!(s, 200);
+        let (reasoning, content, finish, done) = read_stream(&body);
+        let m = &whole["choices"][0]["message"];
+        assert!(done);
+        assert_eq!(
+            reasoning,
+            m["reasoning_content"].as_str().unwrap_or(""),
+            "{q}"
+        );
+        assert_eq!(content, m["content"].as_str().unwrap(), "{q}");
+        assert_eq!(
+            finish.as_deref(),
+            whole["choices"][0]["finish_reason"].as_str()
+        );
+        reasoned += !reasoning.is_empty() as usize;
+    }
+    // the bundled model thinks before it answers: reasoning was compared, not two empty strings
+    assert!(reasoned >= 40, "{reasoned}");
 }
