@@ -331,7 +331,7 @@ pub fn common(o: &Map<String, Value>, chat: bool, vocab_size: usize) -> R<Common
             presence_penalty: num(o, "presence_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
             frequency_penalty: num(o, "frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
             repetition_penalty: match num(o, "repetition_penalty", 0.0, 2.0)? {
-                Some(x) if x == 0.0 => {
+                Some(x) if x <= 0.0 => {
                     return Err(ApiError::invalid(
                         "repetition_penalty",
                         "`repetition_penalty` must be in (0, 2]",
