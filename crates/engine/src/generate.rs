@@ -365,7 +365,7 @@ impl Engine {
         } else {
             let text = messages
                 .iter()
-                .map(|m| m.content.as_str())
+                .map(|m| m.text())
                 .collect::<Vec<_>>()
                 .join("\n");
             let ids = tok.encode_prompt(&text)?;

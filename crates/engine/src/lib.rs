@@ -1,8 +1,9 @@
 //! Generation on top of `whale-model`: the checkpoint's tokenizer and chat template, sampling,
 //! incremental detokenisation, stop strings, and the split of streamed text into reasoning
-//! (before `</think>`) and answer.
+//! (before `</think>`) and answer; grammar-constrained decoding; tool-call parsing.
 
 pub mod generate;
+pub mod grammar;
 pub mod reasoning;
 pub mod sampler;
 pub mod stream;

@@ -8,18 +8,28 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 
+/// A chat message as the template sees it: role, content (`None` is the template's `none`, as
+/// for an assistant turn that only calls tools) and any other keys the request gave it
+/// (`tool_calls`, `tool_call_id`, `name`), passed on as they are.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Message {
     pub role: String,
-    pub content: String,
+    pub content: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
 }
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Self {
         Message {
             role: role.into(),
-            content: content.into(),
+            content: Some(content.into()),
+            extra: Default::default(),
         }
+    }
+
+    pub fn text(&self) -> &str {
+        self.content.as_deref().unwrap_or("")
     }
 }
 
@@ -303,24 +313,32 @@ impl ChatTokenizer {
     ) -> Result<Rendered> {
         let nonce: u64 = rand::random();
         let mut literals: Vec<String> = Vec::new();
-        let guarded: Vec<Message> = messages
-            .iter()
-            .map(|m| {
-                let mut content = m.content.clone();
-                for c in &self.control_texts {
-                    if content.contains(c.as_str()) {
-                        let k = literals.len();
-                        literals.push(c.clone());
-                        content = content.replace(c.as_str(), &Rendered::placeholder(nonce, k));
-                    }
+        let mut guard = |text: &str| {
+            let mut text = text.to_string();
+            for c in &self.control_texts {
+                if text.contains(c.as_str()) {
+                    let k = literals.len();
+                    literals.push(c.clone());
+                    text = text.replace(c.as_str(), &Rendered::placeholder(nonce, k));
                 }
-                Message {
-                    role: m.role.clone(),
-                    content,
-                }
-            })
-            .collect();
-        let text = self.render_raw(&guarded, add_generation_prompt, extra)?;
+            }
+            text
+        };
+        let mut guarded: Vec<Message> = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut g = m.clone();
+            g.content = m.content.as_deref().map(&mut guard);
+            // every string a message carries reaches the template: tool results, call
+            // arguments and names are guarded like contents
+            for v in g.extra.values_mut() {
+                guard_strings(v, &mut guard);
+            }
+            guarded.push(g);
+        }
+        // and so are the tool definitions' names and descriptions
+        let mut extra = extra.clone();
+        guard_strings(&mut extra, &mut guard);
+        let text = self.render_raw(&guarded, add_generation_prompt, &extra)?;
         Ok(Rendered {
             text,
             nonce,
@@ -371,6 +389,15 @@ impl ChatTokenizer {
         let r = self.render_chat(messages, true, extra)?;
         let ids = self.encode_rendered(&r)?;
         Ok((r.plain().into_owned(), ids))
+    }
+}
+
+fn guard_strings(v: &mut Value, guard: &mut impl FnMut(&str) -> String) {
+    match v {
+        Value::String(s) => *s = guard(s),
+        Value::Array(a) => a.iter_mut().for_each(|x| guard_strings(x, guard)),
+        Value::Object(o) => o.values_mut().for_each(|x| guard_strings(x, guard)),
+        _ => {}
     }
 }
 

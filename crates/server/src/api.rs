@@ -4,6 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
+use whale_engine::grammar::Spec;
 use whale_engine::{Message, SamplingParams};
 
 #[derive(Debug)]
@@ -149,6 +150,7 @@ pub const FIELDS: &[&str] = &[
     "repetition_penalty",
     "logit_bias",
     "return_tokens_as_token_ids",
+    "response_format",
 ];
 pub const CHAT_FIELDS: &[&str] = &[
     "messages",
@@ -172,10 +174,6 @@ const NEUTRAL: &[(&str, IsNeutral)] = &[
     ("tool_choice", |v| v.as_str() == Some("none")),
     ("parallel_tool_calls", |v| v.is_boolean()),
     ("functions", |v| v.as_array().is_some_and(|a| a.is_empty())),
-    ("response_format", |v| {
-        v.get("type").and_then(|t| t.as_str()) == Some("text")
-            && v.as_object().is_some_and(|m| m.len() == 1)
-    }),
     ("best_of", |v| v.as_u64() == Some(1)),
 ];
 
@@ -361,6 +359,71 @@ pub fn common(o: &Map<String, Value>, chat: bool, vocab_size: usize) -> R<Common
             }
         },
     })
+}
+
+/// `response_format`: `{"type": "text"}` (none), `{"type": "json_object"}`, or
+/// `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}`.
+pub fn response_format(o: &Map<String, Value>) -> R<Option<Spec>> {
+    fn bad<T>(param: &str, m: String) -> R<T> {
+        Err(ApiError::invalid(param, m))
+    }
+    let f = match o.get("response_format") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(f)) => f,
+        Some(v) => {
+            return bad(
+                "response_format",
+                format!("`response_format` must be an object, got {v}"),
+            )
+        }
+    };
+    let only = |keys: &[&str]| match f.keys().find(|k| !keys.contains(&k.as_str())) {
+        Some(k) => bad(
+            &format!("response_format.{k}"),
+            format!("unknown field `response_format.{k}`"),
+        ),
+        None => Ok(()),
+    };
+    match f.get("type").and_then(|t| t.as_str()) {
+        Some("text") => only(&["type"]).map(|_| None),
+        Some("json_object") => only(&["type"]).map(|_| Some(Spec::JsonObject)),
+        Some("json_schema") => {
+            only(&["type", "json_schema"])?;
+            let Some(Value::Object(js)) = f.get("json_schema") else {
+                return bad(
+                    "response_format.json_schema",
+                    "`json_schema` must be an object with a `schema`".into(),
+                );
+            };
+            if let Some(k) = js
+                .keys()
+                .find(|k| !matches!(k.as_str(), "name" | "schema" | "strict" | "description"))
+            {
+                return bad(
+                    &format!("response_format.json_schema.{k}"),
+                    format!("unknown field `json_schema.{k}`"),
+                );
+            }
+            match js.get("schema") {
+                Some(s @ (Value::Object(_) | Value::Bool(_))) => {
+                    Ok(Some(Spec::JsonSchema(s.clone())))
+                }
+                // OpenAI's `strict: false` still means "follow the schema": whale always enforces it
+                None => bad(
+                    "response_format.json_schema.schema",
+                    "`json_schema.schema` is required".into(),
+                ),
+                Some(v) => bad(
+                    "response_format.json_schema.schema",
+                    format!("`schema` must be a JSON schema object, got {v}"),
+                ),
+            }
+        }
+        _ => bad(
+            "response_format.type",
+            "`response_format.type` must be text, json_object or json_schema".into(),
+        ),
+    }
 }
 
 /// `messages` of a chat request: roles system, user, assistant and developer (tool messages

@@ -29,6 +29,7 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use whale_engine::grammar::{Constraint, Grammars};
 use whale_engine::tokenizer::primes_reasoning;
 use whale_engine::{ChatTokenizer, FinishReason, GenerateParams};
 use whale_model::paged::BlockPool;
@@ -146,6 +147,8 @@ pub(crate) struct AppState {
     /// sequences submitted and not yet answered, and how many there may be
     in_flight: AtomicUsize,
     max_in_flight: usize,
+    /// the grammar compiler for constrained decoding, or why this model cannot have one
+    grammars: Result<Arc<Grammars>, String>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -208,6 +211,12 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
     }
     let pool = BlockPool::new(cfg, o.block_size, n_blocks);
     let eos = whale_engine::Engine::eos_for(&o.model, cfg);
+    let grammars = match eos.first() {
+        None => Err("the model has no end-of-sequence token for a grammar to end with".into()),
+        Some(&e) => Grammars::load(&o.model, vocab_size, e)
+            .map(Arc::new)
+            .map_err(|e| format!("{e:#}")),
+    };
     let metrics = Arc::new(Metrics::default());
     // the cache gauges are right before the first request is answered, not only once the
     // engine's loop first goes round (after up to 200 ms of waiting for a request)
@@ -282,6 +291,7 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         read_timeout: o.read_timeout,
         in_flight: AtomicUsize::new(0),
         max_in_flight: o.max_batch.max(1) + o.max_queued,
+        grammars,
     });
     let router = Router::new()
         .route("/", get(chat_page))
@@ -503,6 +513,8 @@ struct Job {
     prompt: Vec<u32>,
     /// completions with `echo`: the prompt's text, which the answer repeats first
     echo: Option<String>,
+    /// what the answer must be, compiled (each sample gets a fork)
+    constraint: Option<Constraint>,
     tenant: Vec<u8>,
     primed: bool,
     chat: bool,
@@ -515,6 +527,46 @@ pub(crate) fn check_model(st: &AppState, model: Option<&String>) -> Result<(), A
         Some(m) if !st.names.contains(m) => Err(model_not_found(st, m)),
         _ => Ok(()),
     }
+}
+
+/// The request's `response_format` compiled into a constraint (off the async runtime: a large
+/// schema takes a while); a schema the grammar engine cannot compile is a 400.
+async fn constrain(
+    st: &Shared,
+    o: &serde_json::Map<String, Value>,
+    common: &Common,
+    primed: bool,
+) -> Result<Option<Constraint>, ApiError> {
+    let Some(spec) = api::response_format(o)? else {
+        return Ok(None);
+    };
+    if common.ignore_eos {
+        return Err(ApiError::invalid(
+            "ignore_eos",
+            "`ignore_eos` cannot be used with `response_format`: the answer ends where its grammar does",
+        ));
+    }
+    let grammars = st.grammars.clone().map_err(|why| {
+        ApiError::invalid(
+            "response_format",
+            format!("structured output is not available for this model: {why}"),
+        )
+    })?;
+    let _slot = st
+        .tokenize_slots
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    tokio::task::spawn_blocking(move || grammars.start(&spec, primed))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        .map(Some)
+        .map_err(|e| {
+            ApiError::invalid(
+                "response_format",
+                format!("the schema cannot be compiled: {e:#}"),
+            )
+        })
 }
 
 /// Completion tokens a request may have: what it asked for, or what is left of the context.
@@ -592,8 +644,10 @@ async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
         // the prompt must leave room for one generated token
         let (_, prompt, primed) = chat_prompt(&st, &o, true, st.max_model_len - 1).await?;
         let max_tokens = budget(&st, "messages", prompt.len(), common.max_tokens)?;
+        let constraint = constrain(&st, &o, &common, primed).await?;
         Ok::<Job, ApiError>(Job {
             echo: None,
+            constraint,
             prompt,
             tenant,
             primed,
@@ -704,8 +758,10 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
             None if common.echo => Some(st.tokenizer.decode(&prompt).unwrap_or_default()),
             e => e,
         };
+        let constraint = constrain(&st, &o, &common, false).await?;
         Ok(Job {
             echo,
+            constraint,
             prompt,
             tenant,
             primed: false,
@@ -784,6 +840,7 @@ async fn run(st: Shared, job: Result<Job, ApiError>) -> Response {
                     ignore_eos: job.common.ignore_eos,
                 },
                 top_logprobs: job.common.top_logprobs,
+                constraint: job.constraint.as_ref().map(|c| c.fork()),
                 events: etx,
                 tenant: job.tenant.clone(),
                 group,

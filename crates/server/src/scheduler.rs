@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+use whale_engine::grammar::Constraint;
 use whale_engine::reasoning::{Part, ReasoningSplitter};
 use whale_engine::sampler::Sampler;
 use whale_engine::stream::{StopMatcher, StreamDecoder};
@@ -27,6 +28,8 @@ pub struct Submit {
     pub split_reasoning: bool,
     pub params: GenerateParams,
     pub top_logprobs: Option<usize>,
+    /// what the answer must be (structured output, forced tool calls)
+    pub constraint: Option<Constraint>,
     pub events: UnboundedSender<Event>,
     /// who the prefix cache keeps this request's blocks for: requests of other tenants never
     /// share (or see hits on) its blocks; empty for a server without keys
@@ -108,6 +111,7 @@ struct Seq {
     sampler: Sampler,
     params: GenerateParams,
     top_logprobs: Option<usize>,
+    constraint: Option<Constraint>,
     decoder: StreamDecoder,
     stops: StopMatcher,
     splitter: Option<ReasoningSplitter>,
@@ -133,6 +137,7 @@ impl Seq {
             splitter: s.split_reasoning.then(|| ReasoningSplitter::new(s.primed)),
             params: s.params,
             top_logprobs: s.top_logprobs,
+            constraint: s.constraint,
             decoder: StreamDecoder::default(),
             events: s.events,
             started: Instant::now(),
@@ -545,7 +550,21 @@ impl Engine {
 
     /// Samples the next token of `s` and streams what it releases; true when `s` is finished.
     fn emit(&mut self, s: &mut Seq, logits: &[f32]) -> bool {
-        let tok = s.sampler.sample(logits);
+        let tok = match s.constraint.as_mut() {
+            None => s.sampler.sample(logits),
+            Some(c) => {
+                let mut masked = logits.to_vec();
+                let tok = c.mask(&mut masked).map(|()| s.sampler.sample(&masked));
+                match tok.and_then(|t| c.advance(t).map(|()| t)) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.metrics.seq_faults.inc();
+                        let _ = s.events.send(Fault::internal(format!("{e:#}")));
+                        return true;
+                    }
+                }
+            }
+        };
         let now = Instant::now();
         match s.last_token {
             None => self
