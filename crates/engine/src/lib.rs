@@ -8,6 +8,7 @@ pub mod reasoning;
 pub mod sampler;
 pub mod stream;
 pub mod tokenizer;
+pub mod tools;
 
 pub use generate::{
     Drafter, Engine, FinishReason, GenerateParams, Generation, MtpDrafter, SpecStats,

@@ -298,6 +298,17 @@ impl ChatTokenizer {
             .then(|| format!("{begin}{prefix}{hole}{suffix}{end}"))
     }
 
+    /// Whether the chat template reads a variable of this name (a kwarg it does not mention
+    /// would be dropped silently).
+    pub fn template_mentions(&self, name: &str) -> bool {
+        self.chat_template.as_deref().is_some_and(|t| {
+            t.match_indices(name).any(|(i, _)| {
+                let word = |c: char| c.is_alphanumeric() || c == '_';
+                !t[..i].ends_with(word) && !t[i + name.len()..].starts_with(word)
+            })
+        })
+    }
+
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some()
     }

@@ -159,6 +159,11 @@ pub const CHAT_FIELDS: &[&str] = &[
     "whale_vote",
     "thinking",
     "chat_template_kwargs",
+    "reasoning_effort",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "continue_final_message",
 ];
 pub const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "suffix"];
 /// Fields that cannot change what is generated: accepted and not used.
@@ -170,9 +175,6 @@ pub const INERT_FIELDS: &[&str] = &["user", "metadata", "store", "service_tier"]
 type IsNeutral = fn(&Value) -> bool;
 
 const NEUTRAL: &[(&str, IsNeutral)] = &[
-    ("tools", |v| v.as_array().is_some_and(|a| a.is_empty())),
-    ("tool_choice", |v| v.as_str() == Some("none")),
-    ("parallel_tool_calls", |v| v.is_boolean()),
     ("functions", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("best_of", |v| v.as_u64() == Some(1)),
 ];
@@ -426,8 +428,10 @@ pub fn response_format(o: &Map<String, Value>) -> R<Option<Spec>> {
     }
 }
 
-/// `messages` of a chat request: roles system, user, assistant and developer (tool messages
-/// are refused until tool calls are supported); content a string or a list of text parts.
+/// `messages` of a chat request: roles system, user, assistant, developer and tool; content a
+/// string or a list of text parts (`null` on an assistant turn). An assistant turn may carry
+/// `tool_calls` (and `reasoning_content`, `prefix` on the last one); a tool turn needs its
+/// `tool_call_id`. What a message carries reaches the template as transformers passes it.
 pub fn messages(o: &Map<String, Value>) -> R<Vec<Message>> {
     let Some(Value::Array(a)) = o.get("messages") else {
         return Err(ApiError::invalid(
@@ -457,7 +461,7 @@ pub fn messages(o: &Map<String, Value>) -> R<Vec<Message>> {
             }
         };
         let content = match m.get("content") {
-            Some(Value::String(s)) => s.clone(),
+            Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Array(parts)) => {
                 let mut s = String::new();
                 for p in parts {
@@ -474,9 +478,9 @@ pub fn messages(o: &Map<String, Value>) -> R<Vec<Message>> {
                         }
                     }
                 }
-                s
+                Some(s)
             }
-            None | Some(Value::Null) if role == "assistant" => String::new(),
+            None | Some(Value::Null) if role == "assistant" => None,
             _ => {
                 return Err(ApiError::invalid(
                     &format!("{param}.content"),
@@ -484,28 +488,277 @@ pub fn messages(o: &Map<String, Value>) -> R<Vec<Message>> {
                 ))
             }
         };
-        if role == "tool" {
+        let mut msg = Message::new(role, "");
+        msg.content = content;
+        for (k, v) in m {
+            if v.is_null() || matches!(k.as_str(), "role" | "content") {
+                continue;
+            }
+            let field = format!("{param}.{k}");
+            let v = match (role, k.as_str()) {
+                (_, "name") => match v {
+                    Value::String(_) => v.clone(),
+                    _ => return Err(ApiError::invalid(&field, "`name` must be a string")),
+                },
+                ("assistant", "tool_calls") => assistant_calls(&field, v)?,
+                ("assistant", "reasoning_content") => match v {
+                    Value::String(_) => v.clone(),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            &field,
+                            "`reasoning_content` must be a string",
+                        ))
+                    }
+                },
+                ("assistant", "prefix") => match v {
+                    Value::Bool(_) if i + 1 == a.len() => v.clone(),
+                    Value::Bool(_) => {
+                        return Err(ApiError::invalid(
+                            &field,
+                            "`prefix` is for the last message only (the model continues it)",
+                        ))
+                    }
+                    _ => return Err(ApiError::invalid(&field, "`prefix` must be true or false")),
+                },
+                ("tool", "tool_call_id") => match v {
+                    Value::String(s) if !s.is_empty() => v.clone(),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            &field,
+                            "`tool_call_id` must be a non-empty string",
+                        ))
+                    }
+                },
+                _ => {
+                    return Err(ApiError::invalid(
+                        &field,
+                        format!("`{k}` is not a field of a {role} message"),
+                    ))
+                }
+            };
+            msg.extra.insert(k.clone(), v);
+        }
+        if role == "tool" && !msg.extra.contains_key("tool_call_id") {
             return Err(ApiError::invalid(
-                &format!("{param}.role"),
-                "`tool` messages answer tool calls, which whale does not support yet",
+                &format!("{param}.tool_call_id"),
+                "a `tool` message needs the `tool_call_id` of the call it answers",
             ));
         }
-        // anything else a message carries (`name`, `tool_calls`, `reasoning_content`, ...) would
-        // reach the template, and whale's messages carry only role and content: refused
-        if let Some(k) = m
-            .iter()
-            .find(|(k, v)| !matches!(k.as_str(), "role" | "content") && !v.is_null())
-            .map(|(k, _)| k)
-        {
+        if role == "assistant" && msg.content.is_none() && !msg.extra.contains_key("tool_calls") {
             return Err(ApiError::invalid(
-                &format!("{param}.{k}"),
-                format!("`{k}` on a message is not supported by whale yet"),
+                &format!("{param}.content"),
+                "an assistant message needs `content` or `tool_calls`",
             ));
         }
         // `developer` goes to the template as it is, as transformers passes it
-        out.push(Message::new(role, &content));
+        out.push(msg);
     }
     Ok(out)
+}
+
+/// An assistant turn's `tool_calls`, in OpenAI's shape; arguments given as an object are
+/// written as the JSON string the templates expect.
+fn assistant_calls(param: &str, v: &Value) -> R<Value> {
+    let Value::Array(calls) = v else {
+        return Err(ApiError::invalid(param, "`tool_calls` must be an array"));
+    };
+    let mut out = Vec::with_capacity(calls.len());
+    for (j, c) in calls.iter().enumerate() {
+        let p = format!("{param}[{j}]");
+        let f = c.get("function").and_then(|f| f.as_object());
+        let name = f.and_then(|f| f.get("name")).and_then(|n| n.as_str());
+        let (Some(f), Some(name)) = (f, name) else {
+            return Err(ApiError::invalid(
+                &format!("{p}.function"),
+                "a tool call needs `function.name`",
+            ));
+        };
+        let arguments = match f.get("arguments") {
+            Some(Value::String(s)) => s.clone(),
+            Some(o @ Value::Object(_)) => o.to_string(),
+            None | Some(Value::Null) => "{}".into(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    &format!("{p}.function.arguments"),
+                    "`arguments` must be a JSON string",
+                ))
+            }
+        };
+        let id = match c.get("id") {
+            None | Some(Value::Null) => format!("call_{j}"),
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    &format!("{p}.id"),
+                    "`id` must be a string",
+                ))
+            }
+        };
+        if !matches!(
+            c.get("type").and_then(|t| t.as_str()),
+            None | Some("function")
+        ) {
+            return Err(ApiError::invalid(
+                &format!("{p}.type"),
+                "`type` must be \"function\"",
+            ));
+        }
+        out.push(serde_json::json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}));
+    }
+    Ok(Value::Array(out))
+}
+
+/// One function a request offers the model.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    pub name: String,
+    /// its JSON schema (`{"type": "object"}` when none was given)
+    pub parameters: Value,
+    /// OpenAI's `strict`: the arguments must follow the schema
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    None,
+    Auto,
+    Required,
+    Named(String),
+}
+
+/// The request's `tools`, `tool_choice` and `parallel_tool_calls`.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// the definitions as given: the template renders them
+    pub defs: Value,
+    pub specs: Vec<ToolSpec>,
+    pub choice: ToolChoice,
+    pub parallel: bool,
+}
+
+pub fn tools(o: &Map<String, Value>) -> R<Option<Tools>> {
+    let defs = match o.get("tools") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(a),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "tools",
+                format!("`tools` must be an array, got {v}"),
+            ))
+        }
+    };
+    let mut specs = Vec::new();
+    for (i, t) in defs.into_iter().flatten().enumerate() {
+        let p = format!("tools[{i}]");
+        if t.get("type").and_then(|x| x.as_str()) != Some("function") {
+            return Err(ApiError::invalid(
+                &format!("{p}.type"),
+                "a tool's `type` must be \"function\"",
+            ));
+        }
+        let Some(f) = t.get("function").and_then(|f| f.as_object()) else {
+            return Err(ApiError::invalid(
+                &format!("{p}.function"),
+                "a tool needs a `function` object",
+            ));
+        };
+        let name = match f.get("name").and_then(|n| n.as_str()) {
+            Some(n)
+                if !n.is_empty()
+                    && n.len() <= 64
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+            {
+                n
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    &format!("{p}.function.name"),
+                    "`function.name` must be 1 to 64 letters, digits, _ or -",
+                ))
+            }
+        };
+        if specs.iter().any(|s: &ToolSpec| s.name == name) {
+            return Err(ApiError::invalid(
+                &format!("{p}.function.name"),
+                format!("two tools are named `{name}`"),
+            ));
+        }
+        if let Some(k) = f
+            .keys()
+            .find(|k| !matches!(k.as_str(), "name" | "description" | "parameters" | "strict"))
+        {
+            return Err(ApiError::invalid(
+                &format!("{p}.function.{k}"),
+                format!("unknown field `function.{k}`"),
+            ));
+        }
+        let parameters = match f.get("parameters") {
+            None | Some(Value::Null) => serde_json::json!({"type": "object"}),
+            Some(s @ Value::Object(_)) => s.clone(),
+            Some(v) => {
+                return Err(ApiError::invalid(
+                    &format!("{p}.function.parameters"),
+                    format!("`parameters` must be a JSON schema object, got {v}"),
+                ))
+            }
+        };
+        let strict = match f.get("strict") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    &format!("{p}.function.strict"),
+                    "`strict` must be true or false",
+                ))
+            }
+        };
+        specs.push(ToolSpec {
+            name: name.to_string(),
+            parameters,
+            strict,
+        });
+    }
+    let choice = match o.get("tool_choice") {
+        None | Some(Value::Null) => if specs.is_empty() { ToolChoice::None } else { ToolChoice::Auto },
+        Some(Value::String(s)) if s == "none" => ToolChoice::None,
+        Some(Value::String(s)) if s == "auto" => ToolChoice::Auto,
+        Some(Value::String(s)) if s == "required" => ToolChoice::Required,
+        Some(Value::Object(c)) if c.get("type").and_then(|t| t.as_str()) == Some("function") => {
+            match c.get("function").and_then(|f| f.get("name")).and_then(|n| n.as_str()) {
+                Some(n) if specs.iter().any(|s| s.name == n) => ToolChoice::Named(n.to_string()),
+                Some(n) => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        format!("`tool_choice` names `{n}`, which is not one of `tools`"),
+                    ))
+                }
+                None => return Err(ApiError::invalid("tool_choice", "`tool_choice.function.name` is required")),
+            }
+        }
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                format!("`tool_choice` must be none, auto, required or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}, got {v}"),
+            ))
+        }
+    };
+    if specs.is_empty() && !matches!(choice, ToolChoice::None) {
+        return Err(ApiError::invalid(
+            "tool_choice",
+            "`tool_choice` needs `tools`",
+        ));
+    }
+    let parallel = boolean(o, "parallel_tool_calls")?.unwrap_or(true);
+    if specs.is_empty() && defs.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Tools {
+        defs: Value::Array(defs.cloned().unwrap_or_default()),
+        specs,
+        choice,
+        parallel,
+    }))
 }
 
 /// Whether the request asks to think: DeepSeek's `thinking: {"type": "enabled" | "disabled"}`,
@@ -527,22 +780,64 @@ pub fn thinking(o: &Map<String, Value>) -> R<Option<bool>> {
     }
     match o.get("chat_template_kwargs") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(k)) => {
-            // the template sees no other variable: refused, not dropped
-            if let Some(x) = k
-                .keys()
-                .find(|x| !matches!(x.as_str(), "thinking" | "enable_thinking"))
-            {
-                return Err(ApiError::invalid(
-                    &format!("chat_template_kwargs.{x}"),
-                    format!("`chat_template_kwargs.{x}` is not supported (whale reads thinking, enable_thinking)"),
-                ));
-            }
-            Ok(boolean(k, "thinking")?.or(boolean(k, "enable_thinking")?))
-        }
+        Some(Value::Object(k)) => Ok(boolean(k, "thinking")?.or(boolean(k, "enable_thinking")?)),
         Some(v) => Err(ApiError::invalid(
             "chat_template_kwargs",
             format!("`chat_template_kwargs` must be an object, got {v}"),
         )),
     }
+}
+
+/// Variables for the template besides the thinking switch: `chat_template_kwargs` (but
+/// `thinking` / `enable_thinking`) and `reasoning_effort`, each with the field that gave it.
+pub fn template_vars(o: &Map<String, Value>) -> R<Vec<(String, String, Value)>> {
+    let mut out = Vec::new();
+    if let Some(Value::Object(k)) = o.get("chat_template_kwargs") {
+        for (name, v) in k {
+            if !matches!(name.as_str(), "thinking" | "enable_thinking") {
+                out.push((
+                    format!("chat_template_kwargs.{name}"),
+                    name.clone(),
+                    v.clone(),
+                ));
+            }
+        }
+    }
+    match o.get("reasoning_effort") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(e)) if matches!(e.as_str(), "minimal" | "low" | "medium" | "high") => {
+            out.push((
+                "reasoning_effort".into(),
+                "reasoning_effort".into(),
+                Value::String(e.clone()),
+            ))
+        }
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "reasoning_effort",
+                format!("`reasoning_effort` must be minimal, low, medium or high, got {v}"),
+            ))
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the model is to continue the last (assistant) message rather than answer it:
+/// DeepSeek's `prefix: true` on that message, or transformers' / vLLM's
+/// `continue_final_message`.
+pub fn continues_final(o: &Map<String, Value>, messages: &[Message]) -> R<bool> {
+    let flag = boolean(o, "continue_final_message")?.unwrap_or(false);
+    let last = messages.last().expect("messages are not empty");
+    let prefix = last.extra.get("prefix") == Some(&Value::Bool(true));
+    if (flag || prefix) && (last.role != "assistant" || last.content.is_none()) {
+        return Err(ApiError::invalid(
+            if prefix {
+                "messages"
+            } else {
+                "continue_final_message"
+            },
+            "only a last assistant message with content can be continued",
+        ));
+    }
+    Ok(flag || prefix)
 }

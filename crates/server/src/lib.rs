@@ -11,6 +11,7 @@ mod tokens;
 mod vote;
 
 use anyhow::{Context, Result};
+use api::ToolChoice;
 use axum::body::to_bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -29,8 +30,10 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use whale_engine::grammar::Spec;
 use whale_engine::grammar::{Constraint, Grammars};
 use whale_engine::tokenizer::primes_reasoning;
+use whale_engine::tools::{calls_grammar, CallFormat, ToolCall, ToolParser};
 use whale_engine::{ChatTokenizer, FinishReason, GenerateParams};
 use whale_model::paged::BlockPool;
 use whale_model::{Checkpoint, Model};
@@ -149,6 +152,8 @@ pub(crate) struct AppState {
     max_in_flight: usize,
     /// the grammar compiler for constrained decoding, or why this model cannot have one
     grammars: Result<Arc<Grammars>, String>,
+    /// how the chat template writes tool calls; None: it has no tool support
+    call_format: Option<CallFormat>,
 }
 
 pub(crate) type Shared = Arc<AppState>;
@@ -193,6 +198,7 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
     ck.dtype = o.dtype;
     let model = Model::load(&ck)?;
     let tokenizer = Arc::new(ChatTokenizer::load(&o.model)?);
+    let call_format = CallFormat::learn(&tokenizer);
     let cfg = &model.config;
     let max_model_len = o
         .max_model_len
@@ -292,6 +298,7 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
         in_flight: AtomicUsize::new(0),
         max_in_flight: o.max_batch.max(1) + o.max_queued,
         grammars,
+        call_format,
     });
     let router = Router::new()
         .route("/", get(chat_page))
@@ -515,6 +522,8 @@ struct Job {
     echo: Option<String>,
     /// what the answer must be, compiled (each sample gets a fork)
     constraint: Option<Constraint>,
+    /// the tools the answer may call
+    tools: Option<api::Tools>,
     tenant: Vec<u8>,
     primed: bool,
     chat: bool,
@@ -535,21 +544,54 @@ async fn constrain(
     st: &Shared,
     o: &serde_json::Map<String, Value>,
     common: &Common,
+    tools: Option<&api::Tools>,
     primed: bool,
 ) -> Result<Option<Constraint>, ApiError> {
-    let Some(spec) = api::response_format(o)? else {
-        return Ok(None);
+    let format = api::response_format(o)?;
+    let forced = match tools {
+        Some(t) if matches!(t.choice, ToolChoice::Required | ToolChoice::Named(_)) => Some(t),
+        _ => None,
+    };
+    let (spec, param) = match (format, forced) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "response_format",
+                "`response_format` cannot be combined with a `tool_choice` that forces a call",
+            ))
+        }
+        (Some(f), None) => (f, "response_format"),
+        (None, Some(t)) => {
+            let format = st.call_format.as_ref().expect("checked with the prompt");
+            let specs: Vec<(String, Value)> = t
+                .specs
+                .iter()
+                .filter(|s| match &t.choice {
+                    ToolChoice::Named(n) => &s.name == n,
+                    _ => true,
+                })
+                .map(|s| (s.name.clone(), s.parameters.clone()))
+                .collect();
+            let one = matches!(t.choice, ToolChoice::Named(_)) || !t.parallel;
+            let g = calls_grammar(format, &specs, one, &st.tokenizer).ok_or_else(|| {
+                ApiError::invalid(
+                    "tool_choice",
+                    "this model's vocabulary cannot write forced tool calls",
+                )
+            })?;
+            (Spec::Lark(g), "tools")
+        }
     };
     if common.ignore_eos {
         return Err(ApiError::invalid(
             "ignore_eos",
-            "`ignore_eos` cannot be used with `response_format`: the answer ends where its grammar does",
+            format!("`ignore_eos` cannot be used with `{param}`: the answer ends where its grammar does"),
         ));
     }
     let grammars = st.grammars.clone().map_err(|why| {
         ApiError::invalid(
-            "response_format",
-            format!("structured output is not available for this model: {why}"),
+            param,
+            format!("constrained decoding is not available for this model: {why}"),
         )
     })?;
     let _slot = st
@@ -561,12 +603,7 @@ async fn constrain(
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
         .map(Some)
-        .map_err(|e| {
-            ApiError::invalid(
-                "response_format",
-                format!("the schema cannot be compiled: {e:#}"),
-            )
-        })
+        .map_err(|e| ApiError::invalid(param, format!("the schema cannot be compiled: {e:#}")))
 }
 
 /// Completion tokens a request may have: what it asked for, or what is left of the context.
@@ -599,26 +636,78 @@ fn budget(
     }
 }
 
-/// A conversation's prompt as a chat request runs it: the render, its ids, and whether it opens
-/// a think block. Refused when it surely has more than `limit` tokens.
+/// A conversation's prompt as a chat request runs it.
+pub(crate) struct ChatPrompt {
+    pub rendered: whale_engine::tokenizer::Rendered,
+    pub ids: Vec<u32>,
+    /// the prompt opens a think block
+    pub primed: bool,
+    /// the request's tools, when it offers any
+    pub tools: Option<api::Tools>,
+}
+
+/// Renders and tokenises a conversation; refused when it surely has more than `limit` tokens.
 pub(crate) async fn chat_prompt(
     st: &Shared,
     o: &serde_json::Map<String, Value>,
     add_generation_prompt: bool,
     limit: usize,
-) -> Result<(whale_engine::tokenizer::Rendered, Vec<u32>, bool), ApiError> {
+) -> Result<ChatPrompt, ApiError> {
     let messages = api::messages(o)?;
     let thinking = api::thinking(o)?;
-    let extra = match thinking {
-        Some(t) => json!({"thinking": t, "enable_thinking": t}),
-        None => Value::Null,
-    };
+    let vars = api::template_vars(o)?;
+    let tools = api::tools(o)?;
+    let continues = api::continues_final(o, &messages)?;
+    let uses_tools = tools.as_ref().is_some_and(|t| !t.specs.is_empty())
+        || messages
+            .iter()
+            .any(|m| m.role == "tool" || m.extra.contains_key("tool_calls"));
+    if uses_tools && st.call_format.is_none() {
+        // its template would drop them, or render them as something the model never saw
+        return Err(ApiError::invalid(
+            if tools.is_some() { "tools" } else { "messages" },
+            "this model's chat template does not support tool calls",
+        ));
+    }
+    let mut extra = serde_json::Map::new();
+    if let Some(t) = thinking {
+        extra.insert("thinking".into(), json!(t));
+        extra.insert("enable_thinking".into(), json!(t));
+    }
+    if let Some(t) = &tools {
+        extra.insert("tools".into(), t.defs.clone());
+    }
+    let template_tools = tools.clone();
     with_tokenizer(st, move |tok| {
+        for (param, name, v) in vars {
+            if !tok.template_mentions(&name) {
+                return Err(ApiError::invalid(
+                    &param,
+                    format!("this model's chat template has no `{name}` (it would be ignored)"),
+                ));
+            }
+            extra.insert(name, v);
+        }
+        let generation = add_generation_prompt && !continues;
         let mut r = tok
-            .render_chat(&messages, add_generation_prompt, &extra)
+            .render_chat(&messages, generation, &Value::Object(extra))
             .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        if continues {
+            // as transformers' continue_final_message: the text stops where the last
+            // message's content does
+            let last = messages.last().and_then(|m| m.content.as_deref()).unwrap_or("").trim();
+            match r.text.rfind(last) {
+                Some(i) if !last.is_empty() => r.text.truncate(i + last.len()),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "messages",
+                        "the last message cannot be continued: the template does not render its content as given",
+                    ))
+                }
+            }
+        }
         let mut primed = primes_reasoning(&r.text);
-        if thinking == Some(false) && primed {
+        if thinking == Some(false) && primed && !continues {
             // the template opened a think block it cannot skip: close it empty
             r.text.push_str("</think>\n\n");
             primed = false;
@@ -626,10 +715,15 @@ pub(crate) async fn chat_prompt(
         if tok.surely_longer_than(&r.plain(), limit) {
             return Ok(None);
         }
-        let prompt = tok
+        let ids = tok
             .encode_rendered(&r)
             .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-        Ok::<_, ApiError>(Some((r, prompt, primed)))
+        Ok::<_, ApiError>(Some(ChatPrompt {
+            rendered: r,
+            ids,
+            primed,
+            tools: template_tools,
+        }))
     })
     .await?
     .ok_or_else(|| too_long(st, "messages"))
@@ -642,12 +736,18 @@ async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
         let tenant = cache_tenant(key, &common);
         check_model(&st, common.model.as_ref())?;
         // the prompt must leave room for one generated token
-        let (_, prompt, primed) = chat_prompt(&st, &o, true, st.max_model_len - 1).await?;
+        let p = chat_prompt(&st, &o, true, st.max_model_len - 1).await?;
+        let (prompt, primed) = (p.ids, p.primed);
+        // offered tools are read out of the answer unless the request says `none`
+        let tools = p
+            .tools
+            .filter(|t| t.choice != ToolChoice::None && !t.specs.is_empty());
         let max_tokens = budget(&st, "messages", prompt.len(), common.max_tokens)?;
-        let constraint = constrain(&st, &o, &common, primed).await?;
+        let constraint = constrain(&st, &o, &common, tools.as_ref(), primed).await?;
         Ok::<Job, ApiError>(Job {
             echo: None,
             constraint,
+            tools,
             prompt,
             tenant,
             primed,
@@ -758,10 +858,11 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
             None if common.echo => Some(st.tokenizer.decode(&prompt).unwrap_or_default()),
             e => e,
         };
-        let constraint = constrain(&st, &o, &common, false).await?;
+        let constraint = constrain(&st, &o, &common, None, false).await?;
         Ok(Job {
             echo,
             constraint,
+            tools: None,
             prompt,
             tenant,
             primed: false,
@@ -841,6 +942,13 @@ async fn run(st: Shared, job: Result<Job, ApiError>) -> Response {
                 },
                 top_logprobs: job.common.top_logprobs,
                 constraint: job.constraint.as_ref().map(|c| c.fork()),
+                tools: job.tools.as_ref().map(|t| {
+                    ToolParser::new(
+                        st.call_format.clone().expect("checked with the prompt"),
+                        t.specs.iter().map(|s| s.name.clone()).collect(),
+                        if t.parallel { usize::MAX } else { 1 },
+                    )
+                }),
                 events: etx,
                 tenant: job.tenant.clone(),
                 group,
@@ -956,6 +1064,8 @@ struct Choice {
     content: String,
     /// each token's logprobs and the character offset of its text in the answer
     logprobs: Vec<(TokenLogprob, usize)>,
+    /// tool calls made, each with its id
+    calls: Vec<(String, ToolCall)>,
     finish: Option<FinishReason>,
     completion_tokens: usize,
     cached: usize,
@@ -974,6 +1084,20 @@ fn usage(prompt: usize, choices: &[Choice]) -> Value {
         "prompt_cache_miss_tokens": prompt - cached,
         "prompt_tokens_details": {"cached_tokens": cached},
     })
+}
+
+/// A tool call's id, as OpenAI spells them.
+fn call_id() -> String {
+    format!("call_{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// `tool_calls` when the answer ended by itself with calls made.
+fn finish_reason(f: Option<FinishReason>, called: bool) -> &'static str {
+    match f {
+        Some(FinishReason::Stop) | None if called => "tool_calls",
+        Some(f) => f.as_str(),
+        None => "stop",
+    }
 }
 
 async fn whole_response(
@@ -996,11 +1120,13 @@ async fn whole_response(
                 Event::Delta {
                     reasoning,
                     content,
+                    calls,
                     logprob,
                 } => {
                     if let Some(lp) = logprob {
                         c.logprobs.push((lp, chars));
                     }
+                    c.calls.extend(calls.into_iter().map(|k| (call_id(), k)));
                     c.reasoning.push_str(&reasoning);
                     c.content.push_str(&content);
                     chars += content.chars().count();
@@ -1044,7 +1170,7 @@ async fn whole_response(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let finish = c.finish.map(|f| f.as_str()).unwrap_or("stop");
+            let finish = finish_reason(c.finish, !c.calls.is_empty());
             let as_ids = job.common.tokens_as_ids;
             let logprobs = job.common.top_logprobs.map(|_| {
                 if job.chat {
@@ -1054,9 +1180,20 @@ async fn whole_response(
                 }
             });
             if job.chat {
+                let mut message = json!({"role": "assistant", "content": c.content, "reasoning_content": if job.primed || !c.reasoning.is_empty() { Some(&c.reasoning) } else { None }});
+                if !c.calls.is_empty() {
+                    message["tool_calls"] = c
+                        .calls
+                        .iter()
+                        .map(|(id, k)| json!({"id": id, "type": "function", "function": {"name": k.name, "arguments": k.arguments}}))
+                        .collect();
+                    if c.content.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                }
                 json!({
                     "index": i,
-                    "message": {"role": "assistant", "content": c.content, "reasoning_content": if job.primed || !c.reasoning.is_empty() { Some(&c.reasoning) } else { None }},
+                    "message": message,
                     "logprobs": logprobs,
                     "finish_reason": finish,
                 })
@@ -1114,6 +1251,8 @@ fn stream_response(
         echo: Option<String>,
         /// characters of answer text sent so far, per choice
         chars: Vec<usize>,
+        /// tool calls sent so far, per choice
+        calls_made: Vec<usize>,
         choices: Vec<Choice>,
         started: Vec<bool>,
         finished: usize,
@@ -1125,6 +1264,7 @@ fn stream_response(
         merged,
         echo: job.echo.clone(),
         chars: vec![0; n],
+        calls_made: vec![0; n],
         choices: vec![Choice::default(); n],
         started: vec![false; n],
         finished: 0,
@@ -1166,9 +1306,14 @@ fn stream_response(
                     Event::Delta {
                         reasoning,
                         content,
+                        calls,
                         logprob,
                     } => {
-                        if reasoning.is_empty() && content.is_empty() && logprob.is_none() {
+                        if reasoning.is_empty()
+                            && content.is_empty()
+                            && calls.is_empty()
+                            && logprob.is_none()
+                        {
                             continue;
                         }
                         let lp = logprob.filter(|_| want_logprobs).map(|l| {
@@ -1196,7 +1341,24 @@ fn stream_response(
                         } else {
                             json!({"index": i, "text": content, "logprobs": lp, "finish_reason": null})
                         };
-                        out.push(chunk(json!([choice]), None));
+                        if !reasoning.is_empty() || !content.is_empty() || lp.is_some() || !chat {
+                            out.push(chunk(json!([choice]), None));
+                        }
+                        // each call: its id and name, then its arguments in the pieces the
+                        // model wrote them in
+                        for call in calls {
+                            let k = s.calls_made[i];
+                            s.calls_made[i] += 1;
+                            let mut head = json!({"tool_calls": [{"index": k, "id": call_id(), "type": "function", "function": {"name": call.name, "arguments": ""}}]});
+                            if !s.started[i] {
+                                head["role"] = json!("assistant");
+                                s.started[i] = true;
+                            }
+                            out.push(chunk(json!([{"index": i, "delta": head, "logprobs": null, "finish_reason": null}]), None));
+                            for f in call.fragments {
+                                out.push(chunk(json!([{"index": i, "delta": {"tool_calls": [{"index": k, "function": {"arguments": f}}]}, "logprobs": null, "finish_reason": null}]), None));
+                            }
+                        }
                         break;
                     }
                     Event::Done {
@@ -1209,7 +1371,8 @@ fn stream_response(
                         s.choices[i].cached = cached_tokens;
                         s.finished += 1;
                         let choice = if chat {
-                            json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": finish.as_str()})
+                            let f = finish_reason(Some(finish), s.calls_made[i] > 0);
+                            json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": f})
                         } else {
                             json!({"index": i, "text": "", "logprobs": null, "finish_reason": finish.as_str()})
                         };

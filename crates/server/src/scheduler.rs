@@ -13,6 +13,7 @@ use whale_engine::grammar::Constraint;
 use whale_engine::reasoning::{Part, ReasoningSplitter};
 use whale_engine::sampler::Sampler;
 use whale_engine::stream::{StopMatcher, StreamDecoder};
+use whale_engine::tools::{ToolCall, ToolOut, ToolParser};
 use whale_engine::{ChatTokenizer, FinishReason, GenerateParams};
 use whale_model::paged::{BlockPool, PagedBatch, SeqBlocks};
 use whale_model::{AttentionForm, Model};
@@ -30,6 +31,8 @@ pub struct Submit {
     pub top_logprobs: Option<usize>,
     /// what the answer must be (structured output, forced tool calls)
     pub constraint: Option<Constraint>,
+    /// reads tool calls out of the answer, when the request offers tools
+    pub tools: Option<ToolParser>,
     pub events: UnboundedSender<Event>,
     /// who the prefix cache keeps this request's blocks for: requests of other tenants never
     /// share (or see hits on) its blocks; empty for a server without keys
@@ -52,6 +55,8 @@ pub enum Event {
     Delta {
         reasoning: String,
         content: String,
+        /// tool calls completed by this step
+        calls: Vec<ToolCall>,
         logprob: Option<TokenLogprob>,
     },
     Done {
@@ -112,6 +117,7 @@ struct Seq {
     params: GenerateParams,
     top_logprobs: Option<usize>,
     constraint: Option<Constraint>,
+    tools: Option<ToolParser>,
     decoder: StreamDecoder,
     stops: StopMatcher,
     splitter: Option<ReasoningSplitter>,
@@ -138,6 +144,7 @@ impl Seq {
             params: s.params,
             top_logprobs: s.top_logprobs,
             constraint: s.constraint,
+            tools: s.tools,
             decoder: StreamDecoder::default(),
             events: s.events,
             started: Instant::now(),
@@ -148,19 +155,62 @@ impl Seq {
         }
     }
 
-    fn split(&mut self, text: &str) -> Vec<Part> {
-        match &mut self.splitter {
+    /// New text as an event: reasoning, answer, and the tool calls read out of the answer.
+    fn split(&mut self, text: &str, logprob: Option<TokenLogprob>) -> Event {
+        let parts = match &mut self.splitter {
             Some(sp) => sp.push(text),
             None if text.is_empty() => vec![],
             None => vec![Part::Answer(text.to_string())],
-        }
+        };
+        self.delta(parts, false, logprob)
     }
 
-    fn split_finish(&mut self) -> Vec<Part> {
-        self.splitter
-            .as_mut()
-            .map(|sp| sp.finish())
-            .unwrap_or_default()
+    /// What the splitter and the tool parser still hold, at the end.
+    fn split_finish(&mut self, rest: &str) -> Event {
+        let mut parts = match &mut self.splitter {
+            Some(sp) => sp.push(rest),
+            None if rest.is_empty() => vec![],
+            None => vec![Part::Answer(rest.to_string())],
+        };
+        parts.extend(
+            self.splitter
+                .as_mut()
+                .map(|sp| sp.finish())
+                .unwrap_or_default(),
+        );
+        self.delta(parts, true, None)
+    }
+
+    fn delta(&mut self, parts: Vec<Part>, last: bool, logprob: Option<TokenLogprob>) -> Event {
+        let (mut reasoning, mut content, mut calls) = (String::new(), String::new(), Vec::new());
+        let mut answer = |outs: Vec<ToolOut>, content: &mut String| {
+            for o in outs {
+                match o {
+                    ToolOut::Content(t) => content.push_str(&t),
+                    ToolOut::Call(c) => calls.push(c),
+                }
+            }
+        };
+        for p in parts {
+            match p {
+                Part::Reasoning(t) => reasoning.push_str(&t),
+                Part::Answer(t) => match &mut self.tools {
+                    Some(tp) => answer(tp.push(&t), &mut content),
+                    None => content.push_str(&t),
+                },
+            }
+        }
+        if last {
+            if let Some(tp) = &mut self.tools {
+                answer(tp.finish(), &mut content);
+            }
+        }
+        Event::Delta {
+            reasoning,
+            content,
+            calls,
+            logprob,
+        }
     }
 
     /// Tokens of `ctx` already in the cache.
@@ -579,9 +629,7 @@ impl Engine {
         s.last_token = Some(now);
         let finish = |s: &mut Seq, m: &Metrics, reason: FinishReason, events: &mut Vec<Event>| {
             let rest = s.stops.finish();
-            let mut parts = s.split(&rest);
-            parts.extend(s.split_finish());
-            events.push(delta(parts, None));
+            events.push(s.split_finish(&rest));
             events.push(Event::Done {
                 finish: reason,
                 prompt_tokens: s.prompt_len,
@@ -612,8 +660,7 @@ impl Engine {
             });
             let text = s.decoder.push(&self.tokenizer, tok).unwrap_or_default();
             let (safe, hit) = s.stops.push(&text);
-            let parts = s.split(&safe);
-            events.push(delta(parts, logprob));
+            events.push(s.split(&safe, logprob));
             let total = s.ctx.len() + 1;
             if hit {
                 finish(s, &self.metrics, FinishReason::Stop, &mut events);
@@ -642,19 +689,4 @@ pub const FAULT_MARKER: [u32; 4] = [377, 376, 375, 374];
 #[allow(dead_code)] // read only where fail points are compiled in (tests)
 fn fault_marked(s: &Seq) -> bool {
     s.ctx.starts_with(&FAULT_MARKER)
-}
-
-fn delta(parts: Vec<Part>, logprob: Option<TokenLogprob>) -> Event {
-    let (mut reasoning, mut content) = (String::new(), String::new());
-    for p in parts {
-        match p {
-            Part::Reasoning(t) => reasoning.push_str(&t),
-            Part::Answer(t) => content.push_str(&t),
-        }
-    }
-    Event::Delta {
-        reasoning,
-        content,
-        logprob,
-    }
 }

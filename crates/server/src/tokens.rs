@@ -53,6 +53,20 @@ fn flag(o: &Map<String, Value>, k: &str, default: bool) -> Result<bool, ApiError
     }
 }
 
+/// What a conversation's rendering reads, on the endpoints that render without generating.
+const PROMPT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "add_generation_prompt",
+    "continue_final_message",
+    "thinking",
+    "chat_template_kwargs",
+    "reasoning_effort",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+];
+
 pub async fn tokenize(State(st): State<Shared>, req: Request) -> Response {
     let r = async {
         let (o, _) = read_json(&st, req).await?;
@@ -78,18 +92,11 @@ pub async fn tokenize(State(st): State<Shared>, req: Request) -> Response {
                 .ok_or_else(|| too_long(&st, "prompt"))?
             }
             (None, Some(_)) => {
-                only(
-                    &o,
-                    &[
-                        "model",
-                        "messages",
-                        "add_generation_prompt",
-                        "thinking",
-                        "chat_template_kwargs",
-                    ],
-                )?;
+                only(&o, PROMPT_FIELDS)?;
                 let generation = flag(&o, "add_generation_prompt", true)?;
-                chat_prompt(&st, &o, generation, st.max_model_len).await?.1
+                chat_prompt(&st, &o, generation, st.max_model_len)
+                    .await?
+                    .ids
             }
             _ => {
                 return Err(ApiError::invalid(
@@ -133,19 +140,10 @@ pub async fn chat_template(State(st): State<Shared>, req: Request) -> Response {
     let r = async {
         let (o, _) = read_json(&st, req).await?;
         model(&st, &o)?;
-        only(
-            &o,
-            &[
-                "model",
-                "messages",
-                "add_generation_prompt",
-                "thinking",
-                "chat_template_kwargs",
-            ],
-        )?;
+        only(&o, PROMPT_FIELDS)?;
         let generation = flag(&o, "add_generation_prompt", true)?;
-        let (rendered, ids, _) = chat_prompt(&st, &o, generation, st.max_model_len).await?;
-        Ok::<_, ApiError>(json!({"prompt": rendered.plain(), "prompt_token_ids": ids}))
+        let p = chat_prompt(&st, &o, generation, st.max_model_len).await?;
+        Ok::<_, ApiError>(json!({"prompt": p.rendered.plain(), "prompt_token_ids": p.ids}))
     }
     .await;
     reply(r)

@@ -1,0 +1,464 @@
+//! Tool calls in DeepSeek's format. The shape of one call is read off the checkpoint's own chat
+//! template (a probe conversation with a call is rendered, and the text around the name and the
+//! arguments kept), so the parser and the grammar that forces calls follow whatever the
+//! template writes: V3/R1 put `function<｜tool▁sep｜>NAME` and a ```json block between
+//! `<｜tool▁call▁begin｜>` and `<｜tool▁call▁end｜>`, V3.1 puts `NAME<｜tool▁sep｜>ARGS`.
+//!
+//! The parser reads the answer as it streams. A call is released once its end marker arrives
+//! and it has been checked (a known function, arguments that are a JSON object); anything else
+//! in the calls block is handed back as plain text. Markers split across chunks are held back.
+
+use crate::tokenizer::{ChatTokenizer, Message};
+use serde_json::{json, Value};
+
+pub const CALLS_BEGIN: &str = "<｜tool▁calls▁begin｜>";
+pub const CALLS_END: &str = "<｜tool▁calls▁end｜>";
+pub const CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";
+pub const CALL_END: &str = "<｜tool▁call▁end｜>";
+
+/// How the template writes calls: `CALLS_BEGIN open (CALL_BEGIN prefix NAME middle ARGS suffix
+/// CALL_END) (sep ...)* close CALLS_END`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallFormat {
+    pub open: String,
+    pub prefix: String,
+    pub middle: String,
+    pub suffix: String,
+    pub sep: String,
+    pub close: String,
+}
+
+const PROBE_NAME: &str = "probe_fn";
+const PROBE_ARGS: &str = "{\"probe\": 1}";
+
+impl CallFormat {
+    /// The format the tokenizer's chat template writes, or None when it writes no DeepSeek
+    /// tool calls (a template without tool support) or the vocabulary lacks the markers.
+    pub fn learn(tok: &ChatTokenizer) -> Option<CallFormat> {
+        if [CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END]
+            .iter()
+            .any(|m| tok.token_id(m).is_none())
+        {
+            return None;
+        }
+        let call = |id: &str| json!({"id": id, "type": "function", "function": {"name": PROBE_NAME, "arguments": PROBE_ARGS}});
+        let probe = |calls: Vec<Value>| {
+            let mut m = Message::new("assistant", "");
+            m.content = None;
+            m.extra.insert("tool_calls".into(), Value::Array(calls));
+            let msgs = vec![Message::new("user", "probe"), m];
+            tok.render_chat(&msgs, false, &Value::Null)
+                .ok()
+                .map(|r| r.plain().into_owned())
+        };
+        let one = probe(vec![call("call_0")])?;
+        let two = probe(vec![call("call_0"), call("call_1")])?;
+        let block = |t: &str| {
+            let a = t.find(CALLS_BEGIN)? + CALLS_BEGIN.len();
+            let b = a + t[a..].find(CALLS_END)?;
+            Some(t[a..b].to_string())
+        };
+        let (one, two) = (block(&one)?, block(&two)?);
+        let b = one.find(CALL_BEGIN)?;
+        let e = one.find(CALL_END)?;
+        let inner = &one[b + CALL_BEGIN.len()..e];
+        let n = inner.find(PROBE_NAME)?;
+        let a = n + PROBE_NAME.len() + inner[n + PROBE_NAME.len()..].find(PROBE_ARGS)?;
+        let first_end = two.find(CALL_END)? + CALL_END.len();
+        let second = first_end + two[first_end..].find(CALL_BEGIN)?;
+        Some(CallFormat {
+            open: one[..b].to_string(),
+            prefix: inner[..n].to_string(),
+            middle: inner[n + PROBE_NAME.len()..a].to_string(),
+            suffix: inner[a + PROBE_ARGS.len()..].to_string(),
+            sep: two[first_end..second].to_string(),
+            close: one[e + CALL_END.len()..].to_string(),
+        })
+    }
+
+    /// A call's text between its markers split into (name, arguments), where it has the shape.
+    fn split<'a>(&self, inner: &'a str) -> Option<(&'a str, &'a str)> {
+        let inner = inner.strip_prefix(self.prefix.as_str()).unwrap_or(inner);
+        let (name, rest) = inner.split_once(self.middle.as_str())?;
+        let rest = rest.trim_end();
+        let args = rest
+            .strip_suffix(self.suffix.trim_end())
+            .unwrap_or(rest)
+            .trim();
+        Some((name.trim(), args))
+    }
+}
+
+/// A call the model made, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    pub name: String,
+    /// the arguments as the model wrote them (a JSON object)
+    pub arguments: String,
+    /// `arguments` cut where the model's tokens were, for streaming
+    pub fragments: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToolOut {
+    Content(String),
+    Call(ToolCall),
+}
+
+/// Splits a streamed answer into content and tool calls.
+#[derive(Clone, Debug)]
+pub struct ToolParser {
+    format: CallFormat,
+    names: Vec<String>,
+    /// calls accepted at most (1 without parallel calls); later ones are text
+    limit: usize,
+    made: usize,
+    in_calls: bool,
+    /// text not yet decided; in a calls block, what follows `CALLS_BEGIN`
+    buf: String,
+    /// bytes already drained from the front of `buf`, over the whole stream
+    drained: usize,
+    /// stream positions where pushed chunks ended (where the arguments may be cut)
+    cuts: Vec<usize>,
+}
+
+/// Length of the longest suffix of `s` that is a proper prefix of `tag`.
+fn partial_suffix(s: &str, tag: &str) -> usize {
+    (1..tag.len().min(s.len() + 1))
+        .rev()
+        .find(|&k| s.is_char_boundary(s.len() - k) && tag.starts_with(&s[s.len() - k..]))
+        .unwrap_or(0)
+}
+
+impl ToolParser {
+    /// Calls are accepted for these function names only, `limit` of them at most.
+    pub fn new(format: CallFormat, names: Vec<String>, limit: usize) -> Self {
+        ToolParser {
+            format,
+            names,
+            limit,
+            made: 0,
+            in_calls: false,
+            buf: String::new(),
+            drained: 0,
+            cuts: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self, n: usize) -> String {
+        self.drained += n;
+        self.buf.drain(..n).collect()
+    }
+
+    pub fn push(&mut self, text: &str) -> Vec<ToolOut> {
+        self.buf.push_str(text);
+        self.cuts.push(self.drained + self.buf.len());
+        let mut out = Vec::new();
+        loop {
+            if !self.in_calls {
+                if let Some(i) = self.buf.find(CALLS_BEGIN) {
+                    let before = self.drain(i);
+                    if !before.is_empty() {
+                        out.push(ToolOut::Content(before));
+                    }
+                    self.drain(CALLS_BEGIN.len());
+                    self.in_calls = true;
+                    continue;
+                }
+                let keep = partial_suffix(&self.buf, CALLS_BEGIN);
+                let emit = self.drain(self.buf.len() - keep);
+                if !emit.is_empty() {
+                    out.push(ToolOut::Content(emit));
+                }
+                return out;
+            }
+            // in a calls block: whitespace and the template's separators between calls
+            let lead = self.buf.len() - self.buf.trim_start().len();
+            let t = &self.buf[lead..];
+            if let Some(rest) = t.strip_prefix(CALLS_END) {
+                let _ = rest;
+                self.drain(lead + CALLS_END.len());
+                self.in_calls = false;
+                continue;
+            }
+            if t.starts_with(CALL_BEGIN) {
+                let Some(e) = t.find(CALL_END) else {
+                    return out; // the call is still being written
+                };
+                let start = lead + CALL_BEGIN.len();
+                let end = lead + e;
+                let call = self.check(start, end);
+                let raw = self.drain(end + CALL_END.len());
+                out.push(match call {
+                    Some(c) => ToolOut::Call(c),
+                    None => ToolOut::Content(raw.trim_start().to_string()),
+                });
+                continue;
+            }
+            if t.is_empty() || CALLS_END.starts_with(t) || CALL_BEGIN.starts_with(t) {
+                return out; // undecided
+            }
+            // not a call: the block so far is text
+            let rest = std::mem::take(&mut self.buf);
+            self.drained += rest.len();
+            self.in_calls = false;
+            out.push(ToolOut::Content(format!("{CALLS_BEGIN}{rest}")));
+            return out;
+        }
+    }
+
+    /// The call whose inner text is `buf[start..end]`, if it is a valid one.
+    fn check(&mut self, start: usize, end: usize) -> Option<ToolCall> {
+        if self.made >= self.limit {
+            return None;
+        }
+        let inner = &self.buf[start..end];
+        let (name, args) = self.format.split(inner)?;
+        if !self.names.iter().any(|n| n == name) {
+            return None;
+        }
+        if !serde_json::from_str::<Value>(args).ok()?.is_object() {
+            return None;
+        }
+        // where the arguments sit in the stream, to cut them at the chunk ends inside them
+        let a0 = self.drained + start + (args.as_ptr() as usize - inner.as_ptr() as usize);
+        let a1 = a0 + args.len();
+        let mut fragments = Vec::new();
+        let mut at = a0;
+        for &c in self.cuts.iter().filter(|&&c| c > a0 && c < a1) {
+            if args.is_char_boundary(c - a0) && args.is_char_boundary(at - a0) {
+                fragments.push(args[at - a0..c - a0].to_string());
+                at = c;
+            }
+        }
+        fragments.push(args[at - a0..].to_string());
+        self.made += 1;
+        Some(ToolCall {
+            name: name.to_string(),
+            arguments: args.to_string(),
+            fragments,
+        })
+    }
+
+    /// What is left at the end of the stream: an unfinished calls block is text.
+    pub fn finish(&mut self) -> Vec<ToolOut> {
+        let rest = std::mem::take(&mut self.buf);
+        let text = if self.in_calls {
+            format!("{CALLS_BEGIN}{rest}")
+        } else {
+            rest
+        };
+        self.in_calls = false;
+        if text.is_empty() {
+            vec![]
+        } else {
+            vec![ToolOut::Content(text)]
+        }
+    }
+}
+
+/// A Lark grammar (llguidance's dialect) for an answer that is tool calls in `format`: one call
+/// of `tools[0]` when `one`, else one or more calls of any of `tools`, each `(name, parameters
+/// schema)`; `ids` gives the markers' token ids.
+pub fn calls_grammar(
+    format: &CallFormat,
+    tools: &[(String, Value)],
+    one: bool,
+    tok: &ChatTokenizer,
+) -> Option<String> {
+    let id = |m: &str| tok.token_id(m).map(|i| format!("<[{i}]>"));
+    let lit = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    // the text around names and arguments, with any marker in it as its token
+    let piece = |s: &str| -> Option<String> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while !rest.is_empty() {
+            let next = ["<｜tool▁sep｜>", CALL_BEGIN, CALL_END]
+                .iter()
+                .filter_map(|m| rest.find(m).map(|i| (i, *m)))
+                .min();
+            match next {
+                Some((i, m)) => {
+                    if i > 0 {
+                        parts.push(lit(&rest[..i]));
+                    }
+                    parts.push(id(m)?);
+                    rest = &rest[i + m.len()..];
+                }
+                None => {
+                    parts.push(lit(rest));
+                    rest = "";
+                }
+            }
+        }
+        Some(parts.join(" "))
+    };
+    let f = format;
+    let mut rules = Vec::new();
+    let mut alts = Vec::new();
+    for (k, (name, schema)) in tools
+        .iter()
+        .enumerate()
+        .take(if one { 1 } else { usize::MAX })
+    {
+        let schema = if schema.is_null() {
+            json!({"type": "object"})
+        } else {
+            schema.clone()
+        };
+        let mut schema = schema;
+        if let Some(o) = schema.as_object_mut() {
+            o.entry("x-guidance")
+                .or_insert_with(|| json!({"whitespace_pattern": "\\x20|\\n[\\x20\\t]{0,20}"}));
+        }
+        rules.push(format!(
+            "call_{k}: {} {} {} {} %json {} {} {}",
+            id(CALL_BEGIN)?,
+            piece(&f.prefix)?,
+            lit(name),
+            piece(&f.middle)?,
+            schema,
+            piece(&f.suffix)?,
+            id(CALL_END)?,
+        ));
+        alts.push(format!("call_{k}"));
+    }
+    let many = if one {
+        "call".to_string()
+    } else {
+        format!("call ({} call)*", piece(&f.sep)?)
+    };
+    let mut g = format!(
+        "start: {} {} {many} {} {}\ncall: {}\n",
+        id(CALLS_BEGIN)?,
+        piece(&f.open)?,
+        piece(&f.close)?,
+        id(CALLS_END)?,
+        alts.join(" | ")
+    );
+    for r in rules {
+        g.push_str(&r);
+        g.push('\n');
+    }
+    // empty literals ("") are not allowed between items
+    Some(g.replace(" \"\"", ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v3() -> CallFormat {
+        CallFormat {
+            open: String::new(),
+            prefix: "function<｜tool▁sep｜>".into(),
+            middle: "\n```json\n".into(),
+            suffix: "\n```".into(),
+            sep: "\n".into(),
+            close: String::new(),
+        }
+    }
+
+    fn v31() -> CallFormat {
+        CallFormat {
+            open: String::new(),
+            prefix: String::new(),
+            middle: "<｜tool▁sep｜>".into(),
+            suffix: String::new(),
+            sep: String::new(),
+            close: String::new(),
+        }
+    }
+
+    fn run(f: &CallFormat, chunks: &[&str]) -> (String, Vec<ToolCall>) {
+        let mut p = ToolParser::new(f.clone(), vec!["get_weather".into(), "add".into()], 8);
+        let mut outs: Vec<ToolOut> = chunks.iter().flat_map(|c| p.push(c)).collect();
+        outs.extend(p.finish());
+        let (mut text, mut calls) = (String::new(), vec![]);
+        for o in outs {
+            match o {
+                ToolOut::Content(t) => text += &t,
+                ToolOut::Call(c) => calls.push(c),
+            }
+        }
+        (text, calls)
+    }
+
+    /// Every cut of `s` into two chunks, and into one chunk per character, parses the same.
+    fn every_cut(f: &CallFormat, s: &str) -> (String, Vec<(String, String)>) {
+        let strip = |(t, c): (String, Vec<ToolCall>)| {
+            let calls: Vec<(String, String)> = c
+                .iter()
+                .map(|c| {
+                    assert_eq!(c.fragments.concat(), c.arguments);
+                    (c.name.clone(), c.arguments.clone())
+                })
+                .collect();
+            (t, calls)
+        };
+        let whole = strip(run(f, &[s]));
+        for cut in (0..=s.len()).filter(|&c| s.is_char_boundary(c)) {
+            assert_eq!(
+                strip(run(f, &[&s[..cut], &s[cut..]])),
+                whole,
+                "cut at {cut}"
+            );
+        }
+        let chars: Vec<String> = s.chars().map(String::from).collect();
+        let refs: Vec<&str> = chars.iter().map(|c| c.as_str()).collect();
+        assert_eq!(strip(run(f, &refs)), whole);
+        whole
+    }
+
+    #[test]
+    fn v3_calls_parse_at_every_cut() {
+        let s = "Let me check.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Tōkyō \\\"}\"}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>add\n```json\n{\"a\": 1, \"b\": 2}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+        let (text, calls) = every_cut(&v3(), s);
+        assert_eq!(text, "Let me check.");
+        assert_eq!(
+            calls,
+            [
+                ("get_weather".into(), "{\"city\": \"Tōkyō \\\"}\"}".into()),
+                ("add".into(), "{\"a\": 1, \"b\": 2}".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn v31_calls_parse_at_every_cut() {
+        let s = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>add<｜tool▁sep｜>{\"a\": 3}<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+        let (text, calls) = every_cut(&v31(), s);
+        assert_eq!(text, "");
+        assert_eq!(calls, [("add".into(), "{\"a\": 3}".into())]);
+    }
+
+    #[test]
+    fn malformed_calls_come_back_as_text() {
+        // unknown function, arguments that are not JSON, an unterminated call
+        for s in [
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>launch\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>add\n```json\n{\"a\": \n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>add\n```json\n{\"a\": 1",
+            "<｜tool▁calls▁begin｜>just words",
+        ] {
+            let (text, calls) = every_cut(&v3(), s);
+            assert!(calls.is_empty(), "{s}");
+            assert!(!text.is_empty() && s.contains(text.trim()), "{s}: {text}");
+        }
+        // plain text that only looks like the start of a marker is released at the end
+        assert_eq!(run(&v3(), &["a <｜tool"]).0, "a <｜tool");
+    }
+
+    #[test]
+    fn fragments_follow_the_chunks() {
+        let (_, calls) = run(
+            &v31(),
+            &[
+                "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>add<｜tool▁sep｜>{\"a\"",
+                ": 3",
+                "}<｜tool▁call▁end｜>",
+            ],
+        );
+        assert_eq!(calls[0].fragments, ["{\"a\"", ": 3", "}"]);
+    }
+}
