@@ -28,6 +28,55 @@ pub struct BenchArgs {
     dtype: String,
     #[arg(long)]
     json: bool,
+    /// also decode under a grammar mask (structured output): a JSON schema file, or
+    /// `json_object`; decode tok/s with and without the mask are measured in alternation, and
+    /// the mask's cost per token reported
+    #[arg(long)]
+    schema: Option<String>,
+}
+
+/// Decode speed with and without a grammar mask, runs alternating, batch 1.
+fn bench_mask(a: &BenchArgs, model: &Model, schema: &str) -> Result<serde_json::Value> {
+    use whale_engine::grammar::{Grammars, Spec};
+    let spec = if schema == "json_object" {
+        Spec::JsonObject
+    } else {
+        let text = std::fs::read_to_string(schema)
+            .map_err(|e| anyhow::anyhow!("cannot read --schema {schema}: {e}"))?;
+        Spec::JsonSchema(
+            serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("--schema {schema} is not JSON: {e}"))?,
+        )
+    };
+    let eos = whale_engine::Engine::eos_for(&a.model, &model.config);
+    let grammars = Grammars::load(
+        &a.model,
+        model.config.vocab_size,
+        eos.first().copied().unwrap_or(0),
+    )?;
+    let (mut plain, mut masked, mut masks) = (Vec::new(), Vec::new(), 0usize);
+    for _ in 0..a.repeats.max(3) {
+        plain.push(measure(model, a.prompt_len, a.gen_len, 1)?.1);
+        // a grammar that is complete starts again, so every step pays for a mask
+        let mut c = grammars.start(&spec, false)?;
+        let mut choose = |_: usize, l: &mut [f32]| {
+            if c.finished() {
+                c = grammars.start(&spec, false)?;
+            }
+            c.mask(l)?;
+            let t = argmax(l);
+            c.advance(t)?;
+            masks += 1;
+            Ok(t)
+        };
+        masked.push(measure_with(model, a.prompt_len, a.gen_len, 1, &mut choose)?.1);
+    }
+    let (p, m) = (median(plain.clone()), median(masked.clone()));
+    Ok(serde_json::json!({
+        "schema": schema, "decode_tok_s": p, "masked_decode_tok_s": m,
+        "mask_us_per_token": (1.0 / m - 1.0 / p) * 1e6, "masked_vs_plain": m / p,
+        "masks_computed": masks, "runs_plain": plain, "runs_masked": masked,
+    }))
 }
 
 /// One batch size's measurements.
@@ -125,6 +174,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             runs,
         });
     }
+    let mask = match &a.schema {
+        Some(schema) => Some(bench_mask(&a, &model, schema)?),
+        None => None,
+    };
     let first = &all[0];
     if a.json {
         let v = serde_json::json!({
@@ -145,6 +198,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                     "decode_pct_peak_roofline": 100.0 * r.decode / b.roofline
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "grammar_mask": mask,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -183,6 +237,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             );
         }
     }
+    if let Some(m) = &mask {
+        println!(
+            "grammar mask ({}): decode {:.2} tok/s plain, {:.2} tok/s masked (median of alternating runs): {:.0} us per token, x{:.3}",
+            m["schema"].as_str().unwrap_or(""),
+            m["decode_tok_s"].as_f64().unwrap_or(0.0),
+            m["masked_decode_tok_s"].as_f64().unwrap_or(0.0),
+            m["mask_us_per_token"].as_f64().unwrap_or(0.0),
+            m["masked_vs_plain"].as_f64().unwrap_or(0.0),
+        );
+    }
     if all.len() > 1 {
         // what the memory allows a batch against the first, if both read their weights at the
         // same share of the bandwidth: routed experts make a step of B tokens read more than one
@@ -206,13 +270,25 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// One timed run: prefill of `batch` prompts of `prompt_len` tokens in one batched pass, then
-/// `gen_len` greedy decode steps of the whole batch. Returns (prefill, decode) tokens/s.
+/// One timed run of greedy decoding (see `measure_with`).
 pub fn measure(
     model: &Model,
     prompt_len: usize,
     gen_len: usize,
     batch: usize,
+) -> Result<(f64, f64)> {
+    measure_with(model, prompt_len, gen_len, batch, &mut |_, l| Ok(argmax(l)))
+}
+
+/// One timed run: prefill of `batch` prompts of `prompt_len` tokens in one batched pass, then
+/// `gen_len` decode steps of the whole batch, each token picked by `choose(sequence, logits)`.
+/// Returns (prefill, decode) tokens/s.
+pub fn measure_with(
+    model: &Model,
+    prompt_len: usize,
+    gen_len: usize,
+    batch: usize,
+    choose: &mut dyn FnMut(usize, &mut [f32]) -> Result<u32>,
 ) -> Result<(f64, f64)> {
     let c = &model.config;
     // fixed pseudo-random prompts, one per sequence
@@ -249,8 +325,12 @@ pub fn measure(
             &mut Caches(caches.iter_mut().collect()),
             AttentionForm::Auto,
         )?;
-        let logits = model.logits(&h);
-        next = logits.chunks_exact(c.vocab_size).map(argmax).collect();
+        let mut logits = model.logits(&h);
+        next = logits
+            .chunks_exact_mut(c.vocab_size)
+            .enumerate()
+            .map(|(b, l)| choose(b, l))
+            .collect::<Result<_>>()?;
     }
     let decode = t1.elapsed().as_secs_f64();
     Ok((
