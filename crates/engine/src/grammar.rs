@@ -26,6 +26,7 @@ pub struct Grammars {
     factory: ParserFactory,
     /// the token that closes a reasoning block, when the vocabulary has it as one token
     think_end: Option<u32>,
+    eos: u32,
 }
 
 impl Grammars {
@@ -57,7 +58,11 @@ impl Grammars {
             Arc::new(ApproximateTokEnv::new(TokTrie::from(&info, &words)));
         let mut factory = ParserFactory::new_simple(&env)?;
         factory.quiet();
-        Ok(Grammars { factory, think_end })
+        Ok(Grammars {
+            factory,
+            think_end,
+            eos,
+        })
     }
 
     /// A constraint for one sequence; an error names what does not compile. `primed`: the
@@ -82,7 +87,11 @@ impl Grammars {
                 "the reasoning cannot be left free: `</think>` is not one token of this vocabulary"
             ),
         };
-        Ok(Constraint { matcher, waiting })
+        Ok(Constraint {
+            matcher,
+            waiting,
+            eos: self.eos,
+        })
     }
 }
 
@@ -107,6 +116,7 @@ pub struct Constraint {
     matcher: Matcher,
     /// the token the reasoning ends with, until the model has written it
     waiting: Option<u32>,
+    eos: u32,
 }
 
 impl Constraint {
@@ -115,6 +125,7 @@ impl Constraint {
         Constraint {
             matcher: self.matcher.deep_clone(),
             waiting: self.waiting,
+            eos: self.eos,
         }
     }
 
@@ -123,9 +134,14 @@ impl Constraint {
         self.waiting.is_none()
     }
 
-    /// Bans every token the grammar does not allow next (its logit becomes -inf).
+    /// Bans every token the grammar does not allow next (its logit becomes -inf). While the
+    /// reasoning runs only the end of the sequence is banned: the answer the grammar wants is
+    /// still to come.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
         if !self.active() {
+            if let Some(l) = logits.get_mut(self.eos as usize) {
+                *l = f32::NEG_INFINITY;
+            }
             return Ok(());
         }
         // once the grammar is complete, only the end of the sequence is allowed

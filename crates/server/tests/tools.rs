@@ -1,0 +1,213 @@
+//! Tool calls end to end, on random-weight models whose tokenizer has DeepSeek's tool markers and
+//! whose chat template is a real DeepSeek one (testdata/templates): calls forced by
+//! `tool_choice` come back as `tool_calls`, streamed and whole alike, and the conversation goes
+//! on with the results.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// A small random-weight model with the templates' tokenizer and `template`, written once.
+pub fn tool_model(template: &str) -> PathBuf {
+    let data = PathBuf::from("/tmp/tt"); // TEMP
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("whale-tools-{template}"));
+    if !dir.join("config.json").exists() {
+        let cfg = whale_model::synth::shaped_config(
+            whale_model::synth::Preset::V2Lite,
+            &whale_model::synth::Overrides {
+                layers: Some(1),
+                experts: Some(4),
+                vocab: Some(512),
+                hidden: Some(128),
+                mtp: None,
+            },
+        )
+        .unwrap();
+        whale_model::synth::write_checkpoint(&cfg, &dir, 7, 1 << 30, false).unwrap();
+        std::fs::copy(data.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+        let text = std::fs::read_to_string(data.join(format!("{template}.jinja"))).unwrap();
+        let config = json!({
+            "add_bos_token": true, "add_eos_token": false,
+            "bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
+            "pad_token": "<｜▁pad▁｜>", "tokenizer_class": "LlamaTokenizerFast",
+            "chat_template": text,
+        });
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    }
+    dir
+}
+
+fn server(template: &str) -> String {
+    serve(&whale_server::Options {
+        port: 0,
+        cache_mem: 16 << 20,
+        max_model_len: Some(2048),
+        body_limit: 1 << 20,
+        ..whale_server::Options::new(tool_model(template))
+    })
+}
+
+fn tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "add", "description": "a + b",
+            "parameters": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99}, "b": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["a", "b"], "additionalProperties": false}}}
+    ])
+}
+
+fn ask(addr: &str, extra: Value) -> (u16, Value) {
+    let mut r = json!({"messages": [{"role": "user", "content": "What is the weather in Paris, and 2 + 3?"}], "tools": tools(), "max_tokens": 300, "temperature": 0, "thinking": false});
+    for (k, v) in extra.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    post(addr, "/v1/chat/completions", &r)
+}
+
+/// The calls of a streamed answer, put together from its deltas: (name, arguments) each, and
+/// the finish reason.
+fn streamed_calls(addr: &str, extra: Value) -> (Vec<(String, String)>, String, String) {
+    let mut r = json!({"messages": [{"role": "user", "content": "What is the weather in Paris, and 2 + 3?"}], "tools": tools(), "max_tokens": 300, "temperature": 0, "thinking": false, "stream": true});
+    for (k, v) in extra.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    let (s, body) = http(addr, "POST", "/v1/chat/completions", r.to_string().as_bytes(), &[]);
+    assert_eq!(s, 200, "{body}");
+    let (mut calls, mut finish, mut content) = (Vec::<(String, String)>::new(), String::new(), String::new());
+    for d in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if d == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(d).unwrap();
+        let c = &v["choices"][0];
+        content += c["delta"]["content"].as_str().unwrap_or("");
+        for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let k = tc["index"].as_u64().unwrap() as usize;
+            if k == calls.len() {
+                assert!(tc["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{tc}");
+                calls.push((tc["function"]["name"].as_str().unwrap().into(), String::new()));
+            }
+            calls[k].1 += tc["function"]["arguments"].as_str().unwrap_or("");
+        }
+        if let Some(f) = c["finish_reason"].as_str() {
+            finish = f.into();
+        }
+    }
+    (calls, finish, content)
+}
+
+fn whole_calls(v: &Value) -> Vec<(String, String)> {
+    v["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    assert_eq!(c["type"], "function");
+                    (
+                        c["function"]["name"].as_str().unwrap().into(),
+                        c["function"]["arguments"].as_str().unwrap().into(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Arguments that follow the tool's schema.
+fn check_args(name: &str, args: &str) {
+    let a: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{args}: {e}"));
+    match name {
+        "get_weather" => assert!(a["city"].is_string() && a.as_object().unwrap().len() == 1, "{a}"),
+        "add" => {
+            assert!(a["a"].as_u64().is_some_and(|x| x <= 99) && a["b"].as_u64().is_some_and(|x| x <= 99), "{a}");
+            assert_eq!(a.as_object().unwrap().len(), 2, "{a}");
+        }
+        _ => panic!("unknown tool {name}"),
+    }
+}
+
+#[test]
+fn forced_calls_come_back_as_tool_calls_streamed_and_whole() {
+    let _serial = serial();
+    for template in ["deepseek-r1"] {
+        let addr = server(template);
+        for extra in [
+            json!({"tool_choice": "required"}),
+            json!({"tool_choice": "required", "parallel_tool_calls": false}),
+            json!({"tool_choice": {"type": "function", "function": {"name": "add"}}}),
+        ] {
+            let (s, v) = ask(&addr, extra.clone());
+            assert_eq!(s, 200, "{template} {extra}: {v}");
+            let calls = whole_calls(&v);
+            assert!(!calls.is_empty(), "{template} {extra}: {v}");
+            for (n, a) in &calls {
+                check_args(n, a);
+            }
+            let c = &v["choices"][0];
+            let one = extra["tool_choice"].is_object() || extra["parallel_tool_calls"] == false;
+            if one {
+                assert_eq!(calls.len(), 1, "{template} {extra}: {v}");
+                assert_eq!(c["finish_reason"], "tool_calls", "{template}: {v}");
+            } else {
+                // a random model may go on calling until it runs out of tokens
+                assert!(matches!(c["finish_reason"].as_str(), Some("tool_calls" | "length")), "{v}");
+            }
+            if extra["tool_choice"].is_object() {
+                assert_eq!(calls[0].0, "add");
+            }
+            // the stream's deltas add up to the same calls
+            let (streamed, finish, content) = streamed_calls(&addr, extra.clone());
+            assert_eq!(streamed, calls, "{template} {extra}");
+            assert_eq!(finish, c["finish_reason"].as_str().unwrap());
+            assert_eq!(content, c["message"]["content"].as_str().unwrap_or(""));
+        }
+    }
+}
+
+#[test]
+fn the_conversation_goes_on_with_the_results() {
+    let _serial = serial();
+    for template in ["deepseek-r1"] {
+        let addr = server(template);
+        let (_, v) = ask(&addr, json!({"tool_choice": "required"}));
+        let msg = v["choices"][0]["message"].clone();
+        let mut messages = vec![
+            json!({"role": "user", "content": "What is the weather in Paris, and 2 + 3?"}),
+            msg.clone(),
+        ];
+        for c in msg["tool_calls"].as_array().unwrap() {
+            messages.push(json!({"role": "tool", "tool_call_id": c["id"], "content": "{\"result\": 5}"}));
+        }
+        let r = json!({"messages": messages, "tools": tools(), "tool_choice": "none", "max_tokens": 8, "temperature": 0});
+        let (s, v2) = post(&addr, "/v1/chat/completions", &r);
+        assert_eq!(s, 200, "{template}: {v2}");
+        assert!(v2["choices"][0]["message"]["tool_calls"].is_null(), "{v2}");
+        // the prompt it ran is the one /v1/chat/template renders, results included
+        let (_, t) = post(&addr, "/v1/chat/template", &json!({"messages": r["messages"], "tools": tools()}));
+        assert_eq!(v2["usage"]["prompt_tokens"], t["prompt_token_ids"].as_array().unwrap().len(), "{template}");
+        let text = t["prompt"].as_str().unwrap();
+        assert!(text.contains("{\"result\": 5}") && text.contains("<｜tool▁outputs▁begin｜>"), "{template}: {text}");
+    }
+}
+
+#[test]
+fn malformed_tools_are_400s_that_name_the_field() {
+    let _serial = serial();
+    let addr = server("deepseek-r1");
+    for (extra, param) in [
+        (json!({"tools": "x"}), "tools"),
+        (json!({"tools": [{"type": "function", "function": {}}]}), "tools[0].function.name"),
+        (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}), "tools[0].function.parameters"),
+        (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
+        (json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}), "tool_choice"),
+        (json!({"tool_choice": "sometimes"}), "tool_choice"),
+        (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "frob"}}}], "tool_choice": "required"}), "tools"),
+        (json!({"tool_choice": "required", "response_format": {"type": "json_object"}}), "response_format"),
+    ] {
+        let (s, v) = ask(&addr, extra.clone());
+        assert_error((s, v), 400, param);
+    }
+    let r = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "5"}], "max_tokens": 2});
+    assert_error(post(&addr, "/v1/chat/completions", &r), 400, "messages[1].tool_call_id");
+}
