@@ -257,13 +257,15 @@ impl ToolParser {
     }
 }
 
-/// A Lark grammar (llguidance's dialect) for an answer that is tool calls in `format`: one call
-/// of `tools[0]` when `one`, else one or more calls of any of `tools`, each `(name, parameters
-/// schema)`; `ids` gives the markers' token ids.
+/// A Lark grammar (llguidance's dialect) for an answer that is tool calls in `format`, each of
+/// one of `tools` (`(name, parameters schema)`): one call, or one or more when `many`. With
+/// `text_first`, any text comes first and the calls are optional (`tool_choice: auto` with
+/// strict tools: a call the model chooses to make has arguments that follow its schema).
 pub fn calls_grammar(
     format: &CallFormat,
     tools: &[(String, Value)],
-    one: bool,
+    many: bool,
+    text_first: bool,
     tok: &ChatTokenizer,
 ) -> Option<String> {
     let id = |m: &str| tok.token_id(m).map(|i| format!("<[{i}]>"));
@@ -296,11 +298,7 @@ pub fn calls_grammar(
     let f = format;
     let mut rules = Vec::new();
     let mut alts = Vec::new();
-    for (k, (name, schema)) in tools
-        .iter()
-        .enumerate()
-        .take(if one { 1 } else { usize::MAX })
-    {
+    for (k, (name, schema)) in tools.iter().enumerate() {
         let schema = if schema.is_null() {
             json!({"type": "object"})
         } else {
@@ -323,13 +321,21 @@ pub fn calls_grammar(
         ));
         alts.push(format!("call_{k}"));
     }
-    let many = if one {
+    let many = if !many {
         "call".to_string()
     } else {
         format!("call ({} call)*", piece(&f.sep)?)
     };
+    let start = if text_first {
+        format!(
+            "start: free block?\nfree: <[^{}]>*\nblock:",
+            tok.token_id(CALLS_BEGIN)?
+        )
+    } else {
+        "start:".to_string()
+    };
     let mut g = format!(
-        "start: {} {} {many} {} {}\ncall: {}\n",
+        "{start} {} {} {many} {} {}\ncall: {}\n",
         id(CALLS_BEGIN)?,
         piece(&f.open)?,
         piece(&f.close)?,

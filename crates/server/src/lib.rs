@@ -548,8 +548,10 @@ async fn constrain(
     primed: bool,
 ) -> Result<Option<Constraint>, ApiError> {
     let format = api::response_format(o)?;
+    // forced calls, or (auto) strict tools whose arguments must follow their schemas
     let forced = match tools {
         Some(t) if matches!(t.choice, ToolChoice::Required | ToolChoice::Named(_)) => Some(t),
+        Some(t) if t.choice == ToolChoice::Auto && t.specs.iter().any(|s| s.strict) => Some(t),
         _ => None,
     };
     let (spec, param) = match (format, forced) {
@@ -570,15 +572,27 @@ async fn constrain(
                     ToolChoice::Named(n) => &s.name == n,
                     _ => true,
                 })
-                .map(|s| (s.name.clone(), s.parameters.clone()))
+                .map(|s| {
+                    // under `auto`, only a strict tool's arguments are held to its schema
+                    let free = t.choice == ToolChoice::Auto && !s.strict;
+                    let schema = if free {
+                        json!({"type": "object"})
+                    } else {
+                        s.parameters.clone()
+                    };
+                    (s.name.clone(), schema)
+                })
                 .collect();
-            let one = matches!(t.choice, ToolChoice::Named(_)) || !t.parallel;
-            let g = calls_grammar(format, &specs, one, &st.tokenizer).ok_or_else(|| {
-                ApiError::invalid(
-                    "tool_choice",
-                    "this model's vocabulary cannot write forced tool calls",
-                )
-            })?;
+            let many = t.parallel && !matches!(t.choice, ToolChoice::Named(_));
+            let text_first = t.choice == ToolChoice::Auto;
+            let g = calls_grammar(format, &specs, many, text_first, &st.tokenizer).ok_or_else(
+                || {
+                    ApiError::invalid(
+                        "tool_choice",
+                        "this model's vocabulary cannot write forced tool calls",
+                    )
+                },
+            )?;
             (Spec::Lark(g), "tools")
         }
     };

@@ -72,9 +72,16 @@ fn streamed_calls(addr: &str, extra: Value) -> (Vec<(String, String)>, String, S
     for (k, v) in extra.as_object().unwrap() {
         r[k] = v.clone();
     }
-    let (s, body) = http(addr, "POST", "/v1/chat/completions", r.to_string().as_bytes(), &[]);
+    let (s, body) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        r.to_string().as_bytes(),
+        &[],
+    );
     assert_eq!(s, 200, "{body}");
-    let (mut calls, mut finish, mut content) = (Vec::<(String, String)>::new(), String::new(), String::new());
+    let (mut calls, mut finish, mut content) =
+        (Vec::<(String, String)>::new(), String::new(), String::new());
     for d in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
         if d == "[DONE]" {
             break;
@@ -85,8 +92,14 @@ fn streamed_calls(addr: &str, extra: Value) -> (Vec<(String, String)>, String, S
         for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
             let k = tc["index"].as_u64().unwrap() as usize;
             if k == calls.len() {
-                assert!(tc["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{tc}");
-                calls.push((tc["function"]["name"].as_str().unwrap().into(), String::new()));
+                assert!(
+                    tc["id"].as_str().is_some_and(|id| id.starts_with("call_")),
+                    "{tc}"
+                );
+                calls.push((
+                    tc["function"]["name"].as_str().unwrap().into(),
+                    String::new(),
+                ));
             }
             calls[k].1 += tc["function"]["arguments"].as_str().unwrap_or("");
         }
@@ -118,9 +131,16 @@ fn whole_calls(v: &Value) -> Vec<(String, String)> {
 fn check_args(name: &str, args: &str) {
     let a: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{args}: {e}"));
     match name {
-        "get_weather" => assert!(a["city"].is_string() && a.as_object().unwrap().len() == 1, "{a}"),
+        "get_weather" => assert!(
+            a["city"].is_string() && a.as_object().unwrap().len() == 1,
+            "{a}"
+        ),
         "add" => {
-            assert!(a["a"].as_u64().is_some_and(|x| x <= 99) && a["b"].as_u64().is_some_and(|x| x <= 99), "{a}");
+            assert!(
+                a["a"].as_u64().is_some_and(|x| x <= 99)
+                    && a["b"].as_u64().is_some_and(|x| x <= 99),
+                "{a}"
+            );
             assert_eq!(a.as_object().unwrap().len(), 2, "{a}");
         }
         _ => panic!("unknown tool {name}"),
@@ -151,7 +171,10 @@ fn forced_calls_come_back_as_tool_calls_streamed_and_whole() {
                 assert_eq!(c["finish_reason"], "tool_calls", "{template}: {v}");
             } else {
                 // a random model may go on calling until it runs out of tokens
-                assert!(matches!(c["finish_reason"].as_str(), Some("tool_calls" | "length")), "{v}");
+                assert!(
+                    matches!(c["finish_reason"].as_str(), Some("tool_calls" | "length")),
+                    "{v}"
+                );
             }
             if extra["tool_choice"].is_object() {
                 assert_eq!(calls[0].0, "add");
@@ -177,17 +200,30 @@ fn the_conversation_goes_on_with_the_results() {
             msg.clone(),
         ];
         for c in msg["tool_calls"].as_array().unwrap() {
-            messages.push(json!({"role": "tool", "tool_call_id": c["id"], "content": "{\"result\": 5}"}));
+            messages.push(
+                json!({"role": "tool", "tool_call_id": c["id"], "content": "{\"result\": 5}"}),
+            );
         }
         let r = json!({"messages": messages, "tools": tools(), "tool_choice": "none", "max_tokens": 8, "temperature": 0});
         let (s, v2) = post(&addr, "/v1/chat/completions", &r);
         assert_eq!(s, 200, "{template}: {v2}");
         assert!(v2["choices"][0]["message"]["tool_calls"].is_null(), "{v2}");
         // the prompt it ran is the one /v1/chat/template renders, results included
-        let (_, t) = post(&addr, "/v1/chat/template", &json!({"messages": r["messages"], "tools": tools()}));
-        assert_eq!(v2["usage"]["prompt_tokens"], t["prompt_token_ids"].as_array().unwrap().len(), "{template}");
+        let (_, t) = post(
+            &addr,
+            "/v1/chat/template",
+            &json!({"messages": r["messages"], "tools": tools()}),
+        );
+        assert_eq!(
+            v2["usage"]["prompt_tokens"],
+            t["prompt_token_ids"].as_array().unwrap().len(),
+            "{template}"
+        );
         let text = t["prompt"].as_str().unwrap();
-        assert!(text.contains("{\"result\": 5}") && text.contains("<｜tool▁outputs▁begin｜>"), "{template}: {text}");
+        assert!(
+            text.contains("{\"result\": 5}") && text.contains("<｜tool▁outputs▁begin｜>"),
+            "{template}: {text}"
+        );
     }
 }
 
@@ -197,17 +233,80 @@ fn malformed_tools_are_400s_that_name_the_field() {
     let addr = server("deepseek-r1");
     for (extra, param) in [
         (json!({"tools": "x"}), "tools"),
-        (json!({"tools": [{"type": "function", "function": {}}]}), "tools[0].function.name"),
-        (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}), "tools[0].function.parameters"),
+        (
+            json!({"tools": [{"type": "function", "function": {}}]}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}),
+            "tools[0].function.parameters",
+        ),
         (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
-        (json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}), "tool_choice"),
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
         (json!({"tool_choice": "sometimes"}), "tool_choice"),
-        (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "frob"}}}], "tool_choice": "required"}), "tools"),
-        (json!({"tool_choice": "required", "response_format": {"type": "json_object"}}), "response_format"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "frob"}}}], "tool_choice": "required"}),
+            "tools",
+        ),
+        (
+            json!({"tool_choice": "required", "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
     ] {
         let (s, v) = ask(&addr, extra.clone());
         assert_error((s, v), 400, param);
     }
     let r = json!({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "5"}], "max_tokens": 2});
-    assert_error(post(&addr, "/v1/chat/completions", &r), 400, "messages[1].tool_call_id");
+    assert_error(
+        post(&addr, "/v1/chat/completions", &r),
+        400,
+        "messages[1].tool_call_id",
+    );
+}
+
+#[test]
+fn strict_tools_under_auto_hold_a_call_to_its_schema() {
+    let _serial = serial();
+    let addr = server("deepseek-r1");
+    let mut strict = tools();
+    for t in strict.as_array_mut().unwrap() {
+        t["function"]["strict"] = json!(true);
+    }
+    // a random model mostly writes text: a bias makes it open a calls block now and then, and
+    // whenever it does, the calls are whole
+    let (_, t) = post(
+        &addr,
+        "/tokenize",
+        &json!({"prompt": "<｜tool▁calls▁begin｜>", "add_special_tokens": false}),
+    );
+    let begin = t["tokens"][0].to_string();
+    let mut called = 0;
+    for seed in 0..12 {
+        let (s, v) = ask(
+            &addr,
+            json!({"tools": strict, "tool_choice": "auto", "temperature": 1.0, "seed": seed, "max_tokens": 120, "logit_bias": {begin.clone(): 4}}),
+        );
+        assert_eq!(s, 200, "{v}");
+        for (n, a) in whole_calls(&v) {
+            check_args(&n, &a);
+            called += 1;
+        }
+        let content = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
+        // a calls block, once opened, is whole (unless the tokens ran out): none is left in the
+        // text
+        if v["choices"][0]["finish_reason"] != "length" {
+            assert!(
+                !content.contains("<｜tool▁calls▁begin｜>"),
+                "a malformed call: {v}"
+            );
+        }
+    }
+    eprintln!("{called} strict calls made by the random model");
+    assert!(
+        called >= 6,
+        "the random model seldom opened a calls block; the test shows little"
+    );
 }
