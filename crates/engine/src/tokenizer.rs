@@ -349,7 +349,20 @@ impl ChatTokenizer {
         // and so are the tool definitions' names and descriptions
         let mut extra = extra.clone();
         guard_strings(&mut extra, &mut guard);
-        let text = self.render_raw(&guarded, add_generation_prompt, &extra)?;
+        let text = match self.render_raw(&guarded, add_generation_prompt, &extra) {
+            Ok(t) => t,
+            // a template that tests `content` as a string even on a turn that only calls tools
+            // (R1-0528's `'</think>' in content`) fails on `none`; its other branch writes the
+            // same calls after an empty content
+            Err(e) if guarded.iter().any(|m| m.content.is_none()) => {
+                for m in guarded.iter_mut().filter(|m| m.content.is_none()) {
+                    m.content = Some(String::new());
+                }
+                self.render_raw(&guarded, add_generation_prompt, &extra)
+                    .map_err(|_| e)?
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Rendered {
             text,
             nonce,

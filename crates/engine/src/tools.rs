@@ -42,14 +42,19 @@ impl CallFormat {
             return None;
         }
         let call = |id: &str| json!({"id": id, "type": "function", "function": {"name": PROBE_NAME, "arguments": PROBE_ARGS}});
+        // an assistant turn that only calls tools; templates that cannot take `content: none`
+        // (R1-0528 tests `'</think>' in content`) are probed with empty content
         let probe = |calls: Vec<Value>| {
-            let mut m = Message::new("assistant", "");
-            m.content = None;
-            m.extra.insert("tool_calls".into(), Value::Array(calls));
-            let msgs = vec![Message::new("user", "probe"), m];
-            tok.render_chat(&msgs, false, &Value::Null)
-                .ok()
-                .map(|r| r.plain().into_owned())
+            [None, Some(String::new())].into_iter().find_map(|content| {
+                let mut m = Message::new("assistant", "");
+                m.content = content;
+                m.extra
+                    .insert("tool_calls".into(), Value::Array(calls.clone()));
+                let msgs = vec![Message::new("user", "probe"), m];
+                tok.render_chat(&msgs, false, &Value::Null)
+                    .ok()
+                    .map(|r| r.plain().into_owned())
+            })
         };
         let one = probe(vec![call("call_0")])?;
         let two = probe(vec![call("call_0"), call("call_1")])?;
