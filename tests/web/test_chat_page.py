@@ -299,3 +299,67 @@ def test_screenshot_mid_answer(page, tiny):
         shutil.copy(out, os.path.join(ROOT, os.environ["WHALE_SCREENSHOT"]))
     expect(turn).to_have_attribute("data-state", "done")
     expect(turn.locator(".answer")).to_have_text("12 + 30 = 42")
+
+
+def test_a_json_answer_is_shown_indented(page, tiny):
+    open_chat(page, tiny, "tiny-r1")
+    page.fill("#temperature", "0")
+    page.check("#json-answer")
+    schema = {"type": "object", "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 999}},
+              "required": ["answer"], "additionalProperties": False}
+    page.locator("#schema-panel summary").click()
+    page.fill("#schema", json.dumps(schema))
+    bodies = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data))
+            if r.url.endswith("/v1/chat/completions") else None)
+    turn = ask(page, "What is 12 + 30?")
+    expect(turn).to_have_attribute("data-state", "done")
+    assert bodies[-1]["response_format"] == {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    pre = turn.locator(".answer pre.json")
+    expect(pre).to_be_visible()
+    assert set(json.loads(pre.text_content())) == {"answer"}
+    # the reasoning before it was the model's own
+    assert len(turn.locator("details.thinking pre").text_content()) > 0
+
+
+@pytest.fixture(scope="module")
+def tools_model(tmp_path_factory):
+    """A random-weight model whose tokenizer has DeepSeek's tool markers and whose template is
+    DeepSeek-V3's (testdata/templates): with `tool_choice: required` it calls a tool at once."""
+    d = tmp_path_factory.mktemp("tools")
+    subprocess.run([WHALE, "synth", "--like", "v2-lite", "--layers", "1", "--experts", "4", "--vocab", "512",
+                    "--hidden", "128", "--out", str(d)], check=True, capture_output=True)
+    data = os.path.join(ROOT, "testdata", "templates")
+    shutil.copy(os.path.join(data, "tokenizer.json"), d / "tokenizer.json")
+    with open(os.path.join(data, "deepseek-v3.jinja"), encoding="utf-8") as f:
+        template = f.read()
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "add_bos_token": True, "bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
+        "chat_template": template}), encoding="utf-8")
+    proc, base = start_server(str(d), "--cache-mem", "16MiB")
+    yield base
+    stop_server(proc)
+
+
+def test_tool_calls_are_shown_as_calls(page, tools_model):
+    open_chat(page, tools_model)
+    page.fill("#temperature", "0")
+    page.fill("#max-tokens", "120")
+    page.locator("#tools-panel summary").click()
+    page.fill("#tools", json.dumps([{"type": "function", "function": {
+        "name": "multiply", "parameters": {"type": "object", "properties": {
+            "a": {"type": "integer", "minimum": 0, "maximum": 99},
+            "b": {"type": "integer", "minimum": 0, "maximum": 99}},
+            "required": ["a", "b"], "additionalProperties": False}}}]))
+    page.select_option("#tool-choice", "required")
+    turn = ask(page, "What is 12 * 34?")
+    expect(turn).to_have_attribute("data-state", "done")
+    call = turn.get_by_label("Tool call multiply").first
+    expect(call).to_be_visible()
+    args = json.loads(call.locator("pre").text_content())
+    assert set(args) == {"a", "b"}, args
+    assert int(turn.get_attribute("data-tool-calls")) >= 1
+    # bad tool definitions are the page's error, not a request
+    page.fill("#tools", "[not json")
+    turn = ask(page, "Again?")
+    expect(page.locator(".error").last).to_contain_text("not valid JSON")

@@ -83,8 +83,13 @@ fn check(o: &Map<String, Value>) {
             assert!(c.sampling.temperature.is_finite());
         }
     }
-    let _ = api::messages(o);
+    if let Ok(m) = api::messages(o) {
+        let _ = api::continues_final(o, &m);
+    }
     let _ = api::thinking(o);
+    let _ = api::template_vars(o);
+    let _ = api::tools(o);
+    let _ = api::response_format(o);
 }
 
 proptest! {

@@ -390,3 +390,83 @@ fn strict_tools_under_auto_hold_a_call_to_its_schema() {
         "the random model seldom opened a calls block; the test shows little"
     );
 }
+
+#[test]
+fn prefix_completion_fim_and_template_variables() {
+    let _serial = serial();
+    let addr = server("deepseek-v3.1");
+    let conv = json!([{"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "One, two,", "prefix": true}]);
+    // DeepSeek's `prefix: true` is transformers' continue_final_message: the prompt stops where
+    // the last message does, and the model goes on from there
+    let (_, a) = post(&addr, "/v1/chat/template", &json!({"messages": conv}));
+    let mut plain = conv.clone();
+    plain[1].as_object_mut().unwrap().remove("prefix");
+    let (_, b) = post(
+        &addr,
+        "/v1/chat/template",
+        &json!({"messages": plain, "continue_final_message": true}),
+    );
+    assert_eq!(a, b);
+    assert!(a["prompt"].as_str().unwrap().ends_with("One, two,"), "{a}");
+    let (s, v) = post(
+        &addr,
+        "/v1/chat/completions",
+        &json!({"messages": conv, "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        a["prompt_token_ids"].as_array().unwrap().len()
+    );
+    // V3.1's own `thinking` switch reaches its template; a variable it does not read is refused
+    let (_, on) = post(
+        &addr,
+        "/v1/chat/template",
+        &json!({"messages": [plain[0].clone()], "chat_template_kwargs": {"thinking": true}}),
+    );
+    assert!(
+        on["prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with("<｜Assistant｜><think>"),
+        "{on}"
+    );
+    let (_, off) = post(
+        &addr,
+        "/v1/chat/template",
+        &json!({"messages": [plain[0].clone()], "thinking": {"type": "disabled"}}),
+    );
+    assert!(
+        off["prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with("<｜Assistant｜></think>"),
+        "{off}"
+    );
+    for (k, v, param) in [
+        ("reasoning_effort", json!("high"), "reasoning_effort"),
+        (
+            "chat_template_kwargs",
+            json!({"tools_in_user_message": true}),
+            "chat_template_kwargs.tools_in_user_message",
+        ),
+        ("reasoning_effort", json!("extreme"), "reasoning_effort"),
+    ] {
+        let mut r = json!({"messages": [plain[0].clone()], "max_tokens": 2});
+        r[k] = v;
+        assert_error(post(&addr, "/v1/chat/completions", &r), 400, param);
+    }
+    // fill in the middle with DeepSeek's markers, which this vocabulary has
+    let (s, v) = post(
+        &addr,
+        "/v1/completions",
+        &json!({"prompt": "def f(x):\n    return", "suffix": "\n\nprint(f(2))", "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, t) = post(
+        &addr,
+        "/tokenize",
+        &json!({"prompt": "<｜fim▁begin｜>def f(x):\n    return<｜fim▁hole｜>\n\nprint(f(2))<｜fim▁end｜>"}),
+    );
+    assert_eq!(v["usage"]["prompt_tokens"], t["count"], "{v} {t}");
+}
