@@ -233,6 +233,9 @@ mod tests {
         let mut logits = vec![0f32; 384];
         logits[7] = 1.0;
         c.mask(&mut logits).unwrap();
+        // while reasoning only the end of the sequence is banned: the answer is still to come
+        assert_eq!(logits[1], f32::NEG_INFINITY);
+        logits[1] = 0.0;
         assert!(
             logits.iter().all(|l| l.is_finite()),
             "masked while reasoning"
