@@ -28,7 +28,7 @@ pub struct ReasoningSplitter {
 }
 
 /// Length of the longest suffix of `s` that is a proper prefix of `tag`.
-fn partial_tag_suffix(s: &str, tag: &str) -> usize {
+pub(crate) fn partial_tag_suffix(s: &str, tag: &str) -> usize {
     (1..tag.len().min(s.len() + 1))
         .rev()
         .find(|&k| s.is_char_boundary(s.len() - k) && tag.starts_with(&s[s.len() - k..]))

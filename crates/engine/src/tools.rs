@@ -8,6 +8,7 @@
 //! and it has been checked (a known function, arguments that are a JSON object); anything else
 //! in the calls block is handed back as plain text. Markers split across chunks are held back.
 
+use crate::reasoning::partial_tag_suffix;
 use crate::tokenizer::{ChatTokenizer, Message};
 use serde_json::{json, Value};
 
@@ -127,14 +128,6 @@ pub struct ToolParser {
     cuts: Vec<usize>,
 }
 
-/// Length of the longest suffix of `s` that is a proper prefix of `tag`.
-fn partial_suffix(s: &str, tag: &str) -> usize {
-    (1..tag.len().min(s.len() + 1))
-        .rev()
-        .find(|&k| s.is_char_boundary(s.len() - k) && tag.starts_with(&s[s.len() - k..]))
-        .unwrap_or(0)
-}
-
 impl ToolParser {
     /// Calls are accepted for these function names only, `limit` of them at most.
     pub fn new(format: CallFormat, names: Vec<String>, limit: usize) -> Self {
@@ -170,7 +163,7 @@ impl ToolParser {
                     self.in_calls = true;
                     continue;
                 }
-                let keep = partial_suffix(&self.buf, CALLS_BEGIN);
+                let keep = partial_tag_suffix(&self.buf, CALLS_BEGIN);
                 let emit = self.drain(self.buf.len() - keep);
                 if !emit.is_empty() {
                     out.push(ToolOut::Content(emit));

@@ -60,21 +60,24 @@ fn tools() -> Value {
     ])
 }
 
-fn ask(addr: &str, extra: Value) -> (u16, Value) {
+/// The weather-and-sum question with the tools, greedy, thinking off, and `extra` fields.
+fn request(extra: Value) -> Value {
     let mut r = json!({"messages": [{"role": "user", "content": "What is the weather in Paris, and 2 + 3?"}], "tools": tools(), "max_tokens": 300, "temperature": 0, "thinking": false});
     for (k, v) in extra.as_object().unwrap() {
         r[k] = v.clone();
     }
-    post(addr, "/v1/chat/completions", &r)
+    r
+}
+
+fn ask(addr: &str, extra: Value) -> (u16, Value) {
+    post(addr, "/v1/chat/completions", &request(extra))
 }
 
 /// The calls of a streamed answer, put together from its deltas: (name, arguments) each, and
 /// the finish reason.
 fn streamed_calls(addr: &str, extra: Value) -> (Vec<(String, String)>, String, String) {
-    let mut r = json!({"messages": [{"role": "user", "content": "What is the weather in Paris, and 2 + 3?"}], "tools": tools(), "max_tokens": 300, "temperature": 0, "thinking": false, "stream": true});
-    for (k, v) in extra.as_object().unwrap() {
-        r[k] = v.clone();
-    }
+    let mut r = request(extra);
+    r["stream"] = json!(true);
     let (s, body) = http(
         addr,
         "POST",
