@@ -157,7 +157,10 @@ impl Printer {
 }
 
 fn load(model: &Option<PathBuf>, s: &SamplingArgs) -> Result<Engine> {
-    let dir = model.clone().unwrap_or_else(crate::default_model);
+    let dir = match model {
+        Some(m) => m.clone(),
+        None => crate::default_model()?,
+    };
     Engine::load_as(&dir, true, whale_model::parse_dtype(&s.dtype)?)
 }
 

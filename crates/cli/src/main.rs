@@ -1,6 +1,7 @@
 //! `whale`: the command line of the DeepSeek-V3/R1 engine.
 
 mod bench;
+mod bundled;
 mod chat;
 mod cost;
 mod inspect;
@@ -12,19 +13,20 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// The model `whale run`, `whale chat` and `whale serve` use when no --model is given: the
-/// bundled tiny-r1 that `whale recipe tiny-r1` makes (or $WHALE_MODEL).
-pub fn default_model() -> PathBuf {
-    if let Some(p) = std::env::var_os("WHALE_MODEL") {
-        return PathBuf::from(p);
+/// The model `whale run`, `whale chat` and `whale serve` use when no --model is given:
+/// $WHALE_MODEL, else the bundled tiny-r1 (made by `whale recipe tiny-r1`), which is inside the
+/// binary.
+pub fn default_model() -> Result<PathBuf> {
+    match std::env::var_os("WHALE_MODEL").filter(|p| !p.is_empty()) {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => bundled::path(),
     }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-r1"))
 }
 
 #[derive(Parser)]
 #[command(
     name = "whale",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WHALE_COMMIT"), ")"),
     about = "DeepSeek-V3/R1 inference, serving, training and economics"
 )]
 struct Cli {

@@ -156,7 +156,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_connections: a.max_connections,
         cors_origins: a.cors_origin,
         served_model_names: a.served_model_name,
-        model: a.model.unwrap_or_else(crate::default_model),
+        model: match a.model {
+            Some(m) => m,
+            None => crate::default_model()?,
+        },
         host: a.host,
         port: a.port,
         max_batch: a.max_batch,
