@@ -51,7 +51,10 @@ fn intact(dir: &Path) -> bool {
 
 /// The directory holding the bundled model, written there first if it is not there intact.
 pub fn path() -> Result<PathBuf> {
-    let dir = cache_root().join(format!("tiny-r1-{:016x}", fingerprint()));
+    // the directory's own name is the model's: `whale serve` answers to it
+    let dir = cache_root()
+        .join(format!("bundled-{:016x}", fingerprint()))
+        .join("tiny-r1");
     if intact(&dir) {
         return Ok(dir);
     }
@@ -59,7 +62,7 @@ pub fn path() -> Result<PathBuf> {
     let parent = dir.parent().expect("the cache directory has a parent");
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create {} for the bundled model", parent.display()))?;
-    let tmp = parent.join(format!(".tiny-r1-{}-{}", std::process::id(), fingerprint()));
+    let tmp = parent.join(format!(".tiny-r1-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     for (name, bytes) in FILES {

@@ -31,8 +31,12 @@ pub fn default_model() -> Result<PathBuf> {
 )]
 struct Cli {
     /// worker threads (default: all cores)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "WHALE_THREADS")]
     threads: Option<usize>,
+    /// how log lines are written to stderr: text, or json (one object per line); what is
+    /// logged follows RUST_LOG (default: info for `whale serve`, warnings otherwise)
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "WHALE_LOG_FORMAT")]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,11 +73,70 @@ enum Command {
     Distill(train::DistillArgs),
     /// Run a whole training recipe (tiny-r1: the bundled model and its report card)
     Recipe(train::RecipeArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell)
+    Completions { shell: clap_complete::Shell },
+}
+
+/// `whale serve --config FILE`: the file's keys are serve's flags (`port = 8080`,
+/// `served-model-name = ["a", "b"]`, `public-metrics = true`), put before the command line's own
+/// arguments, so a flag given on the command line wins, and an unknown key is refused as an
+/// unknown flag. Environment variables (`WHALE_PORT`, ...) come after both.
+fn with_config(mut args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
+    let Some(at) = args.iter().position(|a| a == "--config") else {
+        return Ok(args);
+    };
+    let Some(path) = args.get(at + 1).cloned() else {
+        anyhow::bail!("--config needs a file");
+    };
+    let Some(serve) = args.iter().position(|a| a == "serve").filter(|&s| s < at) else {
+        anyhow::bail!("--config is for `whale serve` (give it after `serve`)");
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read --config {}: {e}", path.to_string_lossy()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--config {} is not TOML: {e}", path.to_string_lossy()))?;
+    let mut from_file: Vec<std::ffi::OsString> = Vec::new();
+    for (k, v) in table {
+        let flag = format!("--{}", k.replace('_', "-"));
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            other => Err(anyhow::anyhow!(
+                "--config key `{k}`: {other} is not a flag value"
+            )),
+        };
+        match &v {
+            toml::Value::Boolean(true) => from_file.push(flag.into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(a) => {
+                for x in a {
+                    from_file.push(flag.clone().into());
+                    from_file.push(scalar(x)?.into());
+                }
+            }
+            v => {
+                from_file.push(flag.into());
+                from_file.push(scalar(v)?.into());
+            }
+        }
+    }
+    args.drain(at..at + 2);
+    args.splice(serve + 1..serve + 1, from_file);
+    Ok(args)
 }
 
 fn main() {
     keep_freed_memory();
-    let cli = Cli::parse();
+    let args = match with_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -102,7 +165,25 @@ fn on_worker<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     rayon::scope(|_| f())
 }
 
+/// Logs through `tracing` to stderr, filtered by RUST_LOG.
+fn init_logging(format: &str, serving: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(if serving { "info" } else { "warn" }));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
+    init_logging(&cli.log_format, matches!(cli.command, Command::Serve(_)));
     if let Some(n) = cli.threads {
         if n == 0 {
             anyhow::bail!("--threads must be at least 1");
@@ -127,5 +208,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rl(a) => train::rl(a),
         Command::Distill(a) => train::distill(a),
         Command::Recipe(a) => train::recipe(a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "whale", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

@@ -7,66 +7,66 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct ServeArgs {
     /// checkpoint directory (default: the bundled model)
-    #[arg(long)]
+    #[arg(long, env = "WHALE_MODEL")]
     model: Option<PathBuf>,
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, env = "WHALE_HOST", default_value = "127.0.0.1")]
     host: String,
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, env = "WHALE_PORT", default_value_t = 8000)]
     port: u16,
     /// most sequences decoded together in one step
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "WHALE_MAX_BATCH", default_value_t = 16)]
     max_batch: usize,
     /// memory for the paged latent cache, e.g. 512MiB, 4GiB
-    #[arg(long, default_value = "1GiB")]
+    #[arg(long, env = "WHALE_CACHE_MEM", default_value = "1GiB")]
     cache_mem: String,
     /// longest prompt + completion in tokens (default: the model's max_position_embeddings)
-    #[arg(long)]
+    #[arg(long, env = "WHALE_MAX_MODEL_LEN")]
     max_model_len: Option<usize>,
     /// require `Authorization: Bearer KEY`
-    #[arg(long)]
+    #[arg(long, env = "WHALE_API_KEY")]
     api_key: Option<String>,
     /// a file of API keys, one per line (blank lines and `#` comments skipped); each key is a
     /// tenant of its own in the prefix cache
-    #[arg(long)]
+    #[arg(long, env = "WHALE_API_KEYS_FILE")]
     api_keys_file: Option<PathBuf>,
     /// serve /metrics without a key even when keys are set
-    #[arg(long)]
+    #[arg(long, env = "WHALE_PUBLIC_METRICS")]
     public_metrics: bool,
     /// weight format: auto (as stored), f32, bf16, bf16-fast (bf16 products, not exact), f16, int8, int4
-    #[arg(long, default_value = "auto")]
+    #[arg(long, env = "WHALE_DTYPE", default_value = "auto")]
     dtype: String,
     /// tokens per cache block
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "WHALE_BLOCK_SIZE", default_value_t = 16)]
     block_size: usize,
     /// keep cached prefixes in this directory across restarts
-    #[arg(long)]
+    #[arg(long, env = "WHALE_CONTEXT_CACHE_DIR")]
     context_cache_dir: Option<PathBuf>,
     /// with --context-cache-dir: write the cache this often while serving, when it changed
     /// (default 60; 0: only at shutdown)
-    #[arg(long)]
+    #[arg(long, env = "WHALE_CONTEXT_CACHE_FLUSH_SECS")]
     context_cache_flush_secs: Option<u64>,
     /// sequences that may wait for a place in the batch; past it requests get 429 with
     /// Retry-After
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "WHALE_MAX_QUEUED", default_value_t = 256)]
     max_queued: usize,
     /// seconds a client has to send a request's head, and its body, and that an idle
     /// keep-alive connection stays open
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, env = "WHALE_READ_TIMEOUT", default_value_t = 30.0)]
     read_timeout: f64,
     /// seconds running requests may go on after SIGTERM/SIGINT; then they get an error and
     /// the server exits
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, env = "WHALE_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     shutdown_timeout: f64,
     /// open connections at once; more are closed as they arrive
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, env = "WHALE_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
     /// an origin (`https://app.example`) whose web pages may call the API; repeatable. Without
     /// an API key, a loopback server answers only pages of localhost and these origins
-    #[arg(long)]
+    #[arg(long, env = "WHALE_CORS_ORIGIN", value_delimiter = ',')]
     cors_origin: Vec<String>,
     /// a name requests may give as `model` (e.g. deepseek-reasoner); repeatable, the first is
     /// the one answers carry (default: the model directory's name)
-    #[arg(long)]
+    #[arg(long, env = "WHALE_SERVED_MODEL_NAME", value_delimiter = ',')]
     served_model_name: Vec<String>,
 }
 

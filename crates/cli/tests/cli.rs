@@ -669,3 +669,74 @@ fn bench_reports_runs_and_refuses_bad_settings() {
         "max_position_embeddings",
     );
 }
+
+/// `RUST_LOG=info whale serve --log-format json`: one line per request, with its id, endpoint,
+/// model, token counts, time to first token, duration and status; refusals logged too; and the
+/// flags can come from the environment (`WHALE_PORT`, `WHALE_CACHE_MEM`).
+#[test]
+fn serve_logs_one_line_per_request() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_whale"))
+        .args(["--log-format", "json", "serve", "--model"])
+        .arg(fixture("tiny-v3"))
+        .env("RUST_LOG", "info")
+        .env("WHALE_PORT", "0")
+        .env("WHALE_CACHE_MEM", "8MiB")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut port = None;
+    let mut line = String::new();
+    while port.is_none() && err.read_line(&mut line).unwrap() > 0 {
+        port = line
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .and_then(|p| p.parse::<u16>().ok());
+        line.clear();
+    }
+    let port = port.expect("the server prints its address");
+    let post = |body: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(
+        post(r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}"#)
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(post(
+        r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": true}"#
+    )
+    .starts_with("HTTP/1.1 200"));
+    assert!(post(r#"{"frob": 1}"#).starts_with("HTTP/1.1 400"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    let lines: Vec<serde_json::Value> = rest
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["target"] == "whale::request")
+        .collect();
+    assert_eq!(lines.len(), 3, "{rest}");
+    for (l, stream) in lines[..2].iter().zip([false, true]) {
+        assert_eq!(l["message"], "request");
+        assert!(l["id"].as_str().unwrap().starts_with("chatcmpl-"), "{l}");
+        assert_eq!(l["endpoint"], "chat");
+        assert_eq!(l["model"], "tiny-v3");
+        assert_eq!(l["stream"], stream);
+        assert!(l["prompt_tokens"].as_u64().unwrap() > 0, "{l}");
+        assert!(l["completion_tokens"].as_u64().unwrap() > 0, "{l}");
+        assert!(
+            l["cached_tokens"].is_u64() && l["ttft_ms"].is_f64() && l["duration_ms"].is_f64(),
+            "{l}"
+        );
+        assert_eq!(l["status"], "200");
+    }
+    assert_eq!(lines[2]["status"], 400);
+    assert_eq!(lines[2]["param"], "frob");
+}

@@ -6,6 +6,7 @@ pub mod api;
 pub mod listen;
 pub mod metrics;
 mod origin;
+mod reqlog;
 pub mod scheduler;
 mod tokens;
 mod vote;
@@ -353,10 +354,13 @@ pub async fn serve(o: Options) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
-    eprintln!(
-        "whale serve: listening on http://{addr} (model {})",
-        o.model.display()
-    );
+    let shown = match o.host.as_str() {
+        "0.0.0.0" | "::" => format!("localhost:{}", listener.local_addr()?.port()),
+        _ => listener.local_addr()?.to_string(),
+    };
+    tracing::info!(model = %o.model.display(), "listening on {addr}");
+    // for the person who started it: where to point a browser and a client
+    eprintln!("whale serve: chat page  http://{shown}/\nwhale serve: OpenAI API http://{shown}/v1");
     listen::serve_on(
         listener,
         router,
@@ -771,7 +775,7 @@ async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
         })
     }
     .await;
-    run(st, job).await
+    run(st, "chat", job).await
 }
 
 async fn completions(State(st): State<Shared>, req: Request) -> Response {
@@ -886,7 +890,7 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
         })
     }
     .await;
-    run(st, job).await
+    run(st, "completions", job).await
 }
 
 /// A prompt given as token ids: each must name a token of the model's vocabulary (an id past
@@ -920,18 +924,22 @@ fn request_id(chat: bool) -> String {
 
 /// Submits the job's `n` samples and answers, streamed or whole; a rejected request gets its
 /// error.
-async fn run(st: Shared, job: Result<Job, ApiError>) -> Response {
+async fn run(st: Shared, endpoint: &'static str, job: Result<Job, ApiError>) -> Response {
     let job = match job {
         Ok(j) => j,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            reqlog::rejected(endpoint, &e);
+            return e.into_response();
+        }
     };
     let Some(in_flight) = InFlight::take(&st, job.common.n) else {
-        let mut r = ApiError::plain(
+        let e = ApiError::plain(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             "the server is at capacity (--max-queued); retry shortly",
-        )
-        .into_response();
+        );
+        reqlog::rejected(endpoint, &e);
+        let mut r = e.into_response();
         r.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         return r;
@@ -980,15 +988,23 @@ async fn run(st: Shared, job: Result<Job, ApiError>) -> Response {
     }
     st.metrics.requests.inc();
     st.metrics.prompt_tokens.add(job.prompt.len() as u64);
+    let log = reqlog::RequestLog::new(
+        request_id(job.chat),
+        st.name.clone(),
+        endpoint,
+        job.common.stream,
+        job.common.n,
+        job.prompt.len(),
+    );
     if job.common.stream {
         if job.common.vote {
             return ApiError::invalid("whale_vote", "whale_vote needs `stream: false`")
                 .into_response();
         }
-        stream_response(st, job, receivers, in_flight).into_response()
+        stream_response(st, job, receivers, in_flight, log).into_response()
     } else {
         let mut in_flight = in_flight;
-        let r = whole_response(st, job, receivers).await;
+        let r = whole_response(st, job, receivers, log).await;
         in_flight.answered = true;
         r
     }
@@ -1118,6 +1134,7 @@ async fn whole_response(
     st: Shared,
     job: Job,
     receivers: Vec<UnboundedReceiver<Event>>,
+    mut log: reqlog::RequestLog,
 ) -> Response {
     let echo = job.echo.clone().unwrap_or_default();
     let mut choices = vec![
@@ -1139,6 +1156,9 @@ async fn whole_response(
                 } => {
                     if let Some(lp) = logprob {
                         c.logprobs.push((lp, chars));
+                    }
+                    if !(reasoning.is_empty() && content.is_empty() && calls.is_empty()) {
+                        log.token();
                     }
                     c.calls.extend(calls.into_iter().map(|k| (call_id(), k)));
                     c.reasoning.push_str(&reasoning);
@@ -1171,15 +1191,23 @@ async fn whole_response(
             });
         }
     }
+    log.completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    log.cached_tokens = choices.first().map(|c| c.cached).unwrap_or(0);
     if let Some(e) = choices.iter().find_map(|c| c.error.clone()) {
         let status = if e.internal {
             StatusCode::INTERNAL_SERVER_ERROR
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
+        log.finish(status.as_str(), "error");
         return ApiError::plain(status, "server_error", e.message).into_response();
     }
-    let id = request_id(job.chat);
+    let id = log.id.clone();
+    let finishes: Vec<&str> = choices
+        .iter()
+        .map(|c| finish_reason(c.finish, !c.calls.is_empty()))
+        .collect();
+    log.finish("200", &finishes.join(","));
     let body_choices: Vec<Value> = choices
         .iter()
         .enumerate()
@@ -1236,6 +1264,7 @@ fn stream_response(
     job: Job,
     receivers: Vec<UnboundedReceiver<Event>>,
     in_flight: InFlight,
+    log: reqlog::RequestLog,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let n = receivers.len();
     let merged = stream::select_all(
@@ -1244,7 +1273,7 @@ fn stream_response(
             .enumerate()
             .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |e| (i, e))),
     );
-    let id = request_id(job.chat);
+    let id = log.id.clone();
     let created = now();
     let object = if job.chat {
         "chat.completion.chunk"
@@ -1267,6 +1296,8 @@ fn stream_response(
         chars: Vec<usize>,
         /// tool calls sent so far, per choice
         calls_made: Vec<usize>,
+        log: reqlog::RequestLog,
+        finishes: Vec<&'static str>,
         choices: Vec<Choice>,
         started: Vec<bool>,
         finished: usize,
@@ -1279,6 +1310,8 @@ fn stream_response(
         echo: job.echo.clone(),
         chars: vec![0; n],
         calls_made: vec![0; n],
+        log,
+        finishes: vec![""; n],
         choices: vec![Choice::default(); n],
         started: vec![false; n],
         finished: 0,
@@ -1314,6 +1347,8 @@ fn stream_response(
                     out.push(SseEvent::default().data("[DONE]"));
                     s.ended = true;
                     s.in_flight.answered = true;
+                    let f = s.finishes.join(",");
+                    s.log.finish("200", &f);
                     break;
                 };
                 match ev {
@@ -1329,6 +1364,9 @@ fn stream_response(
                             && logprob.is_none()
                         {
                             continue;
+                        }
+                        if !(reasoning.is_empty() && content.is_empty() && calls.is_empty()) {
+                            s.log.token();
                         }
                         let lp = logprob.filter(|_| want_logprobs).map(|l| {
                             let one = [(l, s.chars[i])];
@@ -1383,9 +1421,14 @@ fn stream_response(
                     } => {
                         s.choices[i].completion_tokens = completion_tokens;
                         s.choices[i].cached = cached_tokens;
+                        s.log.completion_tokens += completion_tokens;
+                        if i == 0 {
+                            s.log.cached_tokens = cached_tokens;
+                        }
                         s.finished += 1;
+                        let f = finish_reason(Some(finish), s.calls_made[i] > 0);
+                        s.finishes[i] = f;
                         let choice = if chat {
-                            let f = finish_reason(Some(finish), s.calls_made[i] > 0);
                             json!({"index": i, "delta": {}, "logprobs": null, "finish_reason": f})
                         } else {
                             json!({"index": i, "text": "", "logprobs": null, "finish_reason": finish.as_str()})
@@ -1394,6 +1437,7 @@ fn stream_response(
                         break;
                     }
                     Event::Error(e) => {
+                        s.log.finish(if e.internal { "500" } else { "503" }, "error");
                         out.push(SseEvent::default().data(json!({"error": {"message": e.message, "type": "server_error", "param": null, "code": null}}).to_string()));
                         break;
                     }

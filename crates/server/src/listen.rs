@@ -49,7 +49,7 @@ pub async fn serve_on(
                     Ok((s, _)) => s,
                     Err(e) => {
                         // out of file descriptors and the like: back off instead of spinning
-                        eprintln!("whale serve: accept failed: {e}");
+                        tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -72,15 +72,15 @@ pub async fn serve_on(
         }
     }
     drop(listener);
-    eprintln!("whale serve: shutting down, draining running requests");
+    tracing::info!("shutting down, draining running requests");
     let drained = graceful.shutdown();
     tokio::pin!(drained);
     if tokio::time::timeout(limits.shutdown_timeout, &mut drained)
         .await
         .is_err()
     {
-        eprintln!(
-            "whale serve: requests still running after --shutdown-timeout {} s: ending them",
+        tracing::warn!(
+            "requests still running after --shutdown-timeout {} s: ending them",
             limits.shutdown_timeout.as_secs_f64()
         );
         if let Some(e) = engine {

@@ -258,18 +258,18 @@ impl Engine {
             match self.pool.load_prefixes(path, *fp) {
                 Ok(r) => {
                     if r.loaded > 0 || r.skipped > 0 {
-                        eprintln!(
-                            "whale serve: {} cached prefix blocks loaded from {}, {} skipped",
+                        tracing::info!(
+                            "{} cached prefix blocks loaded from {}, {} skipped",
                             r.loaded,
                             path.display(),
                             r.skipped
                         );
                     }
                     for n in r.notes {
-                        eprintln!("whale serve: context cache {}: {n}", path.display());
+                        tracing::warn!("context cache {}: {n}", path.display());
                     }
                 }
-                Err(e) => eprintln!("whale serve: cannot read {}: {e}", path.display()),
+                Err(e) => tracing::error!("cannot read {}: {e}", path.display()),
             }
         }
         self.saved_at = (Instant::now(), self.pool.prefix_changes());
@@ -296,12 +296,11 @@ impl Engine {
             return;
         }
         match self.pool.save_prefixes(path, *fp) {
-            Ok(n) if always => eprintln!(
-                "whale serve: {n} cached prefix blocks saved to {}",
-                path.display()
-            ),
+            Ok(n) if always => {
+                tracing::info!("{n} cached prefix blocks saved to {}", path.display())
+            }
             Ok(_) => {}
-            Err(e) => eprintln!("whale serve: cannot write {}: {e}", path.display()),
+            Err(e) => tracing::error!("cannot write {}: {e}", path.display()),
         }
         self.saved_at = (Instant::now(), self.pool.prefix_changes());
     }
@@ -434,8 +433,8 @@ impl Engine {
                         .map(|s| s.to_string())
                         .or_else(|| p.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "a panic".into());
-                    eprintln!(
-                        "whale serve: an engine step panicked ({what}); failing its {} requests",
+                    tracing::error!(
+                        "an engine step panicked ({what}); failing its {} requests",
                         running.len()
                     );
                     self.metrics.engine_panics.inc();
@@ -450,7 +449,9 @@ impl Engine {
                     self.pool = self.pool.emptied();
                     panics_in_a_row += 1;
                     if panics_in_a_row >= MAX_PANICS_IN_A_ROW {
-                        eprintln!("whale serve: {panics_in_a_row} engine steps in a row panicked; the engine stops");
+                        tracing::error!(
+                            "{panics_in_a_row} engine steps in a row panicked; the engine stops"
+                        );
                         for s in waiting.drain(..) {
                             let _ = s.events.send(Fault::internal("the engine has stopped"));
                         }
@@ -488,6 +489,10 @@ impl Engine {
                     let mut v = running.remove(victim);
                     self.pool.finish(&mut v.blocks);
                     self.metrics.preempted.inc();
+                    tracing::warn!(
+                        running = running.len(),
+                        "the cache pool is full: the newest sequence is preempted, to be recomputed"
+                    );
                     waiting.push_front(v);
                     // the victim comes after every sequence already given a feed (it is the
                     // last), so `feeds` is unchanged; retry `i` unless it was the victim
@@ -516,9 +521,7 @@ impl Engine {
             Err(e) => {
                 // `forward_batch` commits nothing when it fails, so the step can go again one
                 // sequence at a time: only a sequence that fails alone is dropped
-                eprintln!(
-                    "whale serve: a batched step failed ({e:#}); retrying its sequences one by one"
-                );
+                tracing::warn!("a batched step failed ({e:#}); retrying its sequences one by one");
                 let mut h = Vec::new();
                 let mut ok = vec![true; running.len()];
                 for i in 0..running.len() {
