@@ -715,6 +715,7 @@ fn serve_logs_one_line_per_request() {
     assert!(post(r#"{"frob": 1}"#).starts_with("HTTP/1.1 400"));
     std::thread::sleep(std::time::Duration::from_millis(300));
     child.kill().unwrap();
+    child.wait().unwrap();
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
     let lines: Vec<serde_json::Value> = rest
