@@ -182,6 +182,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if a.json {
         let v = serde_json::json!({
             "model": a.model, "threads": threads, "prompt_len": a.prompt_len, "gen_len": a.gen_len,
+            "cpu": cpu_name(), "isa": format!("{:?}", whale_kernels::simd::isa()),
             "load_s": load_s, "dtype": a.dtype, "read_bandwidth_gb_s": bandwidth,
             "weight_bytes": model.weight_bytes(), "peak_rss_bytes": peak_rss(),
             "batches": all.iter().map(|b| serde_json::json!({
@@ -337,6 +338,19 @@ pub fn measure_with(
         (batch * prompt_len) as f64 / prefill,
         (batch * gen_len) as f64 / decode,
     ))
+}
+
+/// The CPU's model name (/proc/cpuinfo), where there is one.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Sets the peak RSS mark (VmHWM) back to the current RSS (Linux: `clear_refs` with 5); a no-op
