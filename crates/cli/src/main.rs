@@ -82,14 +82,30 @@ enum Command {
 /// arguments, so a flag given on the command line wins, and an unknown key is refused as an
 /// unknown flag. Environment variables (`WHALE_PORT`, ...) come after both.
 fn with_config(mut args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
-    let Some(at) = args.iter().position(|a| a == "--config") else {
+    // the subcommand: the first argument that is neither a global flag nor its value
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].to_str() {
+            Some("--threads" | "--log-format") => i += 2,
+            Some(a) if a.starts_with('-') => i += 1,
+            _ => break,
+        }
+    }
+    // other commands have a --config of their own (`whale train --config FILE`)
+    if args.get(i).and_then(|a| a.to_str()) != Some("serve") {
+        return Ok(args);
+    }
+    let serve = i;
+    let Some(at) = args
+        .iter()
+        .skip(serve)
+        .position(|a| a == "--config")
+        .map(|p| p + serve)
+    else {
         return Ok(args);
     };
     let Some(path) = args.get(at + 1).cloned() else {
         anyhow::bail!("--config needs a file");
-    };
-    let Some(serve) = args.iter().position(|a| a == "serve").filter(|&s| s < at) else {
-        anyhow::bail!("--config is for `whale serve` (give it after `serve`)");
     };
     let text = std::fs::read_to_string(&path)
         .map_err(|e| anyhow::anyhow!("cannot read --config {}: {e}", path.to_string_lossy()))?;

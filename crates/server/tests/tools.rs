@@ -286,15 +286,21 @@ fn templates_render_as_transformers_renders_them() {
         let (s, v) = post(addr, "/v1/chat/template", &req);
         let what = format!("{template} / {} {}", r["case"], r["kwargs"]);
         assert_eq!(s, 200, "{what}: {v}");
-        match r.get("text") {
-            Some(text) => {
+        // transformers drops `content: null` and the template then fails: its own renderer on
+        // the conversation as given is the reference, where that works
+        let want = r.get("text").map(|t| (t, &r["ids"])).or_else(|| {
+            let k = &r["none_kept"];
+            k.get("text").map(|t| (t, &k["ids"]))
+        });
+        match want {
+            Some((text, ids)) => {
                 assert_eq!(v["prompt"], *text, "{what}");
-                assert_eq!(v["prompt_token_ids"], r["ids"], "{what}");
+                assert_eq!(v["prompt_token_ids"], *ids, "{what}");
                 exact += 1;
             }
             None => {
-                // neither transformers nor its renderer can take `content: null` with this
-                // template; whale renders the calls the template writes for it
+                // the template cannot take `content: null` even so (R1-0528); whale renders
+                // the calls the template writes after an empty content
                 let text = v["prompt"].as_str().unwrap();
                 for m in case["messages"].as_array().unwrap() {
                     for c in m["tool_calls"].as_array().into_iter().flatten() {
@@ -306,8 +312,8 @@ fn templates_render_as_transformers_renders_them() {
             }
         }
     }
-    eprintln!("{exact} renderings equal transformers', {own} rendered where transformers fails");
-    assert!(exact >= 40, "{exact}");
+    eprintln!("{exact} renderings equal transformers', {own} rendered where it cannot");
+    assert!(exact >= 60, "{exact}");
 }
 
 #[test]
