@@ -23,11 +23,18 @@ pub fn parse_dtype(s: &str) -> anyhow::Result<Option<Format>> {
     if s == "auto" {
         return Ok(None);
     }
-    Format::parse(s).map(Some).ok_or_else(|| {
+    let f = Format::parse(s).ok_or_else(|| {
         anyhow::anyhow!(
             "--dtype: unknown format `{s}` (auto, f32, bf16, bf16-fast, f16, int8/q8_0, int4/q4_0)"
         )
-    })
+    })?;
+    if f == Format::Bf16Fast && !whale_kernels::bdot::available() {
+        // both sides are widened to f32 there: the rounding costs accuracy and buys nothing
+        eprintln!(
+            "warning: --dtype bf16-fast: this CPU has no AVX512-BF16, so its products run slower than --dtype bf16 (and round activations); prefer bf16"
+        );
+    }
+    Ok(Some(f))
 }
 pub mod paged;
 pub mod params;
