@@ -808,11 +808,10 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
                 ))
             }
         };
-        if common.echo && common.top_logprobs.is_some() {
-            // the prompt's own logprobs are not computed (prefill keeps only the last row)
+        if common.echo && common.top_logprobs.is_some() && common.stream {
             return Err(ApiError::invalid(
                 "echo",
-                "`echo` with `logprobs` is not supported (whale does not compute prompt logprobs)",
+                "`echo` with `logprobs` is answered whole: leave out `stream`",
             ));
         }
         let echo = match (&text, common.echo) {
@@ -872,7 +871,12 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
         let room = st.max_model_len.saturating_sub(prompt.len());
         let asked = common.max_tokens.or(Some(16.min(room.max(1))));
         let max_tokens = budget(&st, "prompt", prompt.len(), asked)?;
+        // with logprobs the echoed text is what the prompt's tokens spell (special tokens
+        // included), so the tokens, their offsets and the text agree
         let echo = match echo {
+            _ if common.echo && common.top_logprobs.is_some() => {
+                Some(st.tokenizer.decode(&prompt).unwrap_or_default())
+            }
             None if common.echo => Some(st.tokenizer.decode(&prompt).unwrap_or_default()),
             e => e,
         };
@@ -963,6 +967,7 @@ async fn run(st: Shared, endpoint: &'static str, job: Result<Job, ApiError>) -> 
                     ignore_eos: job.common.ignore_eos,
                 },
                 top_logprobs: job.common.top_logprobs,
+                prompt_logprobs: job.common.top_logprobs.filter(|_| job.echo.is_some()),
                 constraint: job.constraint.as_ref().map(|c| c.fork()),
                 tools: job.tools.as_ref().map(|t| {
                     ToolParser::new(
@@ -1088,6 +1093,44 @@ fn completion_logprobs(st: &AppState, as_ids: bool, lps: &[(TokenLogprob, usize)
     })
 }
 
+/// Puts the prompt's tokens before the answer's in completions logprobs (`echo`): the first
+/// has no logprob, as in OpenAI's shape; offsets count the characters the tokens before spell.
+fn prepend_prompt(
+    st: &AppState,
+    as_ids: bool,
+    prompt: &[u32],
+    lps: &[TokenLogprob],
+    v: &mut Value,
+) {
+    let chars = |ids: &[u32]| st.tokenizer.decode(ids).unwrap_or_default().chars().count();
+    let mut tokens = vec![json!(token_text(st, as_ids, prompt[0]))];
+    let mut logprobs = vec![Value::Null];
+    let mut tops = vec![Value::Null];
+    let mut offsets = vec![json!(0)];
+    let one = completion_logprobs(
+        st,
+        as_ids,
+        &lps.iter().map(|l| (l.clone(), 0)).collect::<Vec<_>>(),
+    );
+    for (i, lp) in lps.iter().enumerate() {
+        tokens.push(json!(token_text(st, as_ids, lp.id)));
+        logprobs.push(json!(lp.logprob));
+        tops.push(one["top_logprobs"][i].clone());
+        offsets.push(json!(chars(&prompt[..i + 1])));
+    }
+    for (k, mut head) in [
+        ("tokens", tokens),
+        ("token_logprobs", logprobs),
+        ("top_logprobs", tops),
+        ("text_offset", offsets),
+    ] {
+        if let Some(rest) = v[k].as_array() {
+            head.extend(rest.iter().cloned());
+        }
+        v[k] = Value::Array(head);
+    }
+}
+
 #[derive(Default, Clone)]
 struct Choice {
     reasoning: String,
@@ -1096,6 +1139,8 @@ struct Choice {
     logprobs: Vec<(TokenLogprob, usize)>,
     /// tool calls made, each with its id
     calls: Vec<(String, ToolCall)>,
+    /// the prompt's logprobs (completions with `echo`)
+    prompt_lps: Option<Vec<TokenLogprob>>,
     finish: Option<FinishReason>,
     completion_tokens: usize,
     cached: usize,
@@ -1165,6 +1210,7 @@ async fn whole_response(
                     c.content.push_str(&content);
                     chars += content.chars().count();
                 }
+                Event::PromptLogprobs(lps) => c.prompt_lps = Some(lps),
                 Event::Done {
                     finish,
                     completion_tokens,
@@ -1218,7 +1264,11 @@ async fn whole_response(
                 if job.chat {
                     chat_logprobs(&st, as_ids, &c.logprobs)
                 } else {
-                    completion_logprobs(&st, as_ids, &c.logprobs)
+                    let mut v = completion_logprobs(&st, as_ids, &c.logprobs);
+                    if let Some(lps) = &c.prompt_lps {
+                        prepend_prompt(&st, as_ids, &job.prompt, lps, &mut v);
+                    }
+                    v
                 }
             });
             if job.chat {
@@ -1436,6 +1486,8 @@ fn stream_response(
                         out.push(chunk(json!([choice]), None));
                         break;
                     }
+                    // echo with logprobs is answered whole (refused at the edge when streamed)
+                    Event::PromptLogprobs(_) => continue,
                     Event::Error(e) => {
                         s.log.finish(if e.internal { "500" } else { "503" }, "error");
                         out.push(SseEvent::default().data(json!({"error": {"message": e.message, "type": "server_error", "param": null, "code": null}}).to_string()));

@@ -29,6 +29,8 @@ pub struct Submit {
     pub split_reasoning: bool,
     pub params: GenerateParams,
     pub top_logprobs: Option<usize>,
+    /// the prompt's own logprobs, with this many alternatives (completions with `echo`)
+    pub prompt_logprobs: Option<usize>,
     /// what the answer must be (structured output, forced tool calls)
     pub constraint: Option<Constraint>,
     /// reads tool calls out of the answer, when the request offers tools
@@ -59,6 +61,8 @@ pub enum Event {
         calls: Vec<ToolCall>,
         logprob: Option<TokenLogprob>,
     },
+    /// the logprob of every prompt token after the first, once the prompt is prefilled
+    PromptLogprobs(Vec<TokenLogprob>),
     Done {
         finish: FinishReason,
         prompt_tokens: usize,
@@ -116,6 +120,9 @@ struct Seq {
     sampler: Sampler,
     params: GenerateParams,
     top_logprobs: Option<usize>,
+    prompt_logprobs: Option<usize>,
+    /// the prompt's logprobs so far (position p holds token p + 1's)
+    prompt_lps: Vec<TokenLogprob>,
     constraint: Option<Constraint>,
     tools: Option<ToolParser>,
     decoder: StreamDecoder,
@@ -143,6 +150,8 @@ impl Seq {
             splitter: s.split_reasoning.then(|| ReasoningSplitter::new(s.primed)),
             params: s.params,
             top_logprobs: s.top_logprobs,
+            prompt_logprobs: s.prompt_logprobs,
+            prompt_lps: Vec::new(),
             constraint: s.constraint,
             tools: s.tools,
             decoder: StreamDecoder::default(),
@@ -377,7 +386,11 @@ impl Engine {
                     break;
                 };
                 let mut s = waiting.remove(pos).expect("position is in range");
-                let salt = self.pool.salt_for(&s.tenant);
+                // a prompt whose logprobs are wanted is computed whole: no cached prefix for it
+                let salt = match s.prompt_logprobs {
+                    Some(_) => rand::random(),
+                    None => self.pool.salt_for(&s.tenant),
+                };
                 let (blocks, hit) = self.pool.start(&s.ctx, salt);
                 s.blocks = blocks;
                 if !s.admitted_once {
@@ -551,6 +564,7 @@ impl Engine {
         if running.is_empty() {
             return;
         }
+        self.prompt_logprobs(running, &feeds, &h);
         // sequences whose context is now complete get logits and a new token
         let mut end = 0;
         let mut rows = Vec::new();
@@ -583,6 +597,45 @@ impl Engine {
                 }
                 keep
             });
+        }
+    }
+
+    /// The logprobs of the prompt tokens this step's prefill rows predict, for the sequences
+    /// that want them; sent once the whole prompt is done.
+    fn prompt_logprobs(&mut self, running: &mut [Seq], feeds: &[Vec<u32>], h: &[f32]) {
+        let d = self.model.config.hidden_size;
+        let mut row = 0;
+        for (s, f) in running.iter_mut().zip(feeds) {
+            let first_row = row;
+            row += f.len();
+            let Some(k) = s.prompt_logprobs else {
+                continue;
+            };
+            let start = s.in_cache() - f.len();
+            for p in start..start + f.len() {
+                // position p predicts token p + 1; a recomputed prefix is not counted twice
+                if p + 1 >= s.prompt_len || p < s.prompt_lps.len() {
+                    continue;
+                }
+                let r = first_row + (p - start);
+                let lp = log_softmax(&self.model.logits(&h[r * d..(r + 1) * d]));
+                let mut top: Vec<(u32, f32)> =
+                    lp.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+                top.sort_by(|a, b| b.1.total_cmp(&a.1));
+                top.truncate(k);
+                let id = s.ctx[p + 1];
+                s.prompt_lps.push(TokenLogprob {
+                    id,
+                    logprob: lp[id as usize],
+                    top,
+                });
+            }
+            if s.prompt_lps.len() + 1 == s.prompt_len && s.in_cache() == s.prompt_len {
+                let _ = s
+                    .events
+                    .send(Event::PromptLogprobs(std::mem::take(&mut s.prompt_lps)));
+                s.prompt_logprobs = None;
+            }
         }
     }
 

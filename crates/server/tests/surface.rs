@@ -422,10 +422,64 @@ fn completions_logprobs_echo_and_suffix_in_the_completions_shape() {
         })
         .collect();
     assert_eq!(streamed, ev["choices"][0]["text"].as_str().unwrap());
-    // echo with logprobs would need the prompt's logprobs: refused, as is a suffix on a
-    // vocabulary without fill-in-the-middle tokens
+    // echo with logprobs: the prompt's tokens come first, the first without a logprob, each
+    // other's logprob the one the model gives it after the tokens before it
+    let prompt = json!([1, 40, 41, 42, 43]);
+    let (s, e) = post(
+        &addr,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 3, "temperature": 0, "ignore_eos": true, "logprobs": 2, "echo": true, "return_tokens_as_token_ids": true}),
+    );
+    assert_eq!(s, 200, "{e}");
+    let lp = &e["choices"][0]["logprobs"];
+    let tokens: Vec<&str> = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 5 + 3, "{e}");
+    assert_eq!(
+        &tokens[..5],
+        [
+            "token_id:1",
+            "token_id:40",
+            "token_id:41",
+            "token_id:42",
+            "token_id:43"
+        ]
+    );
+    assert!(
+        lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null(),
+        "{e}"
+    );
+    for k in 1..5 {
+        // the raw logprob of prompt token k after the ones before it: the bias makes the model
+        // write it, and logprobs are reported before biases
+        let next = prompt[k].to_string();
+        let (_, one) = post(
+            &addr,
+            "/v1/completions",
+            &json!({"prompt": prompt.as_array().unwrap()[..k], "max_tokens": 1, "temperature": 0, "ignore_eos": true, "logprobs": 1, "logit_bias": {next: 100}}),
+        );
+        let want = one["choices"][0]["logprobs"]["token_logprobs"][0]
+            .as_f64()
+            .unwrap();
+        let got = lp["token_logprobs"][k].as_f64().unwrap();
+        assert!((want - got).abs() < 1e-4, "token {k}: {want} vs {got}");
+    }
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    // streamed, echo with logprobs is refused; so is a suffix on a vocabulary without
+    // fill-in-the-middle tokens
     let mut bad = req.clone();
     bad["echo"] = json!(true);
+    bad["stream"] = json!(true);
     assert_error(post(&addr, "/v1/completions", &bad), 400, "echo");
     let mut bad = req.clone();
     bad["suffix"] = json!(" sat.");
