@@ -808,12 +808,6 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
                 ))
             }
         };
-        if common.echo && common.top_logprobs.is_some() && common.stream {
-            return Err(ApiError::invalid(
-                "echo",
-                "`echo` with `logprobs` is answered whole: leave out `stream`",
-            ));
-        }
         let echo = match (&text, common.echo) {
             (_, false) => None,
             (Some(t), true) => Some(t.clone()),
@@ -1370,17 +1364,21 @@ fn stream_response(
     let chat = job.chat;
     let include_usage = job.common.include_usage;
     let prompt_len = job.prompt.len();
+    let echo_logprobs = job.echo.is_some() && job.common.top_logprobs.is_some();
+    let prompt = Arc::new(job.prompt.clone());
     let want_logprobs = job.common.top_logprobs.is_some();
     let as_ids = job.common.tokens_as_ids;
     let events = stream::unfold(state, move |mut s| {
         let chunk = chunk.clone();
         let st_logprobs = st_logprobs.clone();
+        let prompt = prompt.clone();
         async move {
             if s.ended {
                 return None;
             }
             let mut out: Vec<SseEvent> = Vec::new();
-            if let Some(echo) = s.echo.take() {
+            // with logprobs, each choice's echo goes out with the prompt's logprobs, when they come
+            if let Some(echo) = s.echo.take_if(|_| !echo_logprobs) {
                 let choices: Vec<Value> = (0..s.chars.len())
                     .map(|i| json!({"index": i, "text": echo, "logprobs": null, "finish_reason": null}))
                     .collect();
@@ -1486,8 +1484,14 @@ fn stream_response(
                         out.push(chunk(json!([choice]), None));
                         break;
                     }
-                    // echo with logprobs is answered whole (refused at the edge when streamed)
-                    Event::PromptLogprobs(_) => continue,
+                    Event::PromptLogprobs(lps) => {
+                        let echo = s.echo.clone().unwrap_or_default();
+                        let mut lp = json!({});
+                        prepend_prompt(&st_logprobs, as_ids, &prompt, &lps, &mut lp);
+                        s.chars[i] = echo.chars().count();
+                        out.push(chunk(json!([{"index": i, "text": echo, "logprobs": lp, "finish_reason": null}]), None));
+                        break;
+                    }
                     Event::Error(e) => {
                         s.log.finish(if e.internal { "500" } else { "503" }, "error");
                         out.push(SseEvent::default().data(json!({"error": {"message": e.message, "type": "server_error", "param": null, "code": null}}).to_string()));

@@ -475,12 +475,40 @@ fn completions_logprobs_echo_and_suffix_in_the_completions_shape() {
         .map(|x| x.as_u64().unwrap())
         .collect();
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
-    // streamed, echo with logprobs is refused; so is a suffix on a vocabulary without
-    // fill-in-the-middle tokens
-    let mut bad = req.clone();
-    bad["echo"] = json!(true);
-    bad["stream"] = json!(true);
-    assert_error(post(&addr, "/v1/completions", &bad), 400, "echo");
+    // streamed, the same text, tokens, logprobs and offsets, chunk by chunk
+    let r = json!({"prompt": prompt, "max_tokens": 3, "temperature": 0, "ignore_eos": true, "logprobs": 2, "echo": true, "return_tokens_as_token_ids": true, "stream": true});
+    let (_, body) = http(
+        &addr,
+        "POST",
+        "/v1/completions",
+        r.to_string().as_bytes(),
+        &[],
+    );
+    let (mut text, mut joined) = (
+        String::new(),
+        json!({"tokens": [], "token_logprobs": [], "text_offset": []}),
+    );
+    for d in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if d == "[DONE]" {
+            break;
+        }
+        let ch: serde_json::Value = serde_json::from_str(d).unwrap();
+        text.push_str(ch["choices"][0]["text"].as_str().unwrap());
+        for k in ["tokens", "token_logprobs", "text_offset"] {
+            for x in ch["choices"][0]["logprobs"][k]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                joined[k].as_array_mut().unwrap().push(x.clone());
+            }
+        }
+    }
+    assert_eq!(text, e["choices"][0]["text"].as_str().unwrap());
+    for k in ["tokens", "token_logprobs", "text_offset"] {
+        assert_eq!(joined[k], lp[k], "{k}");
+    }
+    // a suffix on a vocabulary without fill-in-the-middle tokens is refused
     let mut bad = req.clone();
     bad["suffix"] = json!(" sat.");
     assert_error(post(&addr, "/v1/completions", &bad), 400, "suffix");
