@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// the one answers carry (default: the model directory's name)
     #[arg(long, env = "WHALE_SERVED_MODEL_NAME", value_delimiter = ',')]
     served_model_name: Vec<String>,
+    /// a Jinja file that replaces the checkpoint's chat template (for example one that renders
+    /// the tool definitions, which DeepSeek's own templates leave out)
+    #[arg(long, env = "WHALE_CHAT_TEMPLATE")]
+    chat_template: Option<PathBuf>,
 }
 
 /// "4GiB", "512MiB", "100MB", "1e9", "123456" -> bytes
@@ -156,6 +160,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_connections: a.max_connections,
         cors_origins: a.cors_origin,
         served_model_names: a.served_model_name,
+        chat_template: a.chat_template,
         model: match a.model {
             Some(m) => m,
             None => crate::default_model()?,

@@ -298,6 +298,16 @@ impl ChatTokenizer {
             .then(|| format!("{begin}{prefix}{hole}{suffix}{end}"))
     }
 
+    /// Replaces the checkpoint's chat template (vLLM's `--chat-template`: a template that,
+    /// say, renders the tool definitions DeepSeek's own templates leave out).
+    pub fn set_chat_template(&mut self, template: String) -> Result<()> {
+        let mut env = Environment::new();
+        env.add_template("chat", &template)
+            .context("the chat template does not parse")?;
+        self.chat_template = Some(template);
+        Ok(())
+    }
+
     /// Whether the chat template reads a variable of this name (a kwarg it does not mention
     /// would be dropped silently).
     pub fn template_mentions(&self, name: &str) -> bool {

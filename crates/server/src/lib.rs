@@ -67,6 +67,8 @@ pub struct Options {
     /// names requests may give as `model` (the first is the one answers carry); none: the
     /// checkpoint directory's name
     pub served_model_names: Vec<String>,
+    /// a Jinja file that replaces the checkpoint's chat template
+    pub chat_template: Option<PathBuf>,
     /// for a request's head, for its body, and for an idle keep-alive connection
     pub read_timeout: Duration,
     /// requests in flight may finish for this long after SIGTERM
@@ -97,6 +99,7 @@ impl Options {
             context_cache_dir: None,
             context_cache_flush: Some(Duration::from_secs(60)),
             served_model_names: Vec::new(),
+            chat_template: None,
             read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             max_queued: 256,
@@ -198,7 +201,15 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
     let mut ck = Checkpoint::open(&o.model)?;
     ck.dtype = o.dtype;
     let model = Model::load(&ck)?;
-    let tokenizer = Arc::new(ChatTokenizer::load(&o.model)?);
+    let mut tokenizer = ChatTokenizer::load(&o.model)?;
+    if let Some(path) = &o.chat_template {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --chat-template {}", path.display()))?;
+        tokenizer
+            .set_chat_template(text)
+            .with_context(|| format!("--chat-template {}", path.display()))?;
+    }
+    let tokenizer = Arc::new(tokenizer);
     let call_format = CallFormat::learn(&tokenizer);
     let cfg = &model.config;
     let max_model_len = o

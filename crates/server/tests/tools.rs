@@ -479,3 +479,50 @@ fn prefix_completion_fim_and_template_variables() {
     );
     assert_eq!(v["usage"]["prompt_tokens"], t["count"], "{v} {t}");
 }
+
+#[test]
+fn a_chat_template_of_ones_own_can_show_the_model_its_tools() {
+    let _serial = serial();
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/templates");
+    let v3 = std::fs::read_to_string(data.join("deepseek-v3.jinja")).unwrap();
+    let marker = "{{ bos_token }}{{ ns.system_prompt }}";
+    assert!(v3.contains(marker));
+    let with_tools = v3.replace(marker, &format!("{marker}{{% if tools %}}## Tools\n{{% for t in tools %}}- {{{{ t['function']['name'] }}}}: {{{{ t['function']['description'] }}}}\n{{% endfor %}}{{% endif %}}"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tools.jinja");
+    std::fs::write(&path, with_tools).unwrap();
+    let addr = serve(&whale_server::Options {
+        port: 0,
+        cache_mem: 16 << 20,
+        chat_template: Some(path),
+        ..whale_server::Options::new(tool_model("deepseek-v3"))
+    });
+    let (s, t) = post(
+        &addr,
+        "/v1/chat/template",
+        &json!({"messages": [{"role": "user", "content": "hi"}], "tools": tools()}),
+    );
+    assert_eq!(s, 200, "{t}");
+    let text = t["prompt"].as_str().unwrap();
+    assert!(
+        text.contains("## Tools\n- get_weather: Weather in a city\n- add: a + b\n"),
+        "{text}"
+    );
+    // calls are still read off the template: forcing one works
+    let (s, v) = ask(
+        &addr,
+        json!({"tool_choice": {"type": "function", "function": {"name": "add"}}}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(whole_calls(&v)[0].0, "add");
+    // a template that does not parse stops the server from starting, with the file named
+    let bad = dir.path().join("bad.jinja");
+    std::fs::write(&bad, "{% if %}").unwrap();
+    let err = whale_server::app(&whale_server::Options {
+        chat_template: Some(bad.clone()),
+        ..whale_server::Options::new(tool_model("deepseek-v3"))
+    })
+    .err()
+    .expect("a broken template is refused");
+    assert!(format!("{err:#}").contains("bad.jinja"), "{err:#}");
+}
