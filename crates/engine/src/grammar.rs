@@ -96,9 +96,10 @@ impl Grammars {
 }
 
 /// JSON as whale writes it under a schema: whitespace between tokens is bounded (a space, or a
-/// newline and up to 20 spaces or tabs of indent, as llama.cpp's JSON grammar has it), since a free-whitespace grammar lets a model pad the answer until
-/// it runs out of tokens. A schema's own `x-guidance` options are kept.
-fn json_options(schema: Value) -> Value {
+/// newline and up to 20 spaces or tabs of indent, as llama.cpp's JSON grammar has it), since a
+/// free-whitespace grammar lets a model pad the answer until it runs out of tokens. A schema's
+/// own `x-guidance` options are kept.
+pub(crate) fn json_options(schema: Value) -> Value {
     let mut schema = match schema {
         Value::Bool(true) => serde_json::json!({}),
         s => s,

@@ -8,6 +8,7 @@
 //! and it has been checked (a known function, arguments that are a JSON object); anything else
 //! in the calls block is handed back as plain text. Markers split across chunks are held back.
 
+use crate::grammar::json_options;
 use crate::reasoning::partial_tag_suffix;
 use crate::tokenizer::{ChatTokenizer, Message};
 use serde_json::{json, Value};
@@ -297,16 +298,12 @@ pub fn calls_grammar(
     let mut rules = Vec::new();
     let mut alts = Vec::new();
     for (k, (name, schema)) in tools.iter().enumerate() {
-        let schema = if schema.is_null() {
+        // the arguments are JSON as whale writes it under any schema
+        let schema = json_options(if schema.is_null() {
             json!({"type": "object"})
         } else {
             schema.clone()
-        };
-        let mut schema = schema;
-        if let Some(o) = schema.as_object_mut() {
-            o.entry("x-guidance")
-                .or_insert_with(|| json!({"whitespace_pattern": "\\x20|\\n[\\x20\\t]{0,20}"}));
-        }
+        });
         rules.push(format!(
             "call_{k}: {} {} {} {} %json {} {} {}",
             id(CALL_BEGIN)?,
