@@ -164,23 +164,24 @@ impl Seq {
         }
     }
 
-    /// New text as an event: reasoning, answer, and the tool calls read out of the answer.
-    fn split(&mut self, text: &str, logprob: Option<TokenLogprob>) -> Event {
-        let parts = match &mut self.splitter {
+    /// New text split into reasoning and answer (all answer without a splitter).
+    fn parts(&mut self, text: &str) -> Vec<Part> {
+        match &mut self.splitter {
             Some(sp) => sp.push(text),
             None if text.is_empty() => vec![],
             None => vec![Part::Answer(text.to_string())],
-        };
+        }
+    }
+
+    /// New text as an event: reasoning, answer, and the tool calls read out of the answer.
+    fn split(&mut self, text: &str, logprob: Option<TokenLogprob>) -> Event {
+        let parts = self.parts(text);
         self.delta(parts, false, logprob)
     }
 
     /// What the splitter and the tool parser still hold, at the end.
     fn split_finish(&mut self, rest: &str) -> Event {
-        let mut parts = match &mut self.splitter {
-            Some(sp) => sp.push(rest),
-            None if rest.is_empty() => vec![],
-            None => vec![Part::Answer(rest.to_string())],
-        };
+        let mut parts = self.parts(rest);
         parts.extend(
             self.splitter
                 .as_mut()
@@ -225,6 +226,19 @@ impl Seq {
     /// Tokens of `ctx` already in the cache.
     fn in_cache(&self) -> usize {
         self.blocks.len
+    }
+}
+
+/// Token `id`'s logprob under `logits` and the `k` likeliest tokens'.
+fn token_logprob(logits: &[f32], id: u32, k: usize) -> TokenLogprob {
+    let lp = log_softmax(logits);
+    let mut top: Vec<(u32, f32)> = lp.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top.truncate(k);
+    TokenLogprob {
+        id,
+        logprob: lp[id as usize],
+        top,
     }
 }
 
@@ -611,24 +625,17 @@ impl Engine {
             let Some(k) = s.prompt_logprobs else {
                 continue;
             };
+            // position p predicts token p + 1; a recomputed prefix is not counted twice
             let start = s.in_cache() - f.len();
-            for p in start..start + f.len() {
-                // position p predicts token p + 1; a recomputed prefix is not counted twice
-                if p + 1 >= s.prompt_len || p < s.prompt_lps.len() {
-                    continue;
+            let from = start.max(s.prompt_lps.len());
+            let to = (start + f.len()).min(s.prompt_len - 1);
+            if from < to {
+                let rows = &h[(first_row + from - start) * d..(first_row + to - start) * d];
+                let v = self.model.config.vocab_size;
+                let logits = self.model.logits(rows);
+                for (p, l) in (from..to).zip(logits.chunks_exact(v)) {
+                    s.prompt_lps.push(token_logprob(l, s.ctx[p + 1], k));
                 }
-                let r = first_row + (p - start);
-                let lp = log_softmax(&self.model.logits(&h[r * d..(r + 1) * d]));
-                let mut top: Vec<(u32, f32)> =
-                    lp.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-                top.sort_by(|a, b| b.1.total_cmp(&a.1));
-                top.truncate(k);
-                let id = s.ctx[p + 1];
-                s.prompt_lps.push(TokenLogprob {
-                    id,
-                    logprob: lp[id as usize],
-                    top,
-                });
             }
             if s.prompt_lps.len() + 1 == s.prompt_len && s.in_cache() == s.prompt_len {
                 let _ = s
@@ -702,18 +709,7 @@ impl Engine {
         } else {
             s.generated += 1;
             self.metrics.generated_tokens.inc();
-            let logprob = s.top_logprobs.map(|k| {
-                let lp = log_softmax(logits);
-                let mut top: Vec<(u32, f32)> =
-                    lp.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-                top.sort_by(|a, b| b.1.total_cmp(&a.1));
-                top.truncate(k);
-                TokenLogprob {
-                    id: tok,
-                    logprob: lp[tok as usize],
-                    top,
-                }
-            });
+            let logprob = s.top_logprobs.map(|k| token_logprob(logits, tok, k));
             let text = s.decoder.push(&self.tokenizer, tok).unwrap_or_default();
             let (safe, hit) = s.stops.push(&text);
             events.push(s.split(&safe, logprob));
