@@ -169,11 +169,11 @@ pub const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "suffix"];
 /// Fields that cannot change what is generated: accepted and not used.
 pub const INERT_FIELDS: &[&str] = &["user", "metadata", "store", "service_tier"];
 
-/// Fields whale does not implement yet, and the value of each that leaves the output as if it
-/// were absent (a client library that always sends `presence_penalty: 0` is served).
 /// Whether a field's value leaves the output as if the field were absent.
 type IsNeutral = fn(&Value) -> bool;
 
+/// Fields whale does not implement, and the value of each that leaves the output as if it were
+/// absent (a client library that always sends `best_of: 1` is served).
 const NEUTRAL: &[(&str, IsNeutral)] = &[
     ("functions", |v| v.as_array().is_some_and(|a| a.is_empty())),
     ("best_of", |v| v.as_u64() == Some(1)),

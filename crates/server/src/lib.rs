@@ -235,6 +235,9 @@ pub fn app(o: &Options) -> Result<(Router, EngineThread)> {
             .map(Arc::new)
             .map_err(|e| format!("{e:#}")),
     };
+    if let Err(why) = &grammars {
+        tracing::warn!("structured output and forced tool calls are off for this model: {why}");
+    }
     let metrics = Arc::new(Metrics::default());
     // the cache gauges are right before the first request is answered, not only once the
     // engine's loop first goes round (after up to 200 ms of waiting for a request)
@@ -706,8 +709,7 @@ pub(crate) async fn chat_prompt(
     if let Some(t) = &tools {
         extra.insert("tools".into(), t.defs.clone());
     }
-    let template_tools = tools.clone();
-    with_tokenizer(st, move |tok| {
+    let (rendered, ids, primed) = with_tokenizer(st, move |tok| {
         for (param, name, v) in vars {
             if !tok.template_mentions(&name) {
                 return Err(ApiError::invalid(
@@ -747,15 +749,16 @@ pub(crate) async fn chat_prompt(
         let ids = tok
             .encode_rendered(&r)
             .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
-        Ok::<_, ApiError>(Some(ChatPrompt {
-            rendered: r,
-            ids,
-            primed,
-            tools: template_tools,
-        }))
+        Ok::<_, ApiError>(Some((r, ids, primed)))
     })
     .await?
-    .ok_or_else(|| too_long(st, "messages"))
+    .ok_or_else(|| too_long(st, "messages"))?;
+    Ok(ChatPrompt {
+        rendered,
+        ids,
+        primed,
+        tools,
+    })
 }
 
 async fn chat_completions(State(st): State<Shared>, req: Request) -> Response {
@@ -819,11 +822,10 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
                 ))
             }
         };
-        let echo = match (&text, common.echo) {
-            (_, false) => None,
-            (Some(t), true) => Some(t.clone()),
-            (None, true) => None, // token ids: decoded below
-        };
+        // the prompt as given, for `echo` (token ids, and echo with logprobs: decoded below)
+        let given = (common.echo && common.top_logprobs.is_none())
+            .then(|| text.clone())
+            .flatten();
         let text = match (text, suffix) {
             (t, None) => t,
             (Some(prefix), Some(suffix)) => {
@@ -878,13 +880,9 @@ async fn completions(State(st): State<Shared>, req: Request) -> Response {
         let max_tokens = budget(&st, "prompt", prompt.len(), asked)?;
         // with logprobs the echoed text is what the prompt's tokens spell (special tokens
         // included), so the tokens, their offsets and the text agree
-        let echo = match echo {
-            _ if common.echo && common.top_logprobs.is_some() => {
-                Some(st.tokenizer.decode(&prompt).unwrap_or_default())
-            }
-            None if common.echo => Some(st.tokenizer.decode(&prompt).unwrap_or_default()),
-            e => e,
-        };
+        let echo = common
+            .echo
+            .then(|| given.unwrap_or_else(|| st.tokenizer.decode(&prompt).unwrap_or_default()));
         let constraint = constrain(&st, &o, &common, None, false).await?;
         Ok(Job {
             echo,
@@ -1079,27 +1077,30 @@ fn chat_logprobs(st: &AppState, as_ids: bool, lps: &[(TokenLogprob, usize)]) -> 
     json!({ "content": content })
 }
 
+/// The top alternatives of one token, in the completions shape: token -> logprob.
+fn top_alternatives(st: &AppState, as_ids: bool, lp: &TokenLogprob) -> Value {
+    let mut m = serde_json::Map::new();
+    for &(id, l) in &lp.top {
+        // two ids can decode to the same text; the likelier one is kept
+        m.entry(token_text(st, as_ids, id)).or_insert(json!(l));
+    }
+    Value::Object(m)
+}
+
 /// Completions logprobs, in OpenAI's legacy shape: parallel lists of tokens, their logprobs,
 /// the top alternatives (token -> logprob) and each token's character offset in the text.
 fn completion_logprobs(st: &AppState, as_ids: bool, lps: &[(TokenLogprob, usize)]) -> Value {
-    let top = |lp: &TokenLogprob| {
-        let mut m = serde_json::Map::new();
-        for &(id, l) in &lp.top {
-            // two ids can decode to the same text; the likelier one is kept
-            m.entry(token_text(st, as_ids, id)).or_insert(json!(l));
-        }
-        Value::Object(m)
-    };
     json!({
         "tokens": lps.iter().map(|(lp, _)| token_text(st, as_ids, lp.id)).collect::<Vec<_>>(),
         "token_logprobs": lps.iter().map(|(lp, _)| lp.logprob).collect::<Vec<_>>(),
-        "top_logprobs": lps.iter().map(|(lp, _)| top(lp)).collect::<Vec<_>>(),
+        "top_logprobs": lps.iter().map(|(lp, _)| top_alternatives(st, as_ids, lp)).collect::<Vec<_>>(),
         "text_offset": lps.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
     })
 }
 
 /// Puts the prompt's tokens before the answer's in completions logprobs (`echo`): the first
-/// has no logprob, as in OpenAI's shape; offsets count the characters the tokens before spell.
+/// has no logprob, as in OpenAI's shape. Offsets count the characters released before each
+/// token, as the answer's do (one incremental decode, not a decode per prefix).
 fn prepend_prompt(
     st: &AppState,
     as_ids: bool,
@@ -1107,21 +1108,22 @@ fn prepend_prompt(
     lps: &[TokenLogprob],
     v: &mut Value,
 ) {
-    let chars = |ids: &[u32]| st.tokenizer.decode(ids).unwrap_or_default().chars().count();
+    let mut decoder = whale_engine::stream::StreamDecoder::default();
+    let mut chars = 0;
     let mut tokens = vec![json!(token_text(st, as_ids, prompt[0]))];
     let mut logprobs = vec![Value::Null];
     let mut tops = vec![Value::Null];
     let mut offsets = vec![json!(0)];
-    let one = completion_logprobs(
-        st,
-        as_ids,
-        &lps.iter().map(|l| (l.clone(), 0)).collect::<Vec<_>>(),
-    );
     for (i, lp) in lps.iter().enumerate() {
+        chars += decoder
+            .push(&st.tokenizer, prompt[i])
+            .unwrap_or_default()
+            .chars()
+            .count();
         tokens.push(json!(token_text(st, as_ids, lp.id)));
         logprobs.push(json!(lp.logprob));
-        tops.push(one["top_logprobs"][i].clone());
-        offsets.push(json!(chars(&prompt[..i + 1])));
+        tops.push(top_alternatives(st, as_ids, lp));
+        offsets.push(json!(chars));
     }
     for (k, mut head) in [
         ("tokens", tokens),
@@ -1376,7 +1378,12 @@ fn stream_response(
     let include_usage = job.common.include_usage;
     let prompt_len = job.prompt.len();
     let echo_logprobs = job.echo.is_some() && job.common.top_logprobs.is_some();
-    let prompt = Arc::new(job.prompt.clone());
+    // the prompt's ids, only where its logprobs are sent
+    let prompt = Arc::new(if echo_logprobs {
+        job.prompt.clone()
+    } else {
+        Vec::new()
+    });
     let want_logprobs = job.common.top_logprobs.is_some();
     let as_ids = job.common.tokens_as_ids;
     let events = stream::unfold(state, move |mut s| {
