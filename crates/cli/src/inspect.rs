@@ -85,7 +85,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     let moe_layers = (0..c.num_hidden_layers)
         .filter(|&i| c.is_moe_layer(i))
         .count();
-    let width = c.latent_cache_width();
+    let width = c.cache_width();
     if a.json {
         let v = json!({
             "model_type": c.model_type.as_str(),

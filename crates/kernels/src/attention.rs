@@ -1,5 +1,7 @@
-//! Causal softmax attention in two layouts: per-head keys and values, and a single shared
-//! latent row per position that serves as key (with a separate positional part) and value.
+//! Causal softmax attention in three layouts: per-head keys and values (plain, or grouped:
+//! several query heads sharing one key/value head), cached grouped rows read in place, and a
+//! single shared latent row per position that serves as key (with a separate positional part)
+//! and value.
 
 use rayon::prelude::*;
 
@@ -34,11 +36,29 @@ pub fn multi_head(
     dv: usize,
     out: &mut [f32],
 ) {
+    grouped(c, c.heads, q, k, v, dk, dv, out)
+}
+
+/// Grouped-query attention: as `multi_head`, but k: [n_kv, kv_heads, dk] and v: [n_kv,
+/// kv_heads, dv], query head h reading key/value head h / (heads / kv_heads).
+#[allow(clippy::too_many_arguments)]
+pub fn grouped(
+    c: Causal,
+    kv_heads: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dk: usize,
+    dv: usize,
+    out: &mut [f32],
+) {
     let h_n = c.heads;
+    assert!(kv_heads > 0 && h_n.is_multiple_of(kv_heads));
+    let group = h_n / kv_heads;
     assert_eq!(q.len(), c.n_q * h_n * dk);
     assert_eq!(out.len(), c.n_q * h_n * dv);
     let n_kv = c.q_offset + c.n_q;
-    assert!(k.len() >= n_kv * h_n * dk && v.len() >= n_kv * h_n * dv);
+    assert!(k.len() >= n_kv * kv_heads * dk && v.len() >= n_kv * kv_heads * dv);
     if c.n_q == 0 {
         return;
     }
@@ -47,17 +67,17 @@ pub fn multi_head(
     // however many keys the call holds, so its bits do not depend on how a prompt is cut into
     // chunks.
     let n_pad = n_kv.next_multiple_of(32);
-    // per head: its keys [n_kv, dk] and its values transposed [dv, n_pad], as matrices
-    let (keys, values_t): (Vec<Matrix>, Vec<Matrix>) = (0..h_n)
+    // per key/value head: its keys [n_kv, dk] and its values transposed [dv, n_pad], as matrices
+    let (keys, values_t): (Vec<Matrix>, Vec<Matrix>) = (0..kv_heads)
         .into_par_iter()
         .map(|h| {
             let kh: Vec<f32> = (0..n_kv)
-                .flat_map(|j| &k[(j * h_n + h) * dk..][..dk])
+                .flat_map(|j| &k[(j * kv_heads + h) * dk..][..dk])
                 .copied()
                 .collect();
             let mut vt = vec![0f32; dv * n_pad];
             for j in 0..n_kv {
-                for (d, &x) in v[(j * h_n + h) * dv..][..dv].iter().enumerate() {
+                for (d, &x) in v[(j * kv_heads + h) * dv..][..dv].iter().enumerate() {
                     vt[d * n_pad + j] = x;
                 }
             }
@@ -82,13 +102,14 @@ pub fn multi_head(
             .collect();
         let mut scores: Vec<Vec<f32>> = (0..h_n).map(|_| vec![0f32; nb * seen]).collect();
         matmul_batch(
-            keys.iter()
-                .zip(&queries)
+            queries
+                .iter()
                 .zip(scores.iter_mut())
-                .map(|((w, x), out)| Product {
+                .enumerate()
+                .map(|(h, (x, out))| Product {
                     x,
                     n_tok: nb,
-                    w,
+                    w: &keys[h / group],
                     rows: 0..seen,
                     out,
                 })
@@ -115,11 +136,11 @@ pub fn multi_head(
             .collect();
         let mut outs: Vec<Vec<f32>> = (0..h_n).map(|_| vec![0f32; nb * dv]).collect();
         matmul_batch(
-            values_t
+            weights
                 .iter()
-                .zip(&weights)
                 .zip(outs.iter_mut())
-                .map(|((w, x), o)| Product::new(x, nb, w, o))
+                .enumerate()
+                .map(|(h, (x, o))| Product::new(x, nb, &values_t[h / group], o))
                 .collect(),
         );
         for (h, oh) in outs.iter().enumerate() {
@@ -128,6 +149,56 @@ pub fn multi_head(
             }
         }
     }
+}
+
+/// Query tokens at most for which `cached_grouped` reads the rows in place; longer runs
+/// (prefill) gather them into matrices and take `grouped`'s matrix products.
+const IN_PLACE_QUERIES: usize = 4;
+
+/// Grouped-query attention over cached rows, row j = [keys_j (kv_heads x dh); values_j
+/// (kv_heads x dh)], as consecutive runs of whole rows (`chunks`: a paged cache is read in
+/// place). q: [n_q, heads, dh], out: [n_q, heads, dh]; query head h reads key/value head
+/// h / (heads / kv_heads).
+pub fn cached_grouped(
+    c: Causal,
+    kv_heads: usize,
+    dh: usize,
+    q: &[f32],
+    chunks: &[&[f32]],
+    out: &mut [f32],
+) {
+    let h_n = c.heads;
+    assert!(kv_heads > 0 && h_n.is_multiple_of(kv_heads));
+    let (group, width, n_kv) = (h_n / kv_heads, 2 * kv_heads * dh, c.q_offset + c.n_q);
+    assert_eq!(q.len(), c.n_q * h_n * dh);
+    assert_eq!(out.len(), c.n_q * h_n * dh);
+    assert!(chunks.iter().map(|ch| ch.len()).sum::<usize>() >= n_kv * width);
+    if c.n_q > IN_PLACE_QUERIES {
+        let (mut k, mut v) = (
+            Vec::with_capacity(n_kv * width / 2),
+            Vec::with_capacity(n_kv * width / 2),
+        );
+        for row in first_rows(chunks, width, n_kv) {
+            k.extend_from_slice(&row[..width / 2]);
+            v.extend_from_slice(&row[width / 2..]);
+        }
+        return grouped(c, kv_heads, q, &k, &v, dh, dh, out);
+    }
+    out.par_chunks_mut(dh).enumerate().for_each(|(i, o)| {
+        let (t, h) = (i / h_n, i % h_n);
+        let kv = h / group;
+        let qh = &q[i * dh..][..dh];
+        let rows = || first_rows(chunks, width, c.q_offset + t + 1);
+        let mut p: Vec<f32> = rows()
+            .map(|row| c.scale * dot(qh, &row[kv * dh..][..dh]))
+            .collect();
+        softmax(&mut p);
+        o.fill(0.0);
+        let v0 = (kv_heads + kv) * dh;
+        for (row, &pj) in rows().zip(&p) {
+            axpy(pj, &row[v0..][..dh], o);
+        }
+    });
 }
 
 /// Attention over one shared row per position (multi-query style): row j = [latent_j (dl);
@@ -522,5 +593,49 @@ mod tests {
         let e = 1f32.exp();
         let w1 = e / (1.0 + e);
         assert!((out[3] - (6.0 * (1.0 - w1) + 8.0 * w1)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn cached_grouped_rows_match_plain_attention_with_repeated_heads() {
+        // decode (one query, rows in place) and prefill runs (matrix products), paged unevenly;
+        // groups of 1 (plain), 2 and 7 query heads per key/value head
+        for (heads, kv_heads, dh, n_q, past, page) in [
+            (4, 4, 8, 1, 9, 4),
+            (4, 2, 16, 1, 30, 7),
+            (14, 2, 32, 3, 5, 3),
+            (6, 3, 8, 12, 0, 5),
+            (14, 2, 32, 20, 13, 64),
+        ] {
+            let n_kv = past + n_q;
+            let width = 2 * kv_heads * dh;
+            let rows = seq(n_kv * width, dh as u32 + heads as u32);
+            let chunks: Vec<&[f32]> = rows.chunks(page * width).collect();
+            let q = seq(n_q * heads * dh, 3);
+            let c = Causal {
+                n_q,
+                heads,
+                q_offset: past,
+                scale: 0.3,
+            };
+            let mut o = vec![f32::NAN; n_q * heads * dh];
+            cached_grouped(c, kv_heads, dh, &q, &chunks, &mut o);
+            // every query head given its own copy of its key/value head
+            let group = heads / kv_heads;
+            let (mut k, mut v) = (Vec::new(), Vec::new());
+            for row in rows.chunks_exact(width) {
+                for h in 0..heads {
+                    let kv = h / group;
+                    k.extend_from_slice(&row[kv * dh..][..dh]);
+                    v.extend_from_slice(&row[(kv_heads + kv) * dh..][..dh]);
+                }
+            }
+            let want = plain_reference(c, &q, &k, &v, dh, dh);
+            for (i, (a, b)) in o.iter().zip(&want).enumerate() {
+                assert!(
+                    (*a as f64 - b).abs() < 1e-5,
+                    "heads {heads}/{kv_heads} n_q {n_q} value {i}: {a} vs {b}"
+                );
+            }
+        }
     }
 }

@@ -34,7 +34,7 @@ impl LatentCache {
     }
 
     pub fn with_layers(cfg: &ModelConfig, layers: usize, capacity: usize) -> Self {
-        let width = cfg.latent_cache_width();
+        let width = cfg.cache_width();
         LatentCache {
             width,
             layers: (0..layers)

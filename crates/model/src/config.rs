@@ -1,5 +1,6 @@
-//! `config.json` of a DeepSeek V2/V3-family checkpoint, in the hub form (`rope_scaling`,
-//! `rope_theta`) or the transformers-5 form (`rope_parameters`). Field names mirror the hub.
+//! `config.json` of a DeepSeek V2/V3-family checkpoint or of one of R1's dense distills
+//! (`qwen2`, `llama`, `qwen3`), in the hub form (`rope_scaling`, `rope_theta`) or the
+//! transformers-5 form (`rope_parameters`). Field names mirror the hub.
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Map, Value};
@@ -9,6 +10,12 @@ use std::path::Path;
 pub enum ModelType {
     DeepseekV2,
     DeepseekV3,
+    /// R1-Distill-Qwen-1.5B/7B/14B/32B
+    Qwen2,
+    /// R1-Distill-Llama-8B/70B
+    Llama,
+    /// R1-0528-Qwen3-8B
+    Qwen3,
 }
 
 impl ModelType {
@@ -16,7 +23,15 @@ impl ModelType {
         match self {
             ModelType::DeepseekV2 => "deepseek_v2",
             ModelType::DeepseekV3 => "deepseek_v3",
+            ModelType::Qwen2 => "qwen2",
+            ModelType::Llama => "llama",
+            ModelType::Qwen3 => "qwen3",
         }
+    }
+
+    /// The dense grouped-query-attention decoders (R1's distills), as opposed to MLA + MoE.
+    pub fn is_dense_gqa(self) -> bool {
+        matches!(self, ModelType::Qwen2 | ModelType::Llama | ModelType::Qwen3)
     }
 }
 
@@ -62,9 +77,35 @@ pub struct Yarn {
     pub original_max_position_embeddings: usize,
     pub beta_fast: f64,
     pub beta_slow: f64,
+    /// whether the correction range is floored and ceiled (transformers' `truncate`, default true)
+    pub truncate: bool,
     pub mscale: Option<f64>,
     pub mscale_all_dim: Option<f64>,
     pub attention_factor: Option<f64>,
+}
+
+/// Llama 3.1's rope scaling (`rope_type: llama3`): long wavelengths divided by `factor`, short
+/// ones kept, the band between blended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Llama3Rope {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+/// Grouped-query attention of the dense decoders: `num_attention_heads` query heads share
+/// `num_key_value_heads` key/value heads, every head `head_dim` wide and fully rotated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GqaConfig {
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    /// biases on q_proj, k_proj and v_proj (qwen2 always; `attention_bias` for llama, qwen3)
+    pub qkv_bias: bool,
+    /// a bias on o_proj (`attention_bias` of llama and qwen3; never in qwen2)
+    pub o_bias: bool,
+    /// per-head RMSNorm of queries and keys before rope (qwen3's q_norm / k_norm)
+    pub qk_norm: bool,
 }
 
 /// Mixture-of-experts settings; absent for a dense model.
@@ -100,6 +141,9 @@ pub struct ModelConfig {
     pub moe: Option<MoeConfig>,
     pub rope_theta: f64,
     pub yarn: Option<Yarn>,
+    pub llama3: Option<Llama3Rope>,
+    /// set for the dense distills; the MLA fields above are then zero
+    pub gqa: Option<GqaConfig>,
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
     pub num_nextn_predict_layers: usize,
@@ -175,6 +219,84 @@ fn token_ids(o: &Map<String, Value>, k: &str) -> Result<Vec<u32>> {
     }
 }
 
+/// `rope_theta` and the scaling, from the hub form (`rope_theta` at the top, the scaling in
+/// `rope_scaling`) or transformers 5's (both in `rope_parameters`).
+fn rope(o: &Map<String, Value>) -> Result<(f64, Option<Yarn>, Option<Llama3Rope>)> {
+    let rope_obj = match (field(o, "rope_parameters"), field(o, "rope_scaling")) {
+        (Some(p), _) => Some(p),
+        (None, Some(s)) => Some(s),
+        (None, None) => None,
+    };
+    let mut rope_theta = opt_f64(o, "rope_theta")?;
+    let mut yarn = None;
+    let mut llama3 = None;
+    if let Some(r) = rope_obj {
+        let r = r.as_object().ok_or_else(|| {
+            anyhow!("config.json: `rope_scaling`/`rope_parameters` must be an object")
+        })?;
+        if let Some(t) = opt_f64(r, "rope_theta")? {
+            rope_theta = Some(t);
+        }
+        let kind = opt_str(r, "rope_type")?
+            .or(opt_str(r, "type")?)
+            .unwrap_or("default");
+        match kind {
+            "default" => {}
+            "yarn" => {
+                let original = match opt_usize(r, "original_max_position_embeddings")? {
+                    Some(x) => x,
+                    None => req_usize(o, "original_max_position_embeddings").context(
+                        "config.json: yarn needs `original_max_position_embeddings`",
+                    )?,
+                };
+                // transformers: a missing factor is max_position_embeddings / original
+                let factor = match opt_f64(r, "factor")? {
+                    Some(f) => f,
+                    None => req_usize(o, "max_position_embeddings")? as f64 / original as f64,
+                };
+                yarn = Some(Yarn {
+                    factor,
+                    original_max_position_embeddings: original,
+                    beta_fast: opt_f64(r, "beta_fast")?.unwrap_or(32.0),
+                    beta_slow: opt_f64(r, "beta_slow")?.unwrap_or(1.0),
+                    truncate: opt_bool(r, "truncate")?.unwrap_or(true),
+                    mscale: opt_f64(r, "mscale")?,
+                    mscale_all_dim: opt_f64(r, "mscale_all_dim")?,
+                    attention_factor: opt_f64(r, "attention_factor")?,
+                });
+            }
+            "llama3" => {
+                let num = |k: &str| {
+                    opt_f64(r, k)?.ok_or_else(|| anyhow!("config.json: llama3 rope scaling needs `{k}`"))
+                };
+                let l = Llama3Rope {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_max_position_embeddings: match opt_usize(r, "original_max_position_embeddings")? {
+                        Some(x) => x,
+                        None => req_usize(o, "max_position_embeddings")?,
+                    },
+                };
+                if !(l.factor > 0.0 && l.high_freq_factor > l.low_freq_factor && l.low_freq_factor > 0.0) {
+                    bail!("config.json: llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0");
+                }
+                llama3 = Some(l);
+            }
+            other => bail!(
+                "config.json: unsupported rope type `{other}` in rope_scaling (supported: default, yarn, llama3)"
+            ),
+        }
+        if opt_f64(r, "partial_rotary_factor")?.is_some_and(|f| f != 1.0) {
+            bail!("config.json: `partial_rotary_factor` other than 1 is not supported");
+        }
+    }
+    if opt_f64(o, "partial_rotary_factor")?.is_some_and(|f| f != 1.0) {
+        bail!("config.json: `partial_rotary_factor` other than 1 is not supported");
+    }
+    Ok((rope_theta.unwrap_or(10000.0), yarn, llama3))
+}
+
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -191,11 +313,22 @@ impl ModelConfig {
         let model_type = match opt_str(o, "model_type")? {
             Some("deepseek_v2") => ModelType::DeepseekV2,
             Some("deepseek_v3") | Some("kimi_k2") => ModelType::DeepseekV3,
+            Some("qwen2") => ModelType::Qwen2,
+            Some("llama") => ModelType::Llama,
+            Some("qwen3") => ModelType::Qwen3,
             Some(other) => bail!(
-                "config.json: unsupported model_type `{other}` (supported: deepseek_v2, deepseek_v3)"
+                "config.json: unsupported model_type `{other}` (supported: deepseek_v2, deepseek_v3, kimi_k2, qwen2, llama, qwen3)"
             ),
             None => bail!("config.json: required field `model_type` is missing"),
         };
+        if let Some(act) = opt_str(o, "hidden_act")? {
+            if act != "silu" {
+                bail!("config.json: unsupported hidden_act `{act}` (supported: silu)");
+            }
+        }
+        if model_type.is_dense_gqa() {
+            return Self::dense_from_json(o, model_type);
+        }
         let v3 = model_type == ModelType::DeepseekV3;
 
         let moe = match opt_usize(o, "n_routed_experts")? {
@@ -249,54 +382,7 @@ impl ModelConfig {
             }
         };
 
-        // Rope: the hub puts `rope_theta` at the top and YaRN in `rope_scaling`; transformers 5
-        // folds both into `rope_parameters`.
-        let rope_obj = match (field(o, "rope_parameters"), field(o, "rope_scaling")) {
-            (Some(p), _) => Some(p),
-            (None, Some(s)) => Some(s),
-            (None, None) => None,
-        };
-        let mut rope_theta = opt_f64(o, "rope_theta")?;
-        let mut yarn = None;
-        if let Some(r) = rope_obj {
-            let r = r.as_object().ok_or_else(|| {
-                anyhow!("config.json: `rope_scaling`/`rope_parameters` must be an object")
-            })?;
-            if let Some(t) = opt_f64(r, "rope_theta")? {
-                rope_theta = Some(t);
-            }
-            let kind = opt_str(r, "rope_type")?
-                .or(opt_str(r, "type")?)
-                .unwrap_or("default");
-            match kind {
-                "default" => {}
-                "yarn" => {
-                    let original = match opt_usize(r, "original_max_position_embeddings")? {
-                        Some(x) => x,
-                        None => req_usize(o, "original_max_position_embeddings").context(
-                            "config.json: yarn needs `original_max_position_embeddings`",
-                        )?,
-                    };
-                    // transformers: a missing factor is max_position_embeddings / original
-                    let factor = match opt_f64(r, "factor")? {
-                        Some(f) => f,
-                        None => req_usize(o, "max_position_embeddings")? as f64 / original as f64,
-                    };
-                    yarn = Some(Yarn {
-                        factor,
-                        original_max_position_embeddings: original,
-                        beta_fast: opt_f64(r, "beta_fast")?.unwrap_or(32.0),
-                        beta_slow: opt_f64(r, "beta_slow")?.unwrap_or(1.0),
-                        mscale: opt_f64(r, "mscale")?,
-                        mscale_all_dim: opt_f64(r, "mscale_all_dim")?,
-                        attention_factor: opt_f64(r, "attention_factor")?,
-                    });
-                }
-                other => bail!(
-                    "config.json: unsupported rope type `{other}` in rope_scaling (supported: default, yarn)"
-                ),
-            }
-        }
+        let (rope_theta, yarn, llama3) = rope(o)?;
 
         let fp8_block = match field(o, "quantization_config") {
             None => None,
@@ -341,8 +427,10 @@ impl ModelConfig {
             qk_rope_head_dim: req_usize(o, "qk_rope_head_dim")?,
             v_head_dim: req_usize(o, "v_head_dim")?,
             moe,
-            rope_theta: rope_theta.unwrap_or(10000.0),
+            rope_theta,
             yarn,
+            llama3,
+            gqa: None,
             max_position_embeddings: req_usize(o, "max_position_embeddings")?,
             rms_norm_eps: opt_f64(o, "rms_norm_eps")?.unwrap_or(1e-6),
             num_nextn_predict_layers: opt_usize(o, "num_nextn_predict_layers")?.unwrap_or(0),
@@ -356,17 +444,110 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// The dense distills' config: qwen2, llama or qwen3 as transformers 5.23 reads them (its
+    /// defaults where a field is absent).
+    fn dense_from_json(o: &Map<String, Value>, model_type: ModelType) -> Result<Self> {
+        let heads = req_usize(o, "num_attention_heads")?;
+        let hidden = req_usize(o, "hidden_size")?;
+        if heads == 0 {
+            bail!("config.json: field `num_attention_heads` must be positive");
+        }
+        let kv_heads = opt_usize(o, "num_key_value_heads")?.unwrap_or(heads);
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            bail!(
+                "config.json: `num_attention_heads` ({heads}) must be a multiple of `num_key_value_heads` ({kv_heads})"
+            );
+        }
+        // qwen3's config class defaults head_dim to 128; the others derive it
+        let head_dim = match (opt_usize(o, "head_dim")?, model_type) {
+            (Some(d), _) => d,
+            (None, ModelType::Qwen3) => 128,
+            (None, _) => hidden / heads,
+        };
+        let attention_bias = opt_bool(o, "attention_bias")?.unwrap_or(false);
+        for refused in ["use_sliding_window", "mlp_bias"] {
+            if opt_bool(o, refused)? == Some(true) {
+                bail!("config.json: `{refused}: true` is not supported (no R1 distill uses it)");
+            }
+        }
+        if let Some(Value::Array(kinds)) = field(o, "layer_types") {
+            if let Some(k) = kinds.iter().find(|k| k.as_str() != Some("full_attention")) {
+                bail!("config.json: layer_types holds {k}; only full_attention is supported");
+            }
+        }
+        let (rope_theta, yarn, llama3) = rope(o)?;
+        let cfg = ModelConfig {
+            model_type,
+            vocab_size: req_usize(o, "vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: req_usize(o, "intermediate_size")?,
+            num_hidden_layers: req_usize(o, "num_hidden_layers")?,
+            num_attention_heads: heads,
+            q_lora_rank: None,
+            kv_lora_rank: 0,
+            qk_nope_head_dim: 0,
+            qk_rope_head_dim: 0,
+            v_head_dim: 0,
+            moe: None,
+            rope_theta,
+            yarn,
+            llama3,
+            gqa: Some(GqaConfig {
+                num_key_value_heads: kv_heads,
+                head_dim,
+                qkv_bias: model_type == ModelType::Qwen2 || attention_bias,
+                o_bias: model_type != ModelType::Qwen2 && attention_bias,
+                qk_norm: model_type == ModelType::Qwen3,
+            }),
+            max_position_embeddings: req_usize(o, "max_position_embeddings")?,
+            rms_norm_eps: opt_f64(o, "rms_norm_eps")?.unwrap_or(1e-6),
+            num_nextn_predict_layers: 0,
+            fp8_block: match field(o, "quantization_config") {
+                None => None,
+                Some(_) => bail!(
+                    "config.json: quantization_config is not supported for {}",
+                    model_type.as_str()
+                ),
+            },
+            bos_token_id: token_ids(o, "bos_token_id")?.first().copied(),
+            eos_token_ids: token_ids(o, "eos_token_id")?,
+            tie_word_embeddings: opt_bool(o, "tie_word_embeddings")?.unwrap_or(false),
+            rope_interleave: false,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     fn validate(&self) -> Result<()> {
-        let nonzero = [
+        let mut nonzero = vec![
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
-            ("kv_lora_rank", self.kv_lora_rank),
-            ("qk_rope_head_dim", self.qk_rope_head_dim),
-            ("v_head_dim", self.v_head_dim),
             ("max_position_embeddings", self.max_position_embeddings),
         ];
+        match &self.gqa {
+            None => nonzero.extend([
+                ("kv_lora_rank", self.kv_lora_rank),
+                ("qk_rope_head_dim", self.qk_rope_head_dim),
+                ("v_head_dim", self.v_head_dim),
+            ]),
+            Some(g) => {
+                nonzero.push(("head_dim", g.head_dim));
+                if g.head_dim > 1 << 14 {
+                    bail!(
+                        "config.json: field `head_dim` is {}, more than the 16384 whale allows",
+                        g.head_dim
+                    );
+                }
+                if !g.head_dim.is_multiple_of(2) {
+                    bail!(
+                        "config.json: `head_dim` must be even (rope rotates pairs), got {}",
+                        g.head_dim
+                    );
+                }
+            }
+        }
         for (name, v) in nonzero {
             if v == 0 {
                 bail!("config.json: field `{name}` must be positive");
@@ -459,9 +640,21 @@ impl ModelConfig {
         self.qk_nope_head_dim + self.qk_rope_head_dim
     }
 
-    /// Values cached per token per layer by MLA: the normed latent and the rotated rope key.
-    pub fn latent_cache_width(&self) -> usize {
-        self.kv_lora_rank + self.qk_rope_head_dim
+    /// Values cached per token per layer: under MLA the normed latent and the rotated rope key;
+    /// under GQA every key/value head's key, then every one's value.
+    pub fn cache_width(&self) -> usize {
+        match &self.gqa {
+            None => self.kv_lora_rank + self.qk_rope_head_dim,
+            Some(g) => 2 * g.num_key_value_heads * g.head_dim,
+        }
+    }
+
+    /// Dims of each head that rope rotates.
+    pub fn rope_dim(&self) -> usize {
+        match &self.gqa {
+            None => self.qk_rope_head_dim,
+            Some(g) => g.head_dim,
+        }
     }
 
     /// Whether decoder layer `i` uses the MoE feed-forward (remote code's rule).
@@ -474,9 +667,12 @@ impl ModelConfig {
 
     /// The hub form of this config, as `config.json` is written for released checkpoints.
     pub fn to_hub_json(&self) -> Value {
+        if let Some(g) = &self.gqa {
+            return self.dense_hub_json(g);
+        }
         let arch = match self.model_type {
             ModelType::DeepseekV2 => "DeepseekV2ForCausalLM",
-            ModelType::DeepseekV3 => "DeepseekV3ForCausalLM",
+            _ => "DeepseekV3ForCausalLM",
         };
         let mut v = json!({
             "architectures": [arch],
@@ -500,15 +696,7 @@ impl ModelConfig {
             "num_nextn_predict_layers": self.num_nextn_predict_layers,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_scaling": self.yarn.as_ref().map(|y| json!({
-                "type": "yarn",
-                "factor": y.factor,
-                "original_max_position_embeddings": y.original_max_position_embeddings,
-                "beta_fast": y.beta_fast,
-                "beta_slow": y.beta_slow,
-                "mscale": y.mscale,
-                "mscale_all_dim": y.mscale_all_dim,
-            })),
+            "rope_scaling": self.rope_scaling_json(),
             "tie_word_embeddings": self.tie_word_embeddings,
             "torch_dtype": "bfloat16",
             "use_cache": true,
@@ -541,6 +729,80 @@ impl ModelConfig {
                 "quantization_config".into(),
                 json!({"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [r, c]}),
             );
+        }
+        v
+    }
+
+    /// `rope_scaling` in the hub form (null without scaling).
+    fn rope_scaling_json(&self) -> Value {
+        if let Some(l) = &self.llama3 {
+            return json!({
+                "rope_type": "llama3",
+                "factor": l.factor,
+                "low_freq_factor": l.low_freq_factor,
+                "high_freq_factor": l.high_freq_factor,
+                "original_max_position_embeddings": l.original_max_position_embeddings,
+            });
+        }
+        let Some(y) = &self.yarn else {
+            return Value::Null;
+        };
+        let mut r = json!({
+            "type": "yarn",
+            "factor": y.factor,
+            "original_max_position_embeddings": y.original_max_position_embeddings,
+            "beta_fast": y.beta_fast,
+            "beta_slow": y.beta_slow,
+            "mscale": y.mscale,
+            "mscale_all_dim": y.mscale_all_dim,
+        });
+        let o = r.as_object_mut().unwrap();
+        if let Some(a) = y.attention_factor {
+            o.insert("attention_factor".into(), json!(a));
+        }
+        if !y.truncate {
+            o.insert("truncate".into(), json!(false));
+        }
+        r
+    }
+
+    /// A distill's config.json as the hub has it for qwen2, llama and qwen3.
+    fn dense_hub_json(&self, g: &GqaConfig) -> Value {
+        let arch = match self.model_type {
+            ModelType::Qwen2 => "Qwen2ForCausalLM",
+            ModelType::Llama => "LlamaForCausalLM",
+            _ => "Qwen3ForCausalLM",
+        };
+        let mut v = json!({
+            "architectures": [arch],
+            "model_type": self.model_type.as_str(),
+            "attention_dropout": 0.0,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids.first(),
+            "hidden_act": "silu",
+            "hidden_size": self.hidden_size,
+            "head_dim": g.head_dim,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": g.num_key_value_heads,
+            "num_hidden_layers": self.num_hidden_layers,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope_scaling_json(),
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": "bfloat16",
+            "use_cache": true,
+            "vocab_size": self.vocab_size,
+        });
+        let o = v.as_object_mut().unwrap();
+        if self.model_type == ModelType::Qwen2 {
+            o.insert("use_sliding_window".into(), json!(false));
+        } else {
+            o.insert("attention_bias".into(), json!(g.o_bias));
+        }
+        if self.model_type == ModelType::Llama {
+            o.insert("mlp_bias".into(), json!(false));
         }
         v
     }
@@ -591,7 +853,7 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let mut c = base();
-        c["model_type"] = json!("llama");
+        c["model_type"] = json!("mistral");
         assert!(ModelConfig::from_json(&c)
             .unwrap_err()
             .to_string()

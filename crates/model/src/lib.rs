@@ -1,11 +1,13 @@
-//! The DeepSeek V2/V3 model family as whale runs it: config and checkpoint loading, the
-//! model (MLA + DeepSeekMoE), its latent cache, parameter accounting, and synthetic checkpoints.
+//! The DeepSeek V2/V3 model family and R1's dense distills as whale runs them: config and
+//! checkpoint loading, the model (MLA + DeepSeekMoE, or grouped-query attention + MLP), its
+//! cache, parameter accounting, and synthetic checkpoints.
 //! The math follows the DeepSeek spec (shared/docs/deepseek-spec.md, next to the repository);
 //! kernels live in `whale-kernels`.
 
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod gqa;
 pub mod mla;
 pub mod model;
 pub mod moe;

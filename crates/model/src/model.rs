@@ -1,6 +1,7 @@
-//! The DeepSeek V2/V3 decoder (spec §3.5): embedding, pre-norm layers of MLA + (dense MLP or
-//! MoE), final norm, untied head. MTP modules stored after the main layers are loaded beside
-//! the main model and never run as main layers.
+//! The decoder (spec §3.5): embedding, pre-norm layers of attention + feed-forward, final norm,
+//! head. DeepSeek V2/V3 layers are MLA + (dense MLP or MoE); the R1 distills' are grouped-query
+//! attention + MLP. MTP modules stored after the main layers are loaded beside the main model
+//! and never run as main layers.
 
 use anyhow::{bail, Result};
 use whale_kernels::matrix::matmul;
@@ -10,6 +11,7 @@ use whale_kernels::Matrix;
 use crate::cache::{KvStore, LatentCache};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
+use crate::gqa::Gqa;
 use crate::mla::{AttentionForm, Mla, Segment};
 use crate::moe::{Mlp, Moe};
 use crate::rope::{softmax_scale, Rope};
@@ -30,9 +32,38 @@ impl Ffn {
     }
 }
 
+pub enum Attention {
+    Mla(Mla),
+    Gqa(Gqa),
+}
+
+impl Attention {
+    pub fn matrices(&self) -> Vec<&Matrix> {
+        match self {
+            Attention::Mla(a) => a.matrices(),
+            Attention::Gqa(a) => a.matrices(),
+        }
+    }
+
+    /// The output projection (every attention has one).
+    pub fn o_proj(&self) -> &Matrix {
+        match self {
+            Attention::Mla(a) => &a.o_proj,
+            Attention::Gqa(a) => &a.o_proj.weight,
+        }
+    }
+
+    fn stored_bytes(&self, decode: bool) -> f64 {
+        match self {
+            Attention::Mla(a) => a.stored_bytes(decode),
+            Attention::Gqa(a) => a.stored_bytes(),
+        }
+    }
+}
+
 pub struct DecoderLayer {
     pub input_layernorm: Vec<f32>,
-    pub self_attn: Mla,
+    pub self_attn: Attention,
     pub post_attention_layernorm: Vec<f32>,
     pub mlp: Ffn,
 }
@@ -53,7 +84,10 @@ impl DecoderLayer {
         };
         Ok(DecoderLayer {
             input_layernorm: ck.vector(&format!("{p}input_layernorm.weight"), d)?,
-            self_attn: Mla::load(ck, &format!("{p}self_attn."), cfg, scale)?,
+            self_attn: match &cfg.gqa {
+                None => Attention::Mla(Mla::load(ck, &format!("{p}self_attn."), cfg, scale)?),
+                Some(g) => Attention::Gqa(Gqa::load(ck, &format!("{p}self_attn."), cfg, g)?),
+            },
             post_attention_layernorm: ck
                 .vector(&format!("{p}post_attention_layernorm.weight"), d)?,
             mlp,
@@ -75,7 +109,10 @@ impl DecoderLayer {
         let n = h.len() / self.input_layernorm.len();
         let mut x = vec![0f32; h.len()];
         rms_norm(h, &self.input_layernorm, eps, &mut x);
-        let a = self.self_attn.forward(&x, segs, layer, kv, rope, form);
+        let a = match &self.self_attn {
+            Attention::Mla(m) => m.forward(&x, segs, layer, kv, rope, form),
+            Attention::Gqa(g) => g.forward(&x, segs, layer, kv, rope),
+        };
         h.iter_mut().zip(&a).for_each(|(h, a)| *h += a);
         rms_norm(h, &self.post_attention_layernorm, eps, &mut x);
         let f = self.mlp.forward(&x, n);
@@ -195,7 +232,7 @@ impl Model {
         kv: &mut dyn KvStore,
         form: AttentionForm,
     ) -> Result<Vec<f32>> {
-        if kv.shape() != (self.config.latent_cache_width(), self.layers.len()) {
+        if kv.shape() != (self.config.cache_width(), self.layers.len()) {
             bail!("the cache was made for a different model");
         }
         let mut segs = Vec::with_capacity(tokens.len());

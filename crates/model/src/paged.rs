@@ -88,7 +88,7 @@ impl BlockPool {
 
 impl BlockPool {
     pub fn new(cfg: &ModelConfig, block_size: usize, n_blocks: usize) -> Self {
-        let (layers, width) = (cfg.num_hidden_layers, cfg.latent_cache_width());
+        let (layers, width) = (cfg.num_hidden_layers, cfg.cache_width());
         BlockPool {
             block_size,
             layers,
@@ -124,7 +124,7 @@ impl BlockPool {
 
     /// Blocks that fit in `bytes` of f32 storage.
     pub fn blocks_for_bytes(cfg: &ModelConfig, block_size: usize, bytes: usize) -> usize {
-        bytes / (cfg.num_hidden_layers * block_size * cfg.latent_cache_width() * 4)
+        bytes / (cfg.num_hidden_layers * block_size * cfg.cache_width() * 4)
     }
 
     pub fn total_blocks(&self) -> usize {

@@ -132,7 +132,7 @@ pub fn kv_bytes_per_token(c: &ModelConfig, bytes: u64) -> KvBytes {
     let l = c.num_hidden_layers as u64;
     let per_head = (c.qk_head_dim() + c.v_head_dim) as u64;
     KvBytes {
-        mla: l * c.latent_cache_width() as u64 * bytes,
+        mla: l * c.cache_width() as u64 * bytes,
         mha: l * c.num_attention_heads as u64 * per_head * bytes,
         gqa8: l * 8 * per_head * bytes,
     }

@@ -1,6 +1,7 @@
-//! Decoupled rotary embedding of the `qk_rope_head_dim` dims, with YaRN, in the released
-//! complex-pair layout: dims (2i, 2i+1) form one pair rotated by position * inv_freq[i].
-//! Follows transformers' `_compute_yarn_parameters` step by step (f32 where it is f32).
+//! Rotary embedding: MLA's decoupled `qk_rope_head_dim` dims in the released complex-pair
+//! layout (dims (2i, 2i+1) rotated by position * inv_freq[i]), or a GQA head's whole width in
+//! the rotate-half layout (dims (i, i + dim/2)). Scaling by YaRN or llama3 follows transformers'
+//! `_compute_yarn_parameters` / `_compute_llama3_parameters` step by step (f32 where it is f32).
 
 use crate::config::ModelConfig;
 
@@ -23,12 +24,19 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(cfg: &ModelConfig) -> Self {
-        let dim = cfg.qk_rope_head_dim;
+        let dim = cfg.rope_dim();
         let base = cfg.rope_theta as f32;
         let half = dim / 2;
         let pos_freqs: Vec<f32> = (0..half)
             .map(|i| base.powf((2 * i) as f32 / dim as f32))
             .collect();
+        if let Some(l) = &cfg.llama3 {
+            return Rope {
+                inv_freq: llama3(pos_freqs.iter().map(|p| 1.0 / p), l),
+                interleave: cfg.rope_interleave,
+                attention_factor: 1.0,
+            };
+        }
         let Some(y) = &cfg.yarn else {
             return Rope {
                 inv_freq: pos_freqs.iter().map(|p| 1.0 / p).collect(),
@@ -44,8 +52,12 @@ impl Rope {
                     .ln())
                 / (2.0 * cfg.rope_theta.ln())
         };
-        let low = correction_dim(y.beta_fast).floor().max(0.0);
-        let mut high = correction_dim(y.beta_slow).ceil().min(dim as f64 - 1.0);
+        let (mut low, mut high) = (correction_dim(y.beta_fast), correction_dim(y.beta_slow));
+        if y.truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let low = low.max(0.0);
+        let mut high = high.min(dim as f64 - 1.0);
         if low == high {
             high += 0.001;
         }
@@ -101,6 +113,29 @@ impl Rope {
             x[ib] = a * sin + b * cos;
         }
     }
+}
+
+/// Llama 3.1's frequencies: wavelengths past the original context's / low_freq_factor slowed
+/// by `factor`, those under its / high_freq_factor kept, the band between blended smoothly.
+fn llama3(inv_freq: impl Iterator<Item = f32>, l: &crate::config::Llama3Rope) -> Vec<f32> {
+    let old = l.original_max_position_embeddings as f32;
+    let (factor, lo, hi) = (
+        l.factor as f32,
+        l.low_freq_factor as f32,
+        l.high_freq_factor as f32,
+    );
+    let (low_wavelen, high_wavelen) = (old / lo, old / hi);
+    inv_freq
+        .map(|f| {
+            let wavelen = 2.0 * std::f32::consts::PI / f;
+            let scaled = if wavelen > low_wavelen { f / factor } else { f };
+            if wavelen < high_wavelen || wavelen > low_wavelen {
+                return scaled;
+            }
+            let smooth = (old / wavelen - lo) / (hi - lo);
+            (1.0 - smooth) * scaled / factor + smooth * scaled
+        })
+        .collect()
 }
 
 /// Softmax scale of MLA: (qk_nope + qk_rope)^-1/2, times m(factor, mscale_all_dim)^2 under YaRN.

@@ -11,14 +11,27 @@ use std::io::Write;
 use std::path::Path;
 use whale_kernels::fp8::f32_to_e4m3;
 
-use crate::config::{ModelConfig, ModelType, MoeConfig, ScoringFunc, TopkMethod, Yarn};
+use crate::config::{
+    GqaConfig, Llama3Rope, ModelConfig, ModelType, MoeConfig, ScoringFunc, TopkMethod, Yarn,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
     V2Lite,
     V3,
     V3Fp8,
+    /// DeepSeek-R1-Distill-Qwen-1.5B
+    DistillQwen1_5B,
+    /// DeepSeek-R1-Distill-Qwen-7B
+    DistillQwen7B,
+    /// DeepSeek-R1-Distill-Llama-8B
+    DistillLlama8B,
+    /// DeepSeek-R1-0528-Qwen3-8B
+    Qwen3_8B0528,
 }
+
+/// `--like` names, in the order `whale synth --help` lists them.
+pub const PRESETS: &str = "v2-lite, v3, v3-fp8, r1-distill-qwen-1.5b, r1-distill-qwen-7b, r1-distill-llama-8b, r1-0528-qwen3-8b";
 
 impl Preset {
     pub fn parse(s: &str) -> Result<Self> {
@@ -26,7 +39,11 @@ impl Preset {
             "v2-lite" => Preset::V2Lite,
             "v3" => Preset::V3,
             "v3-fp8" => Preset::V3Fp8,
-            other => bail!("unknown model shape `{other}` (known: v2-lite, v3, v3-fp8)"),
+            "r1-distill-qwen-1.5b" => Preset::DistillQwen1_5B,
+            "r1-distill-qwen-7b" => Preset::DistillQwen7B,
+            "r1-distill-llama-8b" => Preset::DistillLlama8B,
+            "r1-0528-qwen3-8b" => Preset::Qwen3_8B0528,
+            other => bail!("unknown model shape `{other}` (known: {PRESETS})"),
         })
     }
 
@@ -65,10 +82,13 @@ impl Preset {
                     original_max_position_embeddings: 4096,
                     beta_fast: 32.0,
                     beta_slow: 1.0,
+                    truncate: true,
                     mscale: Some(0.707),
                     mscale_all_dim: Some(0.707),
                     attention_factor: None,
                 }),
+                llama3: None,
+                gqa: None,
                 max_position_embeddings: 163840,
                 rms_norm_eps: 1e-6,
                 num_nextn_predict_layers: 0,
@@ -110,10 +130,13 @@ impl Preset {
                     original_max_position_embeddings: 4096,
                     beta_fast: 32.0,
                     beta_slow: 1.0,
+                    truncate: true,
                     mscale: Some(1.0),
                     mscale_all_dim: Some(1.0),
                     attention_factor: None,
                 }),
+                llama3: None,
+                gqa: None,
                 max_position_embeddings: 163840,
                 rms_norm_eps: 1e-6,
                 num_nextn_predict_layers: 1,
@@ -127,7 +150,80 @@ impl Preset {
                 tie_word_embeddings: false,
                 rope_interleave: true,
             },
+            Preset::DistillQwen1_5B => dense(ModelType::Qwen2, 151936, 1536, 8960, 28, 12, 2, 128),
+            Preset::DistillQwen7B => dense(ModelType::Qwen2, 152064, 3584, 18944, 28, 28, 4, 128),
+            Preset::DistillLlama8B => ModelConfig {
+                rope_theta: 500000.0,
+                llama3: Some(Llama3Rope {
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 8192,
+                }),
+                rms_norm_eps: 1e-5,
+                ..dense(ModelType::Llama, 128256, 4096, 14336, 32, 32, 8, 128)
+            },
+            Preset::Qwen3_8B0528 => ModelConfig {
+                rope_theta: 1000000.0,
+                yarn: Some(Yarn {
+                    factor: 4.0,
+                    original_max_position_embeddings: 32768,
+                    beta_fast: 32.0,
+                    beta_slow: 1.0,
+                    truncate: true,
+                    mscale: None,
+                    mscale_all_dim: None,
+                    attention_factor: None,
+                }),
+                ..dense(ModelType::Qwen3, 151936, 4096, 12288, 36, 32, 8, 128)
+            },
         }
+    }
+}
+
+/// A distill's config as released: GQA with the model type's biases and norms, 128K context.
+#[allow(clippy::too_many_arguments)]
+fn dense(
+    model_type: ModelType,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: usize,
+    head_dim: usize,
+) -> ModelConfig {
+    ModelConfig {
+        model_type,
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads,
+        q_lora_rank: None,
+        kv_lora_rank: 0,
+        qk_nope_head_dim: 0,
+        qk_rope_head_dim: 0,
+        v_head_dim: 0,
+        moe: None,
+        rope_theta: 10000.0,
+        yarn: None,
+        llama3: None,
+        gqa: Some(GqaConfig {
+            num_key_value_heads,
+            head_dim,
+            qkv_bias: model_type == ModelType::Qwen2,
+            o_bias: false,
+            qk_norm: model_type == ModelType::Qwen3,
+        }),
+        max_position_embeddings: 131072,
+        rms_norm_eps: 1e-6,
+        num_nextn_predict_layers: 0,
+        fp8_block: None,
+        bos_token_id: Some(0),
+        eos_token_ids: vec![1],
+        tie_word_embeddings: false,
+        rope_interleave: false,
     }
 }
 
@@ -231,6 +327,14 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
             fp8: false,
         })
     };
+    let bias = |v: &mut Vec<Spec>, name: String, n: usize| {
+        v.push(Spec {
+            name,
+            shape: vec![n],
+            init: Init::Uniform(0.1),
+            fp8: false,
+        })
+    };
     let mlp = |v: &mut Vec<Spec>, p: &str, inter: usize| {
         lin(v, format!("{p}gate_proj.weight"), inter, d, true);
         lin(v, format!("{p}up_proj.weight"), inter, d, true);
@@ -241,6 +345,25 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
         norm(v, format!("{p}input_layernorm.weight"), d);
         norm(v, format!("{p}post_attention_layernorm.weight"), d);
         let a = format!("{p}self_attn.");
+        if let Some(g) = &c.gqa {
+            let (q, kv) = (h * g.head_dim, g.num_key_value_heads * g.head_dim);
+            for (proj, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+                lin(v, format!("{a}{proj}.weight"), rows, d, true);
+                if g.qkv_bias {
+                    bias(v, format!("{a}{proj}.bias"), rows);
+                }
+            }
+            lin(v, format!("{a}o_proj.weight"), d, q, true);
+            if g.o_bias {
+                bias(v, format!("{a}o_proj.bias"), d);
+            }
+            if g.qk_norm {
+                norm(v, format!("{a}q_norm.weight"), g.head_dim);
+                norm(v, format!("{a}k_norm.weight"), g.head_dim);
+            }
+            mlp(v, &format!("{p}mlp."), c.intermediate_size);
+            return;
+        }
         let dqk = c.qk_head_dim();
         match c.q_lora_rank {
             Some(r) => {
@@ -307,7 +430,9 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
         layer(&mut v, i, c.is_moe_layer(i));
     }
     norm(&mut v, "model.norm.weight".into(), d);
-    lin(&mut v, "lm_head.weight".into(), c.vocab_size, d, false);
+    if !c.tie_word_embeddings {
+        lin(&mut v, "lm_head.weight".into(), c.vocab_size, d, false);
+    }
     for k in 0..c.num_nextn_predict_layers {
         let i = c.num_hidden_layers + k;
         layer(&mut v, i, c.moe.is_some());

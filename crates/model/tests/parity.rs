@@ -6,7 +6,15 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 use whale_model::{AttentionForm, Checkpoint, Logits, Model};
 
-const CASES: [&str; 4] = ["tiny-v3", "tiny-v2-lite", "tiny-v2-group", "tiny-v3-fp8"];
+const CASES: [&str; 7] = [
+    "tiny-v3",
+    "tiny-v2-lite",
+    "tiny-v2-group",
+    "tiny-v3-fp8",
+    "tiny-qwen2",
+    "tiny-llama",
+    "tiny-qwen3",
+];
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -83,6 +91,16 @@ fn logits_match_transformers_at_every_position_in_both_attention_forms() {
                     .forward(prompt, &mut cache, form, Logits::All)
                     .unwrap();
                 let err = max_abs_diff(&got, &r.logits[i]);
+                if std::env::var("PARITY_DEBUG").is_ok() {
+                    let v = model.config.vocab_size;
+                    for (t, (a, b)) in got.chunks(v).zip(r.logits[i].chunks(v)).enumerate() {
+                        eprintln!(
+                            "{name} {i} {form:?} pos {t}: {:e} (max |logit| {})",
+                            max_abs_diff(a, b),
+                            b.iter().fold(0f32, |m, x| m.max(x.abs()))
+                        );
+                    }
+                }
                 assert!(
                     err <= LOGIT_TOL,
                     "{name} prompt {i} {form:?}: max abs error {err}"
@@ -132,12 +150,14 @@ fn decoding_token_by_token_equals_recomputing_the_sequence() {
             let err = max_abs_diff(&step, want);
             assert!(err <= LOGIT_TOL, "{name} step {t}: {err}");
         }
-        // The cache holds exactly kv_lora_rank + qk_rope_head_dim values per token per layer.
+        // The cache holds exactly kv_lora_rank + qk_rope_head_dim values per token per layer
+        // under MLA, a key and a value per key/value head under GQA.
         let c = &model.config;
-        assert_eq!(
-            cache.values(),
-            prompt.len() * c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim)
-        );
+        let width = match &c.gqa {
+            None => c.kv_lora_rank + c.qk_rope_head_dim,
+            Some(g) => 2 * g.num_key_value_heads * g.head_dim,
+        };
+        assert_eq!(cache.values(), prompt.len() * c.num_hidden_layers * width);
     }
 }
 
@@ -153,7 +173,13 @@ fn mtp_layers_are_kept_apart_from_main_layers() {
 #[test]
 fn a_batch_gives_each_sequence_exactly_its_own_results() {
     use whale_model::Caches;
-    for name in ["tiny-v3", "tiny-v2-lite", "tiny-v3-fp8"] {
+    for name in [
+        "tiny-v3",
+        "tiny-v2-lite",
+        "tiny-v3-fp8",
+        "tiny-qwen2",
+        "tiny-qwen3",
+    ] {
         let model = load(name);
         let r = reference(name);
         let v = model.config.vocab_size;

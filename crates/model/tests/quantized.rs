@@ -96,14 +96,14 @@ fn quantised_next_token_distributions_order_by_bits() {
 fn conversion_covers_the_linear_layers() {
     let m = load("tiny-v3", Some(Format::Q4_0));
     let l = &m.layers[0];
-    assert_eq!(l.self_attn.o_proj.format(), Some(Format::Q4_0));
+    assert_eq!(l.self_attn.o_proj().format(), Some(Format::Q4_0));
     assert_eq!(m.lm_head.format(), Some(Format::Q4_0));
     // the embedding is looked up, not multiplied: it stays as stored
     assert_eq!(m.embed_tokens.format(), Some(Format::Bf16));
     // bf16-fast keeps the stored bf16 bytes and changes only how products are computed
     let f = load("tiny-v3", Some(Format::Bf16Fast));
     assert_eq!(
-        f.layers[0].self_attn.o_proj.format(),
+        f.layers[0].self_attn.o_proj().format(),
         Some(Format::Bf16Fast)
     );
     assert_eq!(f.lm_head.format(), Some(Format::Bf16Fast));
@@ -177,7 +177,7 @@ fn saved_quantised_checkpoints_equal_conversion_at_load() {
             };
             assert_eq!(run(&saved), run(&converted), "{name}");
         }
-        assert_eq!(saved.layers[0].self_attn.o_proj.format(), Some(fmt));
+        assert_eq!(saved.layers[0].self_attn.o_proj().format(), Some(fmt));
         // quantising a quantised checkpoint again is refused
         let again = Checkpoint::open(&dir).unwrap();
         assert!(whale_model::quantize::save_quantized(&again, fmt, &dir.join("x")).is_err());
