@@ -21,7 +21,8 @@ pub struct InspectArgs {
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// the real model whose shape to copy: v2-lite, v3 or v3-fp8
+    /// the real model whose shape to copy: v2-lite, v3, v3-fp8, r1-distill-qwen-1.5b,
+    /// r1-distill-qwen-7b, r1-distill-llama-8b or r1-0528-qwen3-8b
     #[arg(long)]
     like: String,
     /// main decoder layers (the real count by default)
@@ -94,8 +95,11 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             "q_lora_rank": c.q_lora_rank, "kv_lora_rank": c.kv_lora_rank,
             "params_total": p.total(), "params_active_per_token": p.active(), "params_mtp": p.mtp,
             "kv_cache_values_per_token_per_layer": width,
-            "kv_bytes_per_token_bf16": {"mla": kv.mla, "mha": kv.mha, "gqa8": kv.gqa8},
+            "num_key_value_heads": c.gqa.as_ref().map(|g| g.num_key_value_heads),
+            "head_dim": c.gqa.as_ref().map(|g| g.head_dim),
+            "kv_bytes_per_token_bf16": {"cached": kv.cached, "mla": kv.mla, "mha": kv.mha, "gqa8": kv.gqa8},
             "mha_over_mla": kv.mha as f64 / kv.mla as f64,
+            "mla_over_cached": kv.mla as f64 / kv.cached as f64,
             "tensor_dtypes": formats, "stored_bytes": ck.total_stored_bytes(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -113,7 +117,18 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         moe_layers,
         mtp_on_disk
     );
-    println!(
+    if let Some(g) = &c.gqa {
+        println!(
+            "attention        GQA: hidden {}, {} query heads sharing {} key/value heads, head_dim {}{}{}",
+            c.hidden_size,
+            c.num_attention_heads,
+            g.num_key_value_heads,
+            g.head_dim,
+            if g.qkv_bias { ", q/k/v biases" } else { "" },
+            if g.qk_norm { ", q/k norms" } else { "" },
+        );
+    } else {
+        println!(
         "attention        MLA: hidden {}, {} heads, q_lora_rank {}, kv_lora_rank {}, qk nope/rope {}/{}, v {}, softmax scale {:.6}",
         c.hidden_size,
         c.num_attention_heads,
@@ -124,6 +139,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         c.v_head_dim,
         softmax_scale(c)
     );
+    }
     if let Some(m) = &c.moe {
         println!(
             "experts          {} routed (top-{}, {} / {}, {} groups keep {}), {} shared, width {}, norm_topk_prob {}, routed_scaling_factor {}",
@@ -139,12 +155,16 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             m.routed_scaling_factor
         );
     }
-    match &c.yarn {
-        Some(y) => println!(
+    match (&c.yarn, &c.llama3) {
+        (Some(y), _) => println!(
             "rope             theta {}, YaRN factor {} over {} original positions, max {}",
             c.rope_theta, y.factor, y.original_max_position_embeddings, c.max_position_embeddings
         ),
-        None => println!(
+        (None, Some(l)) => println!(
+            "rope             theta {}, llama3 factor {} (low/high freq {}/{}) over {} original positions, max {}",
+            c.rope_theta, l.factor, l.low_freq_factor, l.high_freq_factor, l.original_max_position_embeddings, c.max_position_embeddings
+        ),
+        (None, None) => println!(
             "rope             theta {}, max {} positions",
             c.rope_theta, c.max_position_embeddings
         ),
@@ -167,6 +187,20 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             "                 + {} in MTP modules (not part of the main model)",
             human(p.mtp)
         );
+    }
+    if c.gqa.is_some() {
+        println!(
+            "kv cache/token   GQA {} values/layer = {} bytes in bf16 ({} layers)",
+            width, kv.cached, c.num_hidden_layers
+        );
+        println!(
+            "                 vs multi-head attention with the same heads: {} bytes ({:.1}x); an MLA cache of V3's width: {} bytes ({:.2}x this cache)",
+            kv.mha,
+            kv.mha as f64 / kv.cached as f64,
+            kv.mla,
+            kv.mla as f64 / kv.cached as f64
+        );
+        return Ok(());
     }
     println!(
         "kv cache/token   MLA {} values/layer = {} bytes in bf16 ({} layers)",

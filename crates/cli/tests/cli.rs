@@ -6,7 +6,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const CASES: [&str; 4] = ["tiny-v3", "tiny-v2-lite", "tiny-v2-group", "tiny-v3-fp8"];
+const CASES: [&str; 7] = [
+    "tiny-v3",
+    "tiny-v2-lite",
+    "tiny-v2-group",
+    "tiny-v3-fp8",
+    "tiny-qwen2",
+    "tiny-llama",
+    "tiny-qwen3",
+];
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -160,6 +168,15 @@ fn inspect_reports_the_latent_cache() {
     assert_eq!(v["kv_bytes_per_token_bf16"]["mla"], 3 * 40 * 2);
     assert_eq!(v["mtp_layers_on_disk"], 1);
     assert_eq!(v["layers"], 3);
+    // a distill: keys and values of 2 heads of 24 dims per layer; next to it V3's latent width
+    let o = whale(&["inspect", fixture("tiny-qwen3").to_str().unwrap(), "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["model_type"], "qwen3");
+    assert_eq!(v["kv_cache_values_per_token_per_layer"], 2 * 2 * 24);
+    assert_eq!(v["kv_bytes_per_token_bf16"]["cached"], 3 * 96 * 2);
+    assert_eq!(v["kv_bytes_per_token_bf16"]["mla"], 3 * 576 * 2);
+    assert_eq!(v["kv_bytes_per_token_bf16"]["mha"], 3 * 6 * 48 * 2);
 }
 
 #[test]
@@ -280,7 +297,7 @@ fn bad_checkpoints_fail_cleanly() {
 #[test]
 fn bad_configs_fail_cleanly() {
     for (field, value) in [
-        ("model_type", "\"llama\""),
+        ("model_type", "\"mistral\""),
         ("topk_method", "\"random_pick\""),
         ("scoring_func", "\"relu\""),
         ("hidden_size", "\"wide\""),
@@ -293,6 +310,58 @@ fn bad_configs_fail_cleanly() {
         v[field] = serde_json::from_str(value).unwrap();
         std::fs::write(&p, v.to_string()).unwrap();
         assert_clean_error(&logits_of(d, "0,1"), field);
+    }
+    // the distills: heads that do not divide into groups, what no distill uses, a bad rope
+    for (case, field, value, named) in [
+        (
+            "tiny-qwen2",
+            "num_key_value_heads",
+            "3",
+            "num_key_value_heads",
+        ),
+        (
+            "tiny-qwen2",
+            "use_sliding_window",
+            "true",
+            "use_sliding_window",
+        ),
+        ("tiny-llama", "mlp_bias", "true", "mlp_bias"),
+        ("tiny-llama", "hidden_act", "\"gelu\"", "hidden_act"),
+        (
+            "tiny-llama",
+            "rope_scaling",
+            r#"{"rope_type": "llama3", "factor": 8.0}"#,
+            "low_freq_factor",
+        ),
+        ("tiny-qwen3", "head_dim", "23", "head_dim"),
+        (
+            "tiny-qwen3",
+            "rope_scaling",
+            r#"{"rope_type": "longrope"}"#,
+            "longrope",
+        ),
+    ] {
+        let d_tmp = copy_fixture(case, &format!("cfg-{field}"));
+        let d = d_tmp.path();
+        let p = d.join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v[field] = serde_json::from_str(value).unwrap();
+        std::fs::write(&p, v.to_string()).unwrap();
+        assert_clean_error(&logits_of(d, "0,1"), named);
+    }
+    // a bias or a norm the model type implies, missing
+    for (case, name) in [
+        ("tiny-qwen2", "model.layers.1.self_attn.k_proj.bias"),
+        ("tiny-llama", "model.layers.0.self_attn.o_proj.bias"),
+        ("tiny-qwen3", "model.layers.2.self_attn.q_norm.weight"),
+    ] {
+        let d_tmp = copy_fixture(case, "nobias");
+        let d = d_tmp.path();
+        edit_shard(d, name, |t| {
+            t.remove(name);
+        });
+        assert_clean_error(&logits_of(d, "0,1"), name);
     }
     let d_tmp = copy_fixture("tiny-v3", "cfg-json");
     let d = d_tmp.path();

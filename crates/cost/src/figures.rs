@@ -46,15 +46,30 @@ impl Figures {
         )
     }
 
+    /// Grouped-query attention has one form: every head scores `ctx` keys and sums as many
+    /// values, `head_dim` wide each (None under MLA).
+    fn gqa_attn_flops(&self, ctx: f64) -> Option<f64> {
+        let c = &self.config;
+        let g = c.gqa.as_ref()?;
+        let (l, h) = (c.num_hidden_layers as f64, c.num_attention_heads as f64);
+        Some(l * 2.0 * h * ctx * 2.0 * g.head_dim as f64)
+    }
+
     /// Attention FLOPs of one token attending to `ctx` positions in the weight-absorbed form:
     /// every head scores the latent and rope key (dc + dr) and sums latents (dc).
     pub fn attn_flops_absorbed(&self, ctx: f64) -> f64 {
+        if let Some(f) = self.gqa_attn_flops(ctx) {
+            return f;
+        }
         let (l, h, dc, dr, _, _) = self.attn_dims();
         l * 2.0 * h * ctx * (2.0 * dc + dr)
     }
 
     /// The same in the plain form with per-head keys and values already expanded (prefill).
     pub fn attn_flops_plain(&self, ctx: f64) -> f64 {
+        if let Some(f) = self.gqa_attn_flops(ctx) {
+            return f;
+        }
         let (l, h, _, dr, nope, dv) = self.attn_dims();
         l * 2.0 * h * ctx * (nope + dr + dv)
     }
@@ -62,6 +77,9 @@ impl Figures {
     /// Decoding in the plain form from a latent cache: the cache is expanded through kv_b_proj
     /// again at every step before the plain attention.
     pub fn attn_flops_plain_decode(&self, ctx: f64) -> f64 {
+        if let Some(f) = self.gqa_attn_flops(ctx) {
+            return f;
+        }
         let (l, h, dc, _, nope, dv) = self.attn_dims();
         self.attn_flops_plain(ctx) + l * 2.0 * ctx * dc * h * (nope + dv)
     }
@@ -139,7 +157,7 @@ impl Figures {
         self.params.total() as f64 * dtype.bytes_per_weight()
     }
 
-    /// KV-cache bytes per token: MLA as stored, and the same heads as MHA and as GQA-8.
+    /// KV-cache bytes per token: as stored, MLA's, and the same heads as MHA and as GQA-8.
     pub fn kv_per_token(&self, kv: Dtype) -> KvBytes {
         // bytes_per_weight is fractional for int4; the cache element sizes used here are whole
         params::kv_bytes_per_token(&self.config, kv.bytes_per_weight().round().max(1.0) as u64)

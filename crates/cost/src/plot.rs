@@ -47,7 +47,7 @@ pub fn write(path: &Path, f: &Figures, chosen: &Setup, batch: u64, context: u64)
             }
         };
         let g = setup.gpus as f64;
-        let kv = f.kv_per_token(setup.kv_dtype).mla as f64;
+        let kv = f.kv_per_token(setup.kv_dtype).cached as f64;
         let label = format!("{} x{}", chip.name, setup.gpus);
         let pts: Vec<(f64, f64)> = contexts
             .iter()

@@ -27,9 +27,11 @@ pub struct Kv {
     pub max_batch: KvTriple,
 }
 
-/// MLA as stored, and the same heads as standard multi-head attention and as GQA-8.
+/// As stored (MLA's latent, or a distill's GQA keys and values), MLA's (for a GQA model: a cache
+/// of V3's latent width), and the same heads as standard multi-head attention and as GQA-8.
 #[derive(Debug, Serialize)]
 pub struct KvTriple {
+    pub cached: f64,
     pub mla: f64,
     pub mha: f64,
     pub gqa8: f64,
@@ -130,18 +132,19 @@ impl Report {
         let kv = f.kv_per_token(s.kv_dtype);
         let fit = |per: u64| s.max_batch(f, ctx, per as f64);
         let max_batch = KvTriple {
+            cached: fit(kv.cached) as f64,
             mla: fit(kv.mla) as f64,
             mha: fit(kv.mha) as f64,
             gqa8: fit(kv.gqa8) as f64,
         };
-        if (r.batch as f64) > max_batch.mla {
+        if (r.batch as f64) > max_batch.cached {
             bail!(
                 "batch {} at context {} needs {:.1} GB of KV cache, but {:.1} GB is left beside the weights: at most {} sequences fit",
                 r.batch,
                 r.context,
-                r.batch as f64 * ctx * kv.mla as f64 / 1e9,
+                r.batch as f64 * ctx * kv.cached as f64 / 1e9,
                 budget / 1e9,
-                max_batch.mla
+                max_batch.cached
             );
         }
         let b = r.batch as f64;
@@ -183,11 +186,13 @@ impl Report {
             kv: Kv {
                 dtype: s.kv_dtype,
                 per_token: KvTriple {
+                    cached: kv.cached as f64,
                     mla: kv.mla as f64,
                     mha: kv.mha as f64,
                     gqa8: kv.gqa8 as f64,
                 },
                 per_sequence: KvTriple {
+                    cached: kv.cached as f64 * ctx,
                     mla: kv.mla as f64 * ctx,
                     mha: kv.mha as f64 * ctx,
                     gqa8: kv.gqa8 as f64 * ctx,
@@ -243,11 +248,19 @@ impl Report {
         );
         let fl = &self.flops;
         let _ = writeln!(o, "\nFLOPs per token: {:.1} GFLOP of weight products; prefill of {} tokens {:.1} GFLOP/token; decode at context {} {:.1} GFLOP/token", g(fl.linear_per_token), self.prompt, g(fl.prefill_per_token), self.context, g(fl.decode_per_token));
-        let _ = writeln!(
-            o,
-            "  attention per decoded token at context {}: absorbed over the latent cache {:.2} GFLOP; plain over an expanded (MHA-size) cache {:.2} GFLOP; plain re-expanding the latent cache each step {:.2} GFLOP",
-            self.context, g(fl.attention_absorbed_per_token), g(fl.attention_plain_expanded_per_token), g(fl.attention_plain_reexpand_per_token)
-        );
+        if self.kv.per_token.cached != self.kv.per_token.mla {
+            let _ = writeln!(
+                o,
+                "  attention per decoded token at context {}: {:.2} GFLOP (grouped-query attention has one form)",
+                self.context, g(fl.attention_absorbed_per_token)
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "  attention per decoded token at context {}: absorbed over the latent cache {:.2} GFLOP; plain over an expanded (MHA-size) cache {:.2} GFLOP; plain re-expanding the latent cache each step {:.2} GFLOP",
+                self.context, g(fl.attention_absorbed_per_token), g(fl.attention_plain_expanded_per_token), g(fl.attention_plain_reexpand_per_token)
+            );
+        }
         let _ = writeln!(
             o,
             "weights: {:.2} GB held; a decode step reads {:.2} GB at batch 1, {:.2} GB at batch {}",
@@ -257,38 +270,64 @@ impl Report {
             self.batch
         );
         let kv = &self.kv;
+        // a distill caches GQA keys and values: its own cache first, then MLA's beside it
+        let gqa = kv.per_token.cached != kv.per_token.mla;
+        let (first, second) = if gqa {
+            ("GQA (stored)", "MLA (V3 width)")
+        } else {
+            ("MLA (stored)", "GQA-8")
+        };
+        let pick = |t: &KvTriple| {
+            if gqa {
+                (t.cached, t.mla)
+            } else {
+                (t.mla, t.gqa8)
+            }
+        };
         let _ = writeln!(
             o,
             "\nKV cache ({}):       {:>14} {:>14} {:>14}",
             kv.dtype.name(),
-            "MLA (stored)",
+            first,
             "MHA",
-            "GQA-8"
+            second
         );
+        let (a, b) = pick(&kv.per_token);
         let _ = writeln!(
             o,
             "  bytes per token      {:>14} {:>14} {:>14}",
-            kv.per_token.mla, kv.per_token.mha, kv.per_token.gqa8
+            a, kv.per_token.mha, b
         );
+        let (a, b) = pick(&kv.per_sequence);
         let _ = writeln!(
             o,
             "  GB per sequence@{:<6}{:>13.2} {:>14.2} {:>14.2}",
             self.context,
-            g(kv.per_sequence.mla),
+            g(a),
             g(kv.per_sequence.mha),
-            g(kv.per_sequence.gqa8)
+            g(b)
         );
+        let (a, b) = pick(&kv.max_batch);
         let _ = writeln!(
             o,
             "  max batch @{:<10}{:>13} {:>14} {:>14}",
-            self.context, kv.max_batch.mla, kv.max_batch.mha, kv.max_batch.gqa8
+            self.context, a, kv.max_batch.mha, b
         );
-        let _ = writeln!(
-            o,
-            "  MLA keeps {:.1}x less than MHA, {:.1}x less than GQA-8",
-            kv.per_token.mha / kv.per_token.mla,
-            kv.per_token.gqa8 / kv.per_token.mla
-        );
+        if gqa {
+            let _ = writeln!(
+                o,
+                "  GQA keeps {:.1}x less than MHA; an MLA cache of V3's width would be {:.2}x this GQA cache",
+                kv.per_token.mha / kv.per_token.cached,
+                kv.per_token.mla / kv.per_token.cached
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "  MLA keeps {:.1}x less than MHA, {:.1}x less than GQA-8",
+                kv.per_token.mha / kv.per_token.mla,
+                kv.per_token.gqa8 / kv.per_token.mla
+            );
+        }
         let step = |name: &str, s: &Step| {
             format!(
                 "{name}: compute {:.3} ms, memory {:.3} ms, interconnect {:.3} ms -> {:.3} ms per step, {}-bound",
@@ -331,8 +370,8 @@ impl Report {
             d.compute_bound_from_batch.map_or(
                 "never (KV reads grow as fast as FLOPs)".to_string(),
                 |b| {
-                    if (b as f64) > kv.max_batch.mla {
-                        format!("{b} (more than fits in memory: {})", kv.max_batch.mla)
+                    if (b as f64) > kv.max_batch.cached {
+                        format!("{b} (more than fits in memory: {})", kv.max_batch.cached)
                     } else {
                         b.to_string()
                     }

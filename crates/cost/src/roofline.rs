@@ -181,7 +181,7 @@ impl Setup {
     /// One decode step of `batch` sequences at context `ctx`: the weights are read once for the
     /// batch, each sequence's KV cache is read whole.
     pub fn decode(&self, f: &Figures, batch: f64, ctx: f64) -> Step {
-        self.decode_with_kv(f, batch, ctx, f.kv_per_token(self.kv_dtype).mla as f64)
+        self.decode_with_kv(f, batch, ctx, f.kv_per_token(self.kv_dtype).cached as f64)
     }
 
     /// [`Setup::decode`] with another attention's cache size (MHA or GQA of the same heads).
@@ -208,7 +208,7 @@ impl Setup {
             f.prefill_flops(p) - f.prefill_linear_flops(p),
             f.dense_bytes_read(p / nodes, self.dtype),
             f.routed_bytes_read(p, self.dtype),
-            p * f.kv_per_token(self.kv_dtype).mla as f64,
+            p * f.kv_per_token(self.kv_dtype).cached as f64,
             self.comm_bytes(f, p),
         )
     }

@@ -45,6 +45,15 @@ impl ParamCount {
 
 pub fn attention_params(c: &ModelConfig) -> u64 {
     let (d, h) = (c.hidden_size as u64, c.num_attention_heads as u64);
+    if let Some(g) = &c.gqa {
+        let (q, kv) = (
+            h * g.head_dim as u64,
+            (g.num_key_value_heads * g.head_dim) as u64,
+        );
+        let bias = if g.qkv_bias { q + 2 * kv } else { 0 } + if g.o_bias { d } else { 0 };
+        let norms = if g.qk_norm { 2 * g.head_dim as u64 } else { 0 };
+        return d * (q + 2 * kv) + q * d + bias + norms;
+    }
     let dqk = c.qk_head_dim() as u64;
     let (dc, dr, dv, nope) = (
         c.kv_lora_rank as u64,
@@ -117,10 +126,16 @@ pub fn count(c: &ModelConfig) -> ParamCount {
     p
 }
 
+/// Values MLA caches per token per layer in V3 / R1 (kv_lora_rank 512 + qk_rope_head_dim 64):
+/// the yardstick a GQA model's cache is set against.
+pub const V3_LATENT_WIDTH: u64 = 512 + 64;
+
 /// KV-cache bytes per token (all layers) for an element size of `bytes` bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KvBytes {
-    /// MLA as stored: kv_lora_rank + qk_rope_head_dim per layer
+    /// what this model caches: MLA's latent and rope key, or GQA's keys and values
+    pub cached: u64,
+    /// MLA: as stored (= `cached`); for a GQA model, an MLA cache of V3's width over its layers
     pub mla: u64,
     /// standard multi-head attention with the same heads: H * (qk_head_dim + v_head_dim) per layer
     pub mha: u64,
@@ -130,9 +145,14 @@ pub struct KvBytes {
 
 pub fn kv_bytes_per_token(c: &ModelConfig, bytes: u64) -> KvBytes {
     let l = c.num_hidden_layers as u64;
-    let per_head = (c.qk_head_dim() + c.v_head_dim) as u64;
+    let cached = l * c.cache_width() as u64 * bytes;
+    let (per_head, mla) = match &c.gqa {
+        None => ((c.qk_head_dim() + c.v_head_dim) as u64, cached),
+        Some(g) => (2 * g.head_dim as u64, l * V3_LATENT_WIDTH * bytes),
+    };
     KvBytes {
-        mla: l * c.cache_width() as u64 * bytes,
+        cached,
+        mla,
         mha: l * c.num_attention_heads as u64 * per_head * bytes,
         gqa8: l * 8 * per_head * bytes,
     }
@@ -172,5 +192,27 @@ mod tests {
             "active {active_no_embed}B"
         );
         assert_eq!(kv_bytes_per_token(&c, 2).mla, 31_104);
+    }
+
+    /// The distills' released shapes: parameter counts as their model cards give them, and the
+    /// KV cache GQA keeps next to MLA's.
+    #[test]
+    fn distill_counts_match_their_model_cards() {
+        for (preset, billions, kv_heads_bytes) in [
+            (Preset::DistillQwen1_5B, 1.78, 28 * 2 * 2 * 128 * 2),
+            (Preset::DistillQwen7B, 7.62, 28 * 2 * 4 * 128 * 2),
+            (Preset::DistillLlama8B, 8.03, 32 * 2 * 8 * 128 * 2),
+            (Preset::Qwen3_8B0528, 8.19, 36 * 2 * 8 * 128 * 2),
+        ] {
+            let c = preset.config();
+            let total = count(&c).total() as f64 / 1e9;
+            assert!(
+                (total - billions).abs() / billions < 0.01,
+                "{preset:?}: {total}B"
+            );
+            let kv = kv_bytes_per_token(&c, 2);
+            assert_eq!(kv.cached, kv_heads_bytes, "{preset:?}");
+            assert_eq!(kv.mla, c.num_hidden_layers as u64 * 576 * 2);
+        }
     }
 }

@@ -688,7 +688,15 @@ mod tests {
 
     #[test]
     fn synthetic_checkpoints_load_and_run_in_every_preset() {
-        for preset in [Preset::V2Lite, Preset::V3, Preset::V3Fp8] {
+        for preset in [
+            Preset::V2Lite,
+            Preset::V3,
+            Preset::V3Fp8,
+            Preset::DistillQwen1_5B,
+            Preset::DistillQwen7B,
+            Preset::DistillLlama8B,
+            Preset::Qwen3_8B0528,
+        ] {
             let tmp = tempfile::tempdir().unwrap();
             let dir = tmp.path().join("ck");
             let cfg = tiny(preset);
