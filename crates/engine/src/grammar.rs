@@ -30,14 +30,13 @@ pub struct Grammars {
 }
 
 impl Grammars {
-    /// From the model directory's `tokenizer.json`; `vocab_size` is the model's (its logits'
-    /// width, which may exceed the tokenizer's), `eos` the id the grammar ends with.
+    /// From the model directory's tokenizer (`tokenizer.json`, or `tiktoken.model` converted);
+    /// `vocab_size` is the model's (its logits' width, which may exceed the tokenizer's), `eos`
+    /// the id the grammar ends with.
     pub fn load(dir: &Path, vocab_size: usize, eos: u32) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let json: Value = serde_json::from_slice(
-            &std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
-        )
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let json: Value = serde_json::from_str(&crate::tiktoken::tokenizer_source(dir)?)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
         let mut words = llguidance::token_bytes_from_tokenizer_json(&json)
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
         if words.len() > vocab_size {

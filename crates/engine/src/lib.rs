@@ -7,6 +7,7 @@ pub mod grammar;
 pub mod reasoning;
 pub mod sampler;
 pub mod stream;
+pub mod tiktoken;
 pub mod tokenizer;
 pub mod tools;
 

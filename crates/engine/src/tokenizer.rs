@@ -92,11 +92,21 @@ fn token_text(v: Option<&Value>) -> Option<String> {
 impl ChatTokenizer {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        if !path.exists() {
-            bail!("{} is missing", path.display());
-        }
-        let tok = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| anyhow!("{} is not a valid tokenizer: {e}", path.display()))?;
+        let tok = if path.exists() || !dir.join(crate::tiktoken::RANK_FILE).exists() {
+            if !path.exists() {
+                bail!("{} is missing", path.display());
+            }
+            tokenizers::Tokenizer::from_file(&path)
+                .map_err(|e| anyhow!("{} is not a valid tokenizer: {e}", path.display()))?
+        } else {
+            let json = crate::tiktoken::tokenizer_json(dir)?;
+            json.parse::<tokenizers::Tokenizer>().map_err(|e| {
+                anyhow!(
+                    "{}: the tiktoken vocabulary does not make a tokenizer: {e}",
+                    dir.display()
+                )
+            })?
+        };
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path)
