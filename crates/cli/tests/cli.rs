@@ -638,12 +638,12 @@ fn cost_refuses_bad_questions() {
         args.extend_from_slice(extra);
         assert_clean_error(&whale(&args), what);
     }
-    // a config that is not DeepSeek-family
-    let llama = d.join("llama");
+    // a model type whale does not run
+    let llama = d.join("mistral");
     std::fs::create_dir_all(&llama).unwrap();
     std::fs::write(
         llama.join("config.json"),
-        r#"{"model_type": "llama", "hidden_size": 4096}"#,
+        r#"{"model_type": "mistral", "hidden_size": 4096}"#,
     )
     .unwrap();
     assert_clean_error(
@@ -654,7 +654,7 @@ fn cost_refuses_bad_questions() {
             "--hardware",
             "h100",
         ]),
-        "model_type `llama`",
+        "model_type `mistral`",
     );
     assert_clean_error(
         &whale(&[
