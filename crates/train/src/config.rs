@@ -92,7 +92,13 @@ impl TrainConfig {
 
     pub fn parse(text: &str) -> Result<Self> {
         let c: TrainConfig = toml::from_str(text).context("not a valid training config")?;
-        c.model_config()?;
+        let model = c.model_config()?;
+        if model.model_type.is_dense_gqa() {
+            bail!(
+                "[model] model_type {} is a dense distill; training builds DeepSeek's MLA/MoE models (deepseek_v2, deepseek_v3)",
+                model.model_type.as_str()
+            );
+        }
         let t = &c.train;
         if t.steps == 0 || t.batch_size == 0 {
             bail!("train.steps and train.batch_size must be positive");
