@@ -4,6 +4,7 @@
 
 pub mod generate;
 pub mod grammar;
+pub mod pyjson;
 pub mod reasoning;
 pub mod sampler;
 pub mod stream;

@@ -409,6 +409,7 @@ impl ChatTokenizer {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
+        env.add_filter("tojson", tojson);
         env.add_template("chat", src)
             .context("chat_template does not parse")?;
         let mut ctx = serde_json::json!({
@@ -434,6 +435,45 @@ impl ChatTokenizer {
         let ids = self.encode_rendered(&r)?;
         Ok((r.plain().into_owned(), ids))
     }
+}
+
+/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=.., separators=..,
+/// sort_keys=..)`, so a template's tool list is the text the model was trained on.
+fn tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<minijinja::Value, minijinja::Error> {
+    let bad = |m: String| minijinja::Error::new(ErrorKind::InvalidOperation, m);
+    let json = serde_json::to_value(&value).map_err(|e| bad(format!("tojson: {e}")))?;
+    let indent = match kwargs.get::<Option<minijinja::Value>>("indent")? {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => match (v.as_i64(), v.as_str()) {
+            (Some(n), _) => Some(" ".repeat(n.max(0) as usize)),
+            (_, Some(s)) => Some(s.to_string()),
+            _ => {
+                return Err(bad(format!(
+                    "tojson: indent must be a number or a string, not {v}"
+                )))
+            }
+        },
+    };
+    let mut o = crate::pyjson::Options::default().with_indent(indent);
+    if let Some(a) = kwargs.get::<Option<bool>>("ensure_ascii")? {
+        o.ensure_ascii = a;
+    }
+    if let Some(k) = kwargs.get::<Option<bool>>("sort_keys")? {
+        o.sort_keys = k;
+    }
+    if let Some(seps) = kwargs.get::<Option<Vec<String>>>("separators")? {
+        let [item, key] = <[String; 2]>::try_from(seps)
+            .map_err(|_| bad("tojson: separators is a pair (item, key)".into()))?;
+        (o.item_sep, o.key_sep) = (item, key);
+    }
+    kwargs.assert_all_used()?;
+    Ok(minijinja::Value::from_safe_string(crate::pyjson::dumps(
+        &json, &o,
+    )))
 }
 
 fn guard_strings(v: &mut Value, guard: &mut impl FnMut(&str) -> String) {

@@ -119,3 +119,36 @@ fn damaged_rank_files_are_refused_with_the_line_named() {
     std::fs::remove_file(d.path().join("tokenization_kimi.py")).unwrap();
     assert!(load_error(d.path()).contains("tokenization_kimi.py"));
 }
+
+/// Kimi-K2's and Moonlight's chat templates, rendered by transformers 5.23 with this tokenizer
+/// (chat.json): whale writes the same text (tool lists through `tojson` as Python's
+/// `json.dumps` writes them) and the same ids.
+#[test]
+fn chat_templates_render_as_transformers_renders_them() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("chat.json")).unwrap())
+            .unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    let mut templates = std::collections::BTreeSet::new();
+    let mut tok = ChatTokenizer::load(&fixture()).unwrap();
+    for c in cases {
+        let name = c["template"].as_str().unwrap();
+        templates.insert(name);
+        let src = std::fs::read_to_string(fixture().join("..").join(name)).unwrap();
+        tok.set_chat_template(src).unwrap();
+        let messages: Vec<whale_engine::Message> =
+            serde_json::from_value(c["messages"].clone()).unwrap();
+        let extra = match &c["tools"] {
+            serde_json::Value::Null => serde_json::json!({}),
+            t => serde_json::json!({ "tools": t }),
+        };
+        let gen = c["add_generation_prompt"].as_bool().unwrap();
+        let r = tok.render_chat(&messages, gen, &extra).unwrap();
+        let case = format!("{name} {}", c["name"]);
+        assert_eq!(r.plain(), c["text"].as_str().unwrap(), "{case}");
+        let want: Vec<u32> = serde_json::from_value(c["ids"].clone()).unwrap();
+        assert_eq!(tok.encode_rendered(&r).unwrap(), want, "{case}");
+    }
+    assert_eq!(cases.len(), 12);
+    assert_eq!(templates.len(), 2, "Kimi-K2's and Moonlight's templates");
+}
