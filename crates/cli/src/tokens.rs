@@ -58,6 +58,12 @@ pub struct GenerateArgs {
     /// draft with the checkpoint's MTP module and verify (greedy only; same ids as without)
     #[arg(long, value_parser = ["mtp"])]
     speculative: Option<String>,
+    /// a smaller model sharing the tokenizer drafts for this one (greedy only; same ids as without)
+    #[arg(long, value_name = "DIR", conflicts_with = "speculative")]
+    draft_model: Option<PathBuf>,
+    /// tokens the draft model proposes per step
+    #[arg(long, default_value_t = 4, requires = "draft_model")]
+    draft_tokens: usize,
 }
 
 pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -115,7 +121,31 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         stop: vec![],
         ignore_eos: a.ignore_eos,
     };
-    let out = if a.speculative.is_some() {
+    let out = if let Some(dir) = &a.draft_model {
+        let draft = Engine::load_as(dir, false, parse_dtype(&a.dtype)?)?;
+        whale_engine::draft::check_draft_matches(
+            &a.model,
+            dir,
+            engine.model.config.vocab_size,
+            draft.model.config.vocab_size,
+        )?;
+        let t = std::time::Instant::now();
+        let (out, _, stats) =
+            engine.generate_ids_with_draft(&ids, &params, &draft.model, a.draft_tokens, |_| {
+                Ok(true)
+            })?;
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "draft model: {} of {} drafts accepted ({:.0}%), {} tokens in {:.2}s ({:.1} tokens/s)",
+            stats.accepted,
+            stats.drafted,
+            100.0 * stats.acceptance(),
+            out.len(),
+            secs,
+            out.len() as f64 / secs
+        );
+        out
+    } else if a.speculative.is_some() {
         let t = std::time::Instant::now();
         let (out, _, stats) = engine.generate_ids_speculative(&ids, &params, |_| Ok(true))?;
         eprintln!(

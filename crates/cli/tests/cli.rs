@@ -810,3 +810,83 @@ fn serve_logs_one_line_per_request() {
     assert_eq!(lines[2]["status"], 400);
     assert_eq!(lines[2]["param"], "frob");
 }
+
+#[test]
+fn a_draft_model_keeps_the_greedy_ids_and_reports_acceptance() {
+    let main = fixture("tiny-qwen2");
+    let main = main.to_str().unwrap();
+    let args = [
+        "generate",
+        "--model",
+        main,
+        "--ids",
+        "0,3,7",
+        "--max-tokens",
+        "24",
+        "--ignore-eos",
+    ];
+    let plain = whale(&args);
+    assert!(plain.status.success());
+    for draft in ["tiny-qwen2", "tiny-llama", "tiny-v3"] {
+        let d = fixture(draft);
+        let o = whale(
+            &[
+                &args[..],
+                &["--draft-model", d.to_str().unwrap(), "--draft-tokens", "3"],
+            ]
+            .concat(),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.stdout, plain.stdout, "drafted by {draft}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("drafts accepted"), "{err}");
+    }
+    // a draft with another tokenizer, sampling, or no draft tokens: refused in one line
+    let other = copy_fixture("tiny-llama", "draft-tokenizer");
+    let tj = other.path().join("tokenizer.json");
+    let text = std::fs::read_to_string(&tj).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+    let (a, b) = {
+        // two ordinary tokens (the first ones are the added special tokens)
+        let mut keys = vocab.keys().rev().cloned();
+        (keys.next().unwrap(), keys.next().unwrap())
+    };
+    let (ia, ib) = (vocab[&a].clone(), vocab[&b].clone());
+    vocab.insert(a, ib);
+    vocab.insert(b, ia);
+    std::fs::write(&tj, v.to_string()).unwrap();
+    let o = whale(
+        &[
+            &args[..],
+            &["--draft-model", other.path().to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert_clean_error(&o, "tokenizer");
+    let d = fixture("tiny-llama");
+    let o = whale(
+        &[
+            &args[..],
+            &["--draft-model", d.to_str().unwrap(), "--temperature", "0.8"],
+        ]
+        .concat(),
+    );
+    assert_clean_error(&o, "greedy");
+    let o = whale(
+        &[
+            &args[..],
+            &["--draft-model", d.to_str().unwrap(), "--draft-tokens", "0"],
+        ]
+        .concat(),
+    );
+    assert_clean_error(&o, "--draft-tokens");
+    let o = whale(
+        &[
+            &args[..],
+            &["--draft-model", d.to_str().unwrap(), "--speculative", "mtp"],
+        ]
+        .concat(),
+    );
+    assert!(!o.status.success());
+}

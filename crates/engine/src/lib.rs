@@ -2,6 +2,7 @@
 //! incremental detokenisation, stop strings, and the split of streamed text into reasoning
 //! (before `</think>`) and answer; grammar-constrained decoding; tool-call parsing.
 
+pub mod draft;
 pub mod generate;
 pub mod grammar;
 pub mod pyjson;

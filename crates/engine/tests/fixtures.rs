@@ -342,3 +342,60 @@ fn control_token_text_in_a_message_is_tokenised_as_text() {
     // the same text given to the plain tokenizer would have made the tokens
     assert!(count(&tok.encode(&text).unwrap(), 4) > count(&benign, 4));
 }
+
+/// A draft model gives exactly the greedy ids whatever it proposes: itself (every draft
+/// accepted), itself in int4 (most accepted, some not), an unrelated model (almost none).
+#[test]
+fn a_draft_model_gives_exactly_the_greedy_tokens() {
+    use whale_model::Format;
+    for name in ["tiny-qwen2", "tiny-v3"] {
+        let engine = Engine::load(&fixture(name), false).unwrap();
+        let same = Engine::load(&fixture(name), false).unwrap();
+        let int4 = Engine::load_as(&fixture(name), false, Some(Format::Q4_0)).unwrap();
+        let other = Engine::load(&fixture("tiny-llama"), false).unwrap();
+        let mut partial = false;
+        for ignore_eos in [true, false] {
+            let p = GenerateParams {
+                max_tokens: 30,
+                ignore_eos,
+                ..Default::default()
+            };
+            for prompt in [vec![0u32, 3], (5..40).collect::<Vec<u32>>()] {
+                let (plain, finish, _, _) = engine.generate_ids(&prompt, &p, |_| Ok(true)).unwrap();
+                for (draft, label) in [(&same, "self"), (&int4, "int4"), (&other, "llama")] {
+                    for k in [1usize, 3, 6] {
+                        let mut streamed = Vec::new();
+                        let (ids, f, stats) = engine
+                            .generate_ids_with_draft(&prompt, &p, &draft.model, k, |t| {
+                                streamed.push(t);
+                                Ok(true)
+                            })
+                            .unwrap();
+                        let case = format!("{name} drafted by {label}, k {k}, {prompt:?}");
+                        assert_eq!(ids, plain, "{case}");
+                        assert_eq!(streamed, plain, "{case}");
+                        assert_eq!(f, finish, "{case}");
+                        assert!(stats.accepted <= stats.drafted, "{case}");
+                        if label == "self" {
+                            assert_eq!(stats.accepted, stats.drafted, "{case}");
+                        }
+                        partial |= stats.accepted > 0 && stats.accepted < stats.drafted;
+                    }
+                }
+            }
+        }
+        assert!(partial, "{name}: some draft was partly accepted");
+    }
+    let engine = Engine::load(&fixture("tiny-qwen2"), false).unwrap();
+    let sampled = GenerateParams {
+        sampling: whale_engine::SamplingParams {
+            temperature: 0.7,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let err = engine
+        .generate_ids_with_draft(&[0, 3], &sampled, &engine.model, 4, |_| Ok(true))
+        .unwrap_err();
+    assert!(err.to_string().contains("greedy"), "{err}");
+}
