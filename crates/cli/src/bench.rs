@@ -33,6 +33,78 @@ pub struct BenchArgs {
     /// the mask's cost per token reported
     #[arg(long)]
     schema: Option<String>,
+    /// also generate drafted by this model (speculative decoding, greedy): plain and drafted
+    /// runs alternate, and the acceptance and the speed-up end to end are reported
+    #[arg(long, value_name = "DIR")]
+    draft_model: Option<PathBuf>,
+    /// tokens the draft model proposes per step
+    #[arg(long, default_value_t = 4, requires = "draft_model")]
+    draft_tokens: usize,
+    /// the draft model's weight format (default: --dtype's)
+    #[arg(long, requires = "draft_model")]
+    draft_dtype: Option<String>,
+}
+
+/// Plain greedy decoding as `whale generate` runs it: the prompt in one pass, then one token
+/// a step.
+fn greedy_ids(model: &Model, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    use whale_model::Logits;
+    let mut cache = model.new_cache(prompt.len() + n);
+    let mut l = model.forward(prompt, &mut cache, AttentionForm::Plain, Logits::Last)?;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let t = argmax(&l);
+        out.push(t);
+        if out.len() < n {
+            l = model.forward(&[t], &mut cache, AttentionForm::Absorbed, Logits::Last)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Greedy generation of `gen_len` tokens after a `prompt_len` prompt, plain and drafted by
+/// `--draft-model`, runs alternating; tokens/s end to end (prefill included: the draft must
+/// read the prompt too).
+fn bench_draft(a: &BenchArgs, model: &Model, dir: &std::path::Path) -> Result<serde_json::Value> {
+    use whale_engine::{draft, GenerateParams};
+    let mut ck = Checkpoint::open(dir)?;
+    ck.dtype = parse_dtype(a.draft_dtype.as_deref().unwrap_or(&a.dtype))?;
+    let dm = Model::load(&ck)?;
+    draft::check_draft_matches(&a.model, dir, model.config.vocab_size, dm.config.vocab_size)?;
+    let v = model.config.vocab_size as u64;
+    let prompt: Vec<u32> = (0..a.prompt_len as u64)
+        .map(|i| ((i * 2654435761 + 17) % v) as u32)
+        .collect();
+    let p = GenerateParams {
+        max_tokens: a.gen_len,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let (mut plain, mut drafted, mut stats) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.repeats.max(3) {
+        let t = Instant::now();
+        let want = greedy_ids(model, &prompt, a.gen_len)?;
+        plain.push(want.len() as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let (got, _, s) =
+            draft::generate_with_draft(model, &[], &prompt, &p, &dm, a.draft_tokens, |_| Ok(true))?;
+        drafted.push(got.len() as f64 / t.elapsed().as_secs_f64());
+        if got != want {
+            bail!("drafted ids differ from plain greedy ids: a bug, please report it");
+        }
+        stats.push(s);
+    }
+    let (accepted, proposed): (usize, usize) = stats
+        .iter()
+        .fold((0, 0), |(a, d), s| (a + s.accepted, d + s.drafted));
+    let (pm, dmed) = (median(plain.clone()), median(drafted.clone()));
+    Ok(serde_json::json!({
+        "draft_model": dir, "draft_tokens": a.draft_tokens,
+        "draft_weight_bytes": dm.weight_bytes(), "accepted": accepted, "drafted": proposed,
+        "acceptance": accepted as f64 / proposed.max(1) as f64,
+        "plain_tok_s": pm, "drafted_tok_s": dmed, "speedup": dmed / pm,
+        "runs_plain": plain, "runs_drafted": drafted,
+    }))
 }
 
 /// Decode speed with and without a grammar mask, runs alternating, batch 1.
@@ -178,6 +250,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         Some(schema) => Some(bench_mask(&a, &model, schema)?),
         None => None,
     };
+    let drafted = match &a.draft_model {
+        Some(dir) => Some(bench_draft(&a, &model, dir)?),
+        None => None,
+    };
     let first = &all[0];
     if a.json {
         let v = serde_json::json!({
@@ -199,7 +275,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                     "decode_pct_peak_roofline": 100.0 * r.decode / b.roofline
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
-            "grammar_mask": mask,
+            "grammar_mask": mask, "draft": drafted,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -246,6 +322,21 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             m["masked_decode_tok_s"].as_f64().unwrap_or(0.0),
             m["mask_us_per_token"].as_f64().unwrap_or(0.0),
             m["masked_vs_plain"].as_f64().unwrap_or(0.0),
+        );
+    }
+    if let Some(d) = &drafted {
+        let f = |k: &str| d[k].as_f64().unwrap_or(0.0);
+        println!(
+            "draft model {} ({:.2} GB, {} tokens a step): {} of {} drafts accepted ({:.0}%); {:.2} tok/s plain, {:.2} tok/s drafted end to end (median of alternating runs): x{:.2}",
+            d["draft_model"].as_str().unwrap_or(""),
+            f("draft_weight_bytes") / 1e9,
+            a.draft_tokens,
+            d["accepted"],
+            d["drafted"],
+            100.0 * f("acceptance"),
+            f("plain_tok_s"),
+            f("drafted_tok_s"),
+            f("speedup"),
         );
     }
     if all.len() > 1 {

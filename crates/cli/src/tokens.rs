@@ -64,6 +64,9 @@ pub struct GenerateArgs {
     /// tokens the draft model proposes per step
     #[arg(long, default_value_t = 4, requires = "draft_model")]
     draft_tokens: usize,
+    /// the draft model's weight format (default: --dtype's)
+    #[arg(long, requires = "draft_model")]
+    draft_dtype: Option<String>,
 }
 
 pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -122,7 +125,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
     };
     let out = if let Some(dir) = &a.draft_model {
-        let draft = Engine::load_as(dir, false, parse_dtype(&a.dtype)?)?;
+        let draft_dtype = a.draft_dtype.as_deref().unwrap_or(&a.dtype);
+        let draft = Engine::load_as(dir, false, parse_dtype(draft_dtype)?)?;
         whale_engine::draft::check_draft_matches(
             &a.model,
             dir,

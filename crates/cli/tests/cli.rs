@@ -841,6 +841,51 @@ fn a_draft_model_keeps_the_greedy_ids_and_reports_acceptance() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("drafts accepted"), "{err}");
     }
+    // the same tokenizer padded to other vocabulary sizes (as the 1.5B and 7B distills are):
+    // padding ids either model picks never reach the other
+    let dir = tmp("draft-vocab");
+    let (big, small) = (dir.path().join("big"), dir.path().join("small"));
+    for (out, vocab, layers, seed) in [(&big, "400", "2", "1"), (&small, "390", "1", "2")] {
+        let o = whale(&[
+            "synth",
+            "--like",
+            "r1-distill-qwen-1.5b",
+            "--hidden",
+            "64",
+            "--vocab",
+            vocab,
+            "--layers",
+            layers,
+            "--seed",
+            seed,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for (m, d) in [(&big, &small), (&small, &big)] {
+        let base = [
+            "generate",
+            "--model",
+            m.to_str().unwrap(),
+            "--ids",
+            "1,2,3",
+            "--max-tokens",
+            "80",
+            "--ignore-eos",
+        ];
+        let plain = whale(&base);
+        assert!(plain.status.success());
+        let o = whale(&[&base[..], &["--draft-model", d.to_str().unwrap()]].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.stdout,
+            plain.stdout,
+            "{} drafted by {}",
+            m.display(),
+            d.display()
+        );
+    }
     // a draft with another tokenizer, sampling, or no draft tokens: refused in one line
     let other = copy_fixture("tiny-llama", "draft-tokenizer");
     let tj = other.path().join("tokenizer.json");
