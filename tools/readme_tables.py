@@ -26,14 +26,24 @@ ORDER = ["bf16", "bf16-fast", "int8", "int4", "auto", "f32", "f16"]
 NAMES = {"bf16": "bf16 (exact)", "bf16-fast": "bf16-fast", "int8": "int8 (Q8_0)", "int4": "int4 (Q4_0)"}
 
 
-def table():
-    runs = []
-    for path in glob.glob(os.path.join(BENCH, "*.json")):
+def load_all(folder, what):
+    """Every *.json file in `folder`, parsed; exits naming `what` if there are none."""
+    docs = []
+    for path in glob.glob(os.path.join(folder, "*.json")):
         with open(path) as f:
-            runs.append(json.load(f))
-    if not runs:
-        sys.exit(f"no whale bench --json files in {BENCH}")
-    runs.sort(key=lambda r: ORDER.index(r["dtype"]) if r["dtype"] in ORDER else len(ORDER))
+            docs.append(json.load(f))
+    if not docs:
+        sys.exit(f"no {what} files in {folder}")
+    return docs
+
+
+def dtype_rank(dtype):
+    return ORDER.index(dtype) if dtype in ORDER else len(ORDER)
+
+
+def table():
+    runs = load_all(BENCH, "whale bench --json")
+    runs.sort(key=lambda r: dtype_rank(r["dtype"]))
     first = runs[0]
     lines = [
         "| format | weights read per token | prefill tok/s | decode tok/s | decode % of roofline |",
@@ -60,13 +70,8 @@ def distill_table():
     """The distills' table from docs/bench/distill/*.json: each file holds `like` (the `whale synth
     --like` shape), `whale` (the `whale bench --json` outputs of one format) and `llama_cpp` (the
     `llama-bench -o json` rows of the same weights as GGUF), the two run interleaved."""
-    files = []
-    for path in glob.glob(os.path.join(DISTILL, "*.json")):
-        with open(path) as f:
-            files.append(json.load(f))
-    if not files:
-        sys.exit(f"no distill bench files in {DISTILL}")
-    files.sort(key=lambda d: (d["like"], ORDER.index(d["whale"][0]["dtype"])))
+    files = load_all(DISTILL, "distill bench")
+    files.sort(key=lambda d: (d["like"], dtype_rank(d["whale"][0]["dtype"])))
     lines = [
         "| model | format | weights read per token | prefill tok/s: whale / llama.cpp "
         "| decode tok/s: whale / llama.cpp | whale decode % of roofline |",
