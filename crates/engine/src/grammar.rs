@@ -39,6 +39,17 @@ impl Grammars {
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
         let mut words = llguidance::token_bytes_from_tokenizer_json(&json)
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        // special tokens past the model's logits (Kimi's tokenizer names two more ids than
+        // Kimi-K2's 163,840 logits) can never be sampled: they leave the trie
+        let added: std::collections::HashSet<u64> = json["added_tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["id"].as_u64())
+            .collect();
+        while words.len() > vocab_size && added.contains(&(words.len() as u64 - 1)) {
+            words.pop();
+        }
         if words.len() > vocab_size {
             bail!(
                 "{} has {} tokens, more than the model's vocab_size {vocab_size}",

@@ -1,8 +1,10 @@
-//! Tool calls in DeepSeek's format. The shape of one call is read off the checkpoint's own chat
-//! template (a probe conversation with a call is rendered, and the text around the name and the
-//! arguments kept), so the parser and the grammar that forces calls follow whatever the
-//! template writes: V3/R1 put `function<｜tool▁sep｜>NAME` and a ```json block between
-//! `<｜tool▁call▁begin｜>` and `<｜tool▁call▁end｜>`, V3.1 puts `NAME<｜tool▁sep｜>ARGS`.
+//! Tool calls in the formats of DeepSeek's and Kimi's templates. The shape of one call is read
+//! off the checkpoint's own chat template (a probe conversation with a call is rendered, and the
+//! text around the name and the arguments kept), so the parser and the grammar that forces calls
+//! follow whatever the template writes: V3/R1 put `function<｜tool▁sep｜>NAME` and a ```json
+//! block between `<｜tool▁call▁begin｜>` and `<｜tool▁call▁end｜>`, V3.1 puts
+//! `NAME<｜tool▁sep｜>ARGS`, and Kimi-K2 writes the call's id, `functions.NAME:IDX`, then
+//! `<|tool_call_argument_begin|>ARGS` inside its own section markers.
 //!
 //! The parser reads the answer as it streams. A call is released once its end marker arrives
 //! and it has been checked (a known function, arguments that are a JSON object); anything else
@@ -13,15 +15,41 @@ use crate::reasoning::partial_tag_suffix;
 use crate::tokenizer::{ChatTokenizer, Message};
 use serde_json::{json, Value};
 
-pub const CALLS_BEGIN: &str = "<｜tool▁calls▁begin｜>";
-pub const CALLS_END: &str = "<｜tool▁calls▁end｜>";
-pub const CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";
-pub const CALL_END: &str = "<｜tool▁call▁end｜>";
+/// The special tokens a family's templates put around tool calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Markers {
+    pub calls_begin: &'static str,
+    pub calls_end: &'static str,
+    pub call_begin: &'static str,
+    pub call_end: &'static str,
+    /// the special tokens that may sit inside a call (between its name and its arguments)
+    pub inner: &'static [&'static str],
+}
 
-/// How the template writes calls: `CALLS_BEGIN open (CALL_BEGIN prefix NAME middle ARGS suffix
-/// CALL_END) (sep ...)* close CALLS_END`.
+pub const DEEPSEEK: Markers = Markers {
+    calls_begin: "<｜tool▁calls▁begin｜>",
+    calls_end: "<｜tool▁calls▁end｜>",
+    call_begin: "<｜tool▁call▁begin｜>",
+    call_end: "<｜tool▁call▁end｜>",
+    inner: &["<｜tool▁sep｜>"],
+};
+
+pub const KIMI: Markers = Markers {
+    calls_begin: "<|tool_calls_section_begin|>",
+    calls_end: "<|tool_calls_section_end|>",
+    call_begin: "<|tool_call_begin|>",
+    call_end: "<|tool_call_end|>",
+    inner: &["<|tool_call_argument_begin|>"],
+};
+
+/// How the template writes calls: `calls_begin open (call_begin prefix NAME [:IDX] middle ARGS
+/// suffix call_end) (sep ...)* close calls_end`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallFormat {
+    pub markers: Markers,
+    /// the call is named by its id, `prefix NAME:IDX` (Kimi-K2's `functions.NAME:IDX`): the
+    /// parsed call keeps that id, so the conversation sent back renders as the model wrote it
+    pub indexed: bool,
     pub open: String,
     pub prefix: String,
     pub middle: String,
@@ -34,16 +62,31 @@ const PROBE_NAME: &str = "probe_fn";
 const PROBE_ARGS: &str = "{\"probe\": 1}";
 
 impl CallFormat {
-    /// The format the tokenizer's chat template writes, or None when it writes no DeepSeek
-    /// tool calls (a template without tool support) or the vocabulary lacks the markers.
+    /// The format the tokenizer's chat template writes, or None when it writes no tool calls
+    /// in a known family's markers (a template without tool support) or the vocabulary lacks
+    /// them.
     pub fn learn(tok: &ChatTokenizer) -> Option<CallFormat> {
-        if [CALLS_BEGIN, CALLS_END, CALL_BEGIN, CALL_END]
+        [DEEPSEEK, KIMI]
+            .into_iter()
+            .find_map(|m| Self::learn_with(tok, m))
+    }
+
+    fn learn_with(tok: &ChatTokenizer, markers: Markers) -> Option<CallFormat> {
+        let Markers {
+            calls_begin,
+            calls_end,
+            call_begin,
+            call_end,
+            ..
+        } = markers;
+        if [calls_begin, calls_end, call_begin, call_end]
             .iter()
             .any(|m| tok.token_id(m).is_none())
         {
             return None;
         }
-        let call = |id: &str| json!({"id": id, "type": "function", "function": {"name": PROBE_NAME, "arguments": PROBE_ARGS}});
+        // ids in Kimi's convention: templates that write the id instead of the name show it
+        let call = |k: usize| json!({"id": format!("functions.{PROBE_NAME}:{k}"), "type": "function", "function": {"name": PROBE_NAME, "arguments": PROBE_ARGS}});
         // an assistant turn that only calls tools; templates that cannot take `content: none`
         // (R1-0528 tests `'</think>' in content`) are probed with empty content
         let probe = |calls: Vec<Value>| {
@@ -58,33 +101,39 @@ impl CallFormat {
                     .map(|r| r.plain().into_owned())
             })
         };
-        let one = probe(vec![call("call_0")])?;
-        let two = probe(vec![call("call_0"), call("call_1")])?;
+        let one = probe(vec![call(0)])?;
+        let two = probe(vec![call(0), call(1)])?;
         let block = |t: &str| {
-            let a = t.find(CALLS_BEGIN)? + CALLS_BEGIN.len();
-            let b = a + t[a..].find(CALLS_END)?;
+            let a = t.find(calls_begin)? + calls_begin.len();
+            let b = a + t[a..].find(calls_end)?;
             Some(t[a..b].to_string())
         };
         let (one, two) = (block(&one)?, block(&two)?);
-        let b = one.find(CALL_BEGIN)?;
-        let e = one.find(CALL_END)?;
-        let inner = &one[b + CALL_BEGIN.len()..e];
+        let b = one.find(call_begin)?;
+        let e = one.find(call_end)?;
+        let inner = &one[b + call_begin.len()..e];
         let n = inner.find(PROBE_NAME)?;
-        let a = n + PROBE_NAME.len() + inner[n + PROBE_NAME.len()..].find(PROBE_ARGS)?;
-        let first_end = two.find(CALL_END)? + CALL_END.len();
-        let second = first_end + two[first_end..].find(CALL_BEGIN)?;
+        let after = &inner[n + PROBE_NAME.len()..];
+        let indexed = after.starts_with(":0");
+        let after = if indexed { &after[2..] } else { after };
+        let a = after.find(PROBE_ARGS)?;
+        let first_end = two.find(call_end)? + call_end.len();
+        let second = first_end + two[first_end..].find(call_begin)?;
         Some(CallFormat {
+            markers,
+            indexed,
             open: one[..b].to_string(),
             prefix: inner[..n].to_string(),
-            middle: inner[n + PROBE_NAME.len()..a].to_string(),
-            suffix: inner[a + PROBE_ARGS.len()..].to_string(),
+            middle: after[..a].to_string(),
+            suffix: after[a + PROBE_ARGS.len()..].to_string(),
             sep: two[first_end..second].to_string(),
-            close: one[e + CALL_END.len()..].to_string(),
+            close: one[e + call_end.len()..].to_string(),
         })
     }
 
-    /// A call's text between its markers split into (name, arguments), where it has the shape.
-    fn split<'a>(&self, inner: &'a str) -> Option<(&'a str, &'a str)> {
+    /// A call's text between its markers split into (name, id where the format names calls by
+    /// id, arguments), where it has the shape.
+    fn split<'a>(&self, inner: &'a str) -> Option<(&'a str, Option<String>, &'a str)> {
         let inner = inner.strip_prefix(self.prefix.as_str()).unwrap_or(inner);
         let (name, rest) = inner.split_once(self.middle.as_str())?;
         let rest = rest.trim_end();
@@ -92,7 +141,15 @@ impl CallFormat {
             .strip_suffix(self.suffix.trim_end())
             .unwrap_or(rest)
             .trim();
-        Some((name.trim(), args))
+        let name = name.trim();
+        if !self.indexed {
+            return Some((name, None, args));
+        }
+        let (name, k) = name.rsplit_once(':')?;
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((name, Some(format!("{}{name}:{k}", self.prefix)), args))
     }
 }
 
@@ -100,6 +157,8 @@ impl CallFormat {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ToolCall {
     pub name: String,
+    /// the id the model gave the call, in formats that name calls by id (Kimi-K2)
+    pub id: Option<String>,
     /// the arguments as the model wrote them (a JSON object)
     pub arguments: String,
     /// `arguments` cut where the model's tokens were, for streaming
@@ -121,7 +180,7 @@ pub struct ToolParser {
     limit: usize,
     made: usize,
     in_calls: bool,
-    /// text not yet decided; in a calls block, what follows `CALLS_BEGIN`
+    /// text not yet decided; in a calls block, what follows `calls_begin`
     buf: String,
     /// bytes already drained from the front of `buf`, over the whole stream
     drained: usize,
@@ -150,21 +209,28 @@ impl ToolParser {
     }
 
     pub fn push(&mut self, text: &str) -> Vec<ToolOut> {
+        let Markers {
+            calls_begin,
+            calls_end,
+            call_begin,
+            call_end,
+            ..
+        } = self.format.markers;
         self.buf.push_str(text);
         self.cuts.push(self.drained + self.buf.len());
         let mut out = Vec::new();
         loop {
             if !self.in_calls {
-                if let Some(i) = self.buf.find(CALLS_BEGIN) {
+                if let Some(i) = self.buf.find(calls_begin) {
                     let before = self.drain(i);
                     if !before.is_empty() {
                         out.push(ToolOut::Content(before));
                     }
-                    self.drain(CALLS_BEGIN.len());
+                    self.drain(calls_begin.len());
                     self.in_calls = true;
                     continue;
                 }
-                let keep = partial_tag_suffix(&self.buf, CALLS_BEGIN);
+                let keep = partial_tag_suffix(&self.buf, calls_begin);
                 let emit = self.drain(self.buf.len() - keep);
                 if !emit.is_empty() {
                     out.push(ToolOut::Content(emit));
@@ -174,34 +240,34 @@ impl ToolParser {
             // in a calls block: whitespace and the template's separators between calls
             let lead = self.buf.len() - self.buf.trim_start().len();
             let t = &self.buf[lead..];
-            if let Some(rest) = t.strip_prefix(CALLS_END) {
+            if let Some(rest) = t.strip_prefix(calls_end) {
                 let _ = rest;
-                self.drain(lead + CALLS_END.len());
+                self.drain(lead + calls_end.len());
                 self.in_calls = false;
                 continue;
             }
-            if t.starts_with(CALL_BEGIN) {
-                let Some(e) = t.find(CALL_END) else {
+            if t.starts_with(call_begin) {
+                let Some(e) = t.find(call_end) else {
                     return out; // the call is still being written
                 };
-                let start = lead + CALL_BEGIN.len();
+                let start = lead + call_begin.len();
                 let end = lead + e;
                 let call = self.check(start, end);
-                let raw = self.drain(end + CALL_END.len());
+                let raw = self.drain(end + call_end.len());
                 out.push(match call {
                     Some(c) => ToolOut::Call(c),
                     None => ToolOut::Content(raw.trim_start().to_string()),
                 });
                 continue;
             }
-            if t.is_empty() || CALLS_END.starts_with(t) || CALL_BEGIN.starts_with(t) {
+            if t.is_empty() || calls_end.starts_with(t) || call_begin.starts_with(t) {
                 return out; // undecided
             }
             // not a call: the block so far is text
             let rest = std::mem::take(&mut self.buf);
             self.drained += rest.len();
             self.in_calls = false;
-            out.push(ToolOut::Content(format!("{CALLS_BEGIN}{rest}")));
+            out.push(ToolOut::Content(format!("{calls_begin}{rest}")));
             return out;
         }
     }
@@ -212,7 +278,7 @@ impl ToolParser {
             return None;
         }
         let inner = &self.buf[start..end];
-        let (name, args) = self.format.split(inner)?;
+        let (name, id, args) = self.format.split(inner)?;
         if !self.names.iter().any(|n| n == name) {
             return None;
         }
@@ -234,6 +300,7 @@ impl ToolParser {
         self.made += 1;
         Some(ToolCall {
             name: name.to_string(),
+            id,
             arguments: args.to_string(),
             fragments,
         })
@@ -243,7 +310,7 @@ impl ToolParser {
     pub fn finish(&mut self) -> Vec<ToolOut> {
         let rest = std::mem::take(&mut self.buf);
         let text = if self.in_calls {
-            format!("{CALLS_BEGIN}{rest}")
+            format!("{}{rest}", self.format.markers.calls_begin)
         } else {
             rest
         };
@@ -267,6 +334,7 @@ pub fn calls_grammar(
     text_first: bool,
     tok: &ChatTokenizer,
 ) -> Option<String> {
+    let m = &format.markers;
     let id = |m: &str| tok.token_id(m).map(|i| format!("<[{i}]>"));
     let lit = |s: &str| serde_json::to_string(s).expect("a string serialises");
     // the text around names and arguments, with any marker in it as its token
@@ -274,8 +342,10 @@ pub fn calls_grammar(
         let mut parts = Vec::new();
         let mut rest = s;
         while !rest.is_empty() {
-            let next = ["<｜tool▁sep｜>", CALL_BEGIN, CALL_END]
+            let next = m
+                .inner
                 .iter()
+                .chain([&m.call_begin, &m.call_end])
                 .filter_map(|m| rest.find(m).map(|i| (i, *m)))
                 .min();
             match next {
@@ -305,14 +375,16 @@ pub fn calls_grammar(
             schema.clone()
         });
         rules.push(format!(
-            "call_{k}: {} {} {} {} %json {} {} {}",
-            id(CALL_BEGIN)?,
+            "call_{k}: {} {} {}{} {} %json {} {} {}",
+            id(m.call_begin)?,
             piece(&f.prefix)?,
             lit(name),
+            // an index of a few digits: a call's number in the conversation
+            if f.indexed { " \":\" /[0-9]{1,5}/" } else { "" },
             piece(&f.middle)?,
             schema,
             piece(&f.suffix)?,
-            id(CALL_END)?,
+            id(m.call_end)?,
         ));
         alts.push(format!("call_{k}"));
     }
@@ -324,17 +396,17 @@ pub fn calls_grammar(
     let start = if text_first {
         format!(
             "start: free block?\nfree: <[^{}]>*\nblock:",
-            tok.token_id(CALLS_BEGIN)?
+            tok.token_id(m.calls_begin)?
         )
     } else {
         "start:".to_string()
     };
     let mut g = format!(
         "{start} {} {} {many} {} {}\ncall: {}\n",
-        id(CALLS_BEGIN)?,
+        id(m.calls_begin)?,
         piece(&f.open)?,
         piece(&f.close)?,
-        id(CALLS_END)?,
+        id(m.calls_end)?,
         alts.join(" | ")
     );
     for r in rules {
@@ -351,6 +423,8 @@ mod tests {
 
     fn v3() -> CallFormat {
         CallFormat {
+            markers: DEEPSEEK,
+            indexed: false,
             open: String::new(),
             prefix: "function<｜tool▁sep｜>".into(),
             middle: "\n```json\n".into(),
@@ -362,6 +436,8 @@ mod tests {
 
     fn v31() -> CallFormat {
         CallFormat {
+            markers: DEEPSEEK,
+            indexed: false,
             open: String::new(),
             prefix: String::new(),
             middle: "<｜tool▁sep｜>".into(),
@@ -431,6 +507,51 @@ mod tests {
         let (text, calls) = every_cut(&v31(), s);
         assert_eq!(text, "");
         assert_eq!(calls, [("add".into(), "{\"a\": 3}".into())]);
+    }
+
+    fn kimi() -> CallFormat {
+        CallFormat {
+            markers: KIMI,
+            indexed: true,
+            open: String::new(),
+            prefix: "functions.".into(),
+            middle: "<|tool_call_argument_begin|>".into(),
+            suffix: String::new(),
+            sep: String::new(),
+            close: String::new(),
+        }
+    }
+
+    #[test]
+    fn kimi_calls_parse_at_every_cut_and_keep_their_ids() {
+        let s = "Checking.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{\"city\": \"巴黎\"}<|tool_call_end|><|tool_call_begin|>functions.add:1<|tool_call_argument_begin|>{\"a\": 2, \"b\": 3}<|tool_call_end|><|tool_calls_section_end|>";
+        let (text, calls) = every_cut(&kimi(), s);
+        assert_eq!(text, "Checking.");
+        assert_eq!(
+            calls,
+            [
+                ("get_weather".into(), "{\"city\": \"巴黎\"}".into()),
+                ("add".into(), "{\"a\": 2, \"b\": 3}".into())
+            ]
+        );
+        let ids: Vec<_> = run(&kimi(), &[s]).1.into_iter().map(|c| c.id).collect();
+        assert_eq!(
+            ids,
+            [
+                Some("functions.get_weather:0".into()),
+                Some("functions.add:1".into())
+            ]
+        );
+        // a call without its index, or with another family's markers, is text
+        for s in [
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.add<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>",
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.add:x<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>",
+        ] {
+            let (text, calls) = every_cut(&kimi(), s);
+            assert!(calls.is_empty() && !text.is_empty(), "{s}");
+        }
+        let s = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>add<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+        assert_eq!(every_cut(&kimi(), s), (s.to_string(), vec![]));
     }
 
     #[test]

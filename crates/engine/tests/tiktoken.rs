@@ -152,3 +152,22 @@ fn chat_templates_render_as_transformers_renders_them() {
     assert_eq!(cases.len(), 12);
     assert_eq!(templates.len(), 2, "Kimi-K2's and Moonlight's templates");
 }
+
+/// Kimi-K2's template writes calls in its own section markers, each named by its id: the shape
+/// read off the template is the one Kimi's models write.
+#[test]
+fn kimi_tool_calls_are_read_off_its_template() {
+    use whale_engine::tools::{CallFormat, KIMI};
+    let tok = ChatTokenizer::load(&fixture()).unwrap();
+    let f = CallFormat::learn(&tok).expect("the template writes tool calls");
+    assert_eq!(f.markers, KIMI);
+    assert!(f.indexed);
+    assert_eq!(
+        (f.prefix.as_str(), f.middle.as_str(), f.suffix.as_str()),
+        ("functions.", "<|tool_call_argument_begin|>", "")
+    );
+    assert_eq!(
+        (f.open.as_str(), f.sep.as_str(), f.close.as_str()),
+        ("", "", "")
+    );
+}

@@ -1168,7 +1168,7 @@ fn usage(prompt: usize, choices: &[Choice]) -> Value {
     })
 }
 
-/// A tool call's id, as OpenAI spells them.
+/// A tool call's id, as OpenAI spells them, where the model's format does not name calls itself.
 fn call_id() -> String {
     format!("call_{:024x}", rand::random::<u128>() >> 32)
 }
@@ -1212,7 +1212,11 @@ async fn whole_response(
                     if !(reasoning.is_empty() && content.is_empty() && calls.is_empty()) {
                         log.token();
                     }
-                    c.calls.extend(calls.into_iter().map(|k| (call_id(), k)));
+                    c.calls.extend(
+                        calls
+                            .into_iter()
+                            .map(|k| (k.id.clone().unwrap_or_else(call_id), k)),
+                    );
                     c.reasoning.push_str(&reasoning);
                     c.content.push_str(&content);
                     chars += content.chars().count();
@@ -1467,7 +1471,7 @@ fn stream_response(
                         for call in calls {
                             let k = s.calls_made[i];
                             s.calls_made[i] += 1;
-                            let mut head = json!({"tool_calls": [{"index": k, "id": call_id(), "type": "function", "function": {"name": call.name, "arguments": ""}}]});
+                            let mut head = json!({"tool_calls": [{"index": k, "id": call.id.clone().unwrap_or_else(call_id), "type": "function", "function": {"name": call.name, "arguments": ""}}]});
                             if !s.started[i] {
                                 head["role"] = json!("assistant");
                                 s.started[i] = true;

@@ -8,9 +8,11 @@ use common::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
-/// A small random-weight model with the templates' tokenizer and `template`, written once.
+/// A small random-weight model with the templates' tokenizer and `template`, written once;
+/// `kimi-k2` is Kimi-K2's tiktoken tokenizer with its own template (testdata/tiktoken).
 pub fn tool_model(template: &str) -> PathBuf {
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/templates");
+    let kimi = template == "kimi-k2";
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("whale-tools-{template}"));
     if !dir.join("config.json").exists() {
         let cfg = whale_model::synth::shaped_config(
@@ -18,7 +20,7 @@ pub fn tool_model(template: &str) -> PathBuf {
             &whale_model::synth::Overrides {
                 layers: Some(1),
                 experts: Some(4),
-                vocab: Some(512),
+                vocab: Some(if kimi { 2304 } else { 512 }),
                 hidden: Some(128),
                 mtp: None,
             },
@@ -27,7 +29,18 @@ pub fn tool_model(template: &str) -> PathBuf {
         whale_model::synth::write_checkpoint(&cfg, &dir, 7, 1 << 30, false).unwrap();
     }
     // the tokenizer and template are written every time: the test data may have changed
-    {
+    if kimi {
+        let src = data.join("../tiktoken/kimi-k2");
+        // the synthetic checkpoint's own tokenizer.json would be read first
+        let _ = std::fs::remove_file(dir.join("tokenizer.json"));
+        for f in [
+            "tiktoken.model",
+            "tokenizer_config.json",
+            "tokenization_kimi.py",
+        ] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+    } else {
         std::fs::copy(data.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
         let text = std::fs::read_to_string(data.join(format!("{template}.jinja"))).unwrap();
         let config = json!({
@@ -76,6 +89,15 @@ fn ask(addr: &str, extra: Value) -> (u16, Value) {
 /// The calls of a streamed answer, put together from its deltas: (name, arguments) each, and
 /// the finish reason.
 fn streamed_calls(addr: &str, extra: Value) -> (Vec<(String, String)>, String, String) {
+    let (calls, finish, content, _) = streamed_calls_with_ids(addr, extra);
+    (calls, finish, content)
+}
+
+/// [`streamed_calls`], and the id each call was given.
+fn streamed_calls_with_ids(
+    addr: &str,
+    extra: Value,
+) -> (Vec<(String, String)>, String, String, Vec<String>) {
     let mut r = request(extra);
     r["stream"] = json!(true);
     let (s, body) = http(
@@ -86,8 +108,12 @@ fn streamed_calls(addr: &str, extra: Value) -> (Vec<(String, String)>, String, S
         &[],
     );
     assert_eq!(s, 200, "{body}");
-    let (mut calls, mut finish, mut content) =
-        (Vec::<(String, String)>::new(), String::new(), String::new());
+    let (mut calls, mut finish, mut content, mut ids) = (
+        Vec::<(String, String)>::new(),
+        String::new(),
+        String::new(),
+        Vec::new(),
+    );
     for d in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
         if d == "[DONE]" {
             break;
@@ -98,10 +124,12 @@ fn streamed_calls(addr: &str, extra: Value) -> (Vec<(String, String)>, String, S
         for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
             let k = tc["index"].as_u64().unwrap() as usize;
             if k == calls.len() {
+                let id = tc["id"].as_str().unwrap_or_else(|| panic!("{tc}"));
                 assert!(
-                    tc["id"].as_str().is_some_and(|id| id.starts_with("call_")),
+                    id.starts_with("call_") || id.starts_with("functions."),
                     "{tc}"
                 );
+                ids.push(id.to_string());
                 calls.push((
                     tc["function"]["name"].as_str().unwrap().into(),
                     String::new(),
@@ -113,7 +141,7 @@ fn streamed_calls(addr: &str, extra: Value) -> (Vec<(String, String)>, String, S
             finish = f.into();
         }
     }
-    (calls, finish, content)
+    (calls, finish, content, ids)
 }
 
 fn whole_calls(v: &Value) -> Vec<(String, String)> {
@@ -244,6 +272,68 @@ fn the_conversation_goes_on_with_the_results() {
             text.contains("{\"result\": 5}") && text.contains("<｜tool▁output▁begin｜>"),
             "{template}: {text}"
         );
+    }
+}
+
+/// Kimi-K2 names each call by an id it writes itself, `functions.NAME:IDX`: forced calls come
+/// back with those ids, streamed and whole, and the conversation sent back with them renders
+/// the results under the ids the model wrote.
+#[test]
+fn kimi_calls_come_back_with_the_ids_the_model_wrote() {
+    let _serial = serial();
+    let addr = server("kimi-k2");
+    for extra in [
+        json!({"tool_choice": "required"}),
+        json!({"tool_choice": {"type": "function", "function": {"name": "add"}}}),
+    ] {
+        let (s, v) = ask(&addr, extra.clone());
+        assert_eq!(s, 200, "{extra}: {v}");
+        let calls = whole_calls(&v);
+        assert!(!calls.is_empty(), "{extra}: {v}");
+        let msg = &v["choices"][0]["message"];
+        let ids: Vec<String> = msg["tool_calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect();
+        for ((name, args), id) in calls.iter().zip(&ids) {
+            check_args(name, args);
+            let k = id
+                .strip_prefix(&format!("functions.{name}:"))
+                .unwrap_or_else(|| panic!("{id} names {name}"));
+            assert!(
+                (1..=5).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_digit()),
+                "{id}"
+            );
+        }
+        let (streamed, _, _, streamed_ids) = streamed_calls_with_ids(&addr, extra.clone());
+        assert_eq!(streamed, calls, "{extra}");
+        assert_eq!(streamed_ids, ids, "{extra}");
+
+        let mut messages = vec![
+            json!({"role": "user", "content": "What is the weather in Paris, and 2 + 3?"}),
+            msg.clone(),
+        ];
+        for id in &ids {
+            messages
+                .push(json!({"role": "tool", "tool_call_id": id, "content": "{\"result\": 5}"}));
+        }
+        let (s, t) = post(
+            &addr,
+            "/v1/chat/template",
+            &json!({"messages": messages, "tools": tools()}),
+        );
+        assert_eq!(s, 200, "{t}");
+        let text = t["prompt"].as_str().unwrap();
+        for id in &ids {
+            assert!(
+                text.contains(&format!(
+                    "<|tool_call_begin|>{id}<|tool_call_argument_begin|>"
+                )) && text.contains(&format!("## Return of {id}")),
+                "{text}"
+            );
+        }
     }
 }
 
