@@ -3,8 +3,8 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
-use whale_engine::{Engine, GenerateParams, Generation, Message, Part, SamplingParams};
+use std::path::{Path, PathBuf};
+use whale_engine::{Engine, GenerateParams, Generation, Message, Part, SamplingParams, SpecStats};
 
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
@@ -50,6 +50,46 @@ impl SamplingArgs {
     }
 }
 
+/// Speculative decoding by a smaller model with the same tokenizer (greedy only).
+#[derive(Args, Clone)]
+pub struct DraftArgs {
+    /// a smaller model sharing the tokenizer drafts for this one (greedy only: --temperature 0;
+    /// the same text as without)
+    #[arg(long, value_name = "DIR")]
+    draft_model: Option<PathBuf>,
+    /// tokens the draft model proposes per step
+    #[arg(long, default_value_t = 4, requires = "draft_model")]
+    draft_tokens: usize,
+    /// the draft model's weight format (default: --dtype's)
+    #[arg(long, requires = "draft_model")]
+    draft_dtype: Option<String>,
+}
+
+/// The draft model of `--draft-model DIR`, checked to share `model_dir`'s tokenizer.
+pub fn load_draft(model_dir: &Path, main: &Engine, dir: &Path, dtype: &str) -> Result<Engine> {
+    let draft = Engine::load_as(dir, false, whale_model::parse_dtype(dtype)?)?;
+    whale_engine::draft::check_draft_matches(
+        model_dir,
+        dir,
+        main.model.config.vocab_size,
+        draft.model.config.vocab_size,
+    )?;
+    Ok(draft)
+}
+
+/// One line on stderr: how many drafts were accepted, and the speed end to end.
+pub fn report_draft(stats: &SpecStats, tokens: usize, secs: f64) {
+    eprintln!(
+        "draft model: {} of {} drafts accepted ({:.0}%), {} tokens in {:.2}s ({:.1} tokens/s)",
+        stats.accepted,
+        stats.drafted,
+        100.0 * stats.acceptance(),
+        tokens,
+        secs,
+        tokens as f64 / secs
+    );
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// checkpoint directory (default: the bundled model)
@@ -62,6 +102,8 @@ pub struct RunArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    draft: DraftArgs,
 }
 
 #[derive(Args)]
@@ -72,6 +114,8 @@ pub struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    draft: DraftArgs,
 }
 
 /// Prints streamed parts: reasoning under a "thinking" marker (dimmed on a terminal), then
@@ -156,29 +200,76 @@ impl Printer {
     }
 }
 
-fn load(model: &Option<PathBuf>, s: &SamplingArgs) -> Result<Engine> {
+/// The model, and the draft model where `--draft-model` names one.
+fn load(
+    model: &Option<PathBuf>,
+    s: &SamplingArgs,
+    d: &DraftArgs,
+) -> Result<(Engine, Option<Engine>)> {
     let dir = match model {
         Some(m) => m.clone(),
         None => crate::default_model()?,
     };
-    Engine::load_as(&dir, true, whale_model::parse_dtype(&s.dtype)?)
+    if d.draft_model.is_some() && s.temperature != 0.0 {
+        anyhow::bail!("--draft-model is greedy only for now: use --temperature 0");
+    }
+    let engine = Engine::load_as(&dir, true, whale_model::parse_dtype(&s.dtype)?)?;
+    let draft = match &d.draft_model {
+        Some(dd) => Some(load_draft(
+            &dir,
+            &engine,
+            dd,
+            d.draft_dtype.as_deref().unwrap_or(&s.dtype),
+        )?),
+        None => None,
+    };
+    Ok((engine, draft))
+}
+
+/// One answer, drafted where a draft model is given (its acceptance reported).
+fn answer(
+    engine: &Engine,
+    draft: &Option<Engine>,
+    k: usize,
+    messages: &[Message],
+    params: &GenerateParams,
+    printer: &mut Printer,
+) -> Result<Generation> {
+    let (g, stats) = engine.chat_drafted(
+        messages,
+        params,
+        draft.as_ref().map(|d| (&d.model, k)),
+        |p| printer.part(p),
+    )?;
+    printer.end(&g);
+    if let Some(st) = stats {
+        report_draft(&st, g.ids.len(), g.decode_time.as_secs_f64());
+    }
+    Ok(g)
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    let engine = load(&a.model, &a.sampling)?;
+    let (engine, draft) = load(&a.model, &a.sampling, &a.draft)?;
     let mut messages = vec![];
     if let Some(s) = &a.system {
         messages.push(Message::new("system", s));
     }
     messages.push(Message::new("user", &a.prompt));
     let mut printer = Printer::new(!a.sampling.no_reasoning);
-    let g = engine.chat(&messages, &a.sampling.params(), |p| printer.part(p))?;
-    printer.end(&g);
+    let params = a.sampling.params();
+    answer(
+        &engine,
+        &draft,
+        a.draft.draft_tokens,
+        &messages,
+        &params,
+        &mut printer,
+    )?;
     Ok(())
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let engine = load(&a.model, &a.sampling)?;
+    let (engine, draft) = load(&a.model, &a.sampling, &a.draft)?;
     let mut history = vec![];
     if let Some(s) = &a.system {
         history.push(Message::new("system", s));
@@ -207,9 +298,16 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         }
         history.push(Message::new("user", line));
         let mut printer = Printer::new(!a.sampling.no_reasoning);
-        match engine.chat(&history, &a.sampling.params(), |p| printer.part(p)) {
+        let params = a.sampling.params();
+        match answer(
+            &engine,
+            &draft,
+            a.draft.draft_tokens,
+            &history,
+            &params,
+            &mut printer,
+        ) {
             Ok(g) => {
-                printer.end(&g);
                 // the template drops earlier turns' reasoning; keep the answer as the turn
                 history.push(Message::new("assistant", &g.answer));
             }

@@ -126,28 +126,13 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     };
     let out = if let Some(dir) = &a.draft_model {
         let draft_dtype = a.draft_dtype.as_deref().unwrap_or(&a.dtype);
-        let draft = Engine::load_as(dir, false, parse_dtype(draft_dtype)?)?;
-        whale_engine::draft::check_draft_matches(
-            &a.model,
-            dir,
-            engine.model.config.vocab_size,
-            draft.model.config.vocab_size,
-        )?;
+        let draft = crate::chat::load_draft(&a.model, &engine, dir, draft_dtype)?;
         let t = std::time::Instant::now();
         let (out, _, stats) =
             engine.generate_ids_with_draft(&ids, &params, &draft.model, a.draft_tokens, |_| {
                 Ok(true)
             })?;
-        let secs = t.elapsed().as_secs_f64();
-        eprintln!(
-            "draft model: {} of {} drafts accepted ({:.0}%), {} tokens in {:.2}s ({:.1} tokens/s)",
-            stats.accepted,
-            stats.drafted,
-            100.0 * stats.acceptance(),
-            out.len(),
-            secs,
-            out.len() as f64 / secs
-        );
+        crate::chat::report_draft(&stats, out.len(), t.elapsed().as_secs_f64());
         out
     } else if a.speculative.is_some() {
         let t = std::time::Instant::now();

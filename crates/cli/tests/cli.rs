@@ -935,3 +935,72 @@ fn a_draft_model_keeps_the_greedy_ids_and_reports_acceptance() {
     );
     assert!(!o.status.success());
 }
+
+#[test]
+fn run_and_chat_take_a_draft_model_with_the_same_text() {
+    let main = fixture("tiny-qwen2");
+    let d = fixture("tiny-llama");
+    let (main, d) = (main.to_str().unwrap(), d.to_str().unwrap());
+    let run = [
+        "run",
+        "--model",
+        main,
+        "--prompt",
+        "What is 2 + 3?",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "30",
+    ];
+    let plain = whale(&run);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let o = whale(&[&run[..], &["--draft-model", d, "--draft-tokens", "3"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, plain.stdout);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("drafts accepted"));
+    // two turns of a chat: the history the drafted answers leave is the plain one's
+    let chat = |extra: &[&str]| {
+        let mut args = vec![
+            "chat",
+            "--model",
+            main,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "20",
+        ];
+        args.extend_from_slice(extra);
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_whale"))
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(b"Hello there\nAnd 7 * 6?\n")
+            .unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let plain = chat(&[]);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let o = chat(&["--draft-model", d]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, plain.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("drafts accepted").count(), 2, "{err}");
+    // sampling with a draft is refused before anything loads
+    let o = whale(&["run", "--model", main, "--prompt", "x", "--draft-model", d]);
+    assert_clean_error(&o, "greedy");
+}

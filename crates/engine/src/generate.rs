@@ -306,8 +306,24 @@ impl Engine {
         prompt_text: &str,
         prompt_ids: &[u32],
         params: &GenerateParams,
-        mut on_part: impl FnMut(&Part),
+        on_part: impl FnMut(&Part),
     ) -> Result<Generation> {
+        Ok(self
+            .generate_text_drafted(prompt_text, prompt_ids, params, None, on_part)?
+            .0)
+    }
+
+    /// [`Engine::generate_text`], drafted by `draft` (a model with the same tokenizer, `k`
+    /// tokens a step, greedy only) where given, with the drafts' acceptance. Drafted, the
+    /// prefill is not timed apart: `decode_time` is the whole generation's.
+    pub fn generate_text_drafted(
+        &self,
+        prompt_text: &str,
+        prompt_ids: &[u32],
+        params: &GenerateParams,
+        draft: Option<(&Model, usize)>,
+        mut on_part: impl FnMut(&Part),
+    ) -> Result<(Generation, Option<SpecStats>)> {
         let tok = self.tokenizer()?;
         let mut decoder = StreamDecoder::default();
         let mut stops = StopMatcher::new(params.stop.clone());
@@ -323,14 +339,25 @@ impl Engine {
             }
         };
         let mut stopped = false;
-        let (ids, mut finish, prefill_time, decode_time) =
-            self.generate_ids(prompt_ids, params, |id| {
-                let text = decoder.push(tok, id)?;
-                let (safe, hit) = stops.push(&text);
-                emit(splitter.push(&safe));
-                stopped = hit;
-                Ok(!hit)
-            })?;
+        let on_token = |id| {
+            let text = decoder.push(tok, id)?;
+            let (safe, hit) = stops.push(&text);
+            emit(splitter.push(&safe));
+            stopped = hit;
+            Ok(!hit)
+        };
+        let (ids, mut finish, prefill_time, decode_time, stats) = match draft {
+            None => {
+                let (ids, f, p, d) = self.generate_ids(prompt_ids, params, on_token)?;
+                (ids, f, p, d, None)
+            }
+            Some((dm, k)) => {
+                let t = Instant::now();
+                let (ids, f, st) =
+                    self.generate_ids_with_draft(prompt_ids, params, dm, k, on_token)?;
+                (ids, f, Duration::ZERO, t.elapsed(), Some(st))
+            }
+        };
         if stopped {
             finish = FinishReason::Stop;
         } else {
@@ -338,7 +365,7 @@ impl Engine {
             emit(splitter.push(&rest));
         }
         emit(splitter.finish());
-        Ok(Generation {
+        let g = Generation {
             prompt_tokens: prompt_ids.len(),
             ids,
             reasoning,
@@ -346,7 +373,8 @@ impl Engine {
             finish,
             prefill_time,
             decode_time,
-        })
+        };
+        Ok((g, stats))
     }
 
     /// Chat: render the template, then generate.
@@ -356,6 +384,18 @@ impl Engine {
         params: &GenerateParams,
         on_part: impl FnMut(&Part),
     ) -> Result<Generation> {
+        Ok(self.chat_drafted(messages, params, None, on_part)?.0)
+    }
+
+    /// [`Engine::chat`], drafted by a smaller model where given (see
+    /// [`Engine::generate_text_drafted`]).
+    pub fn chat_drafted(
+        &self,
+        messages: &[Message],
+        params: &GenerateParams,
+        draft: Option<(&Model, usize)>,
+        on_part: impl FnMut(&Part),
+    ) -> Result<(Generation, Option<SpecStats>)> {
         let tok = self.tokenizer()?;
         if messages.is_empty() {
             bail!("no messages to answer");
@@ -371,6 +411,6 @@ impl Engine {
             let ids = tok.encode_prompt(&text)?;
             (text, ids)
         };
-        self.generate_text(&text, &ids, params, on_part)
+        self.generate_text_drafted(&text, &ids, params, draft, on_part)
     }
 }
