@@ -34,7 +34,11 @@ impl Grammars {
     /// `vocab_size` is the model's (its logits' width, which may exceed the tokenizer's), `eos`
     /// the id the grammar ends with.
     pub fn load(dir: &Path, vocab_size: usize, eos: u32) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
+        // the file the vocabulary came from, for the errors
+        let path = match dir.join("tokenizer.json") {
+            p if p.exists() => p,
+            _ => dir.join(crate::tiktoken::RANK_FILE),
+        };
         let json: Value = serde_json::from_str(&crate::tiktoken::tokenizer_source(dir)?)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
         let mut words = llguidance::token_bytes_from_tokenizer_json(&json)
