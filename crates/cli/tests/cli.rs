@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const CASES: [&str; 7] = [
+const CASES: [&str; 9] = [
     "tiny-v3",
     "tiny-v2-lite",
     "tiny-v2-group",
@@ -14,6 +14,8 @@ const CASES: [&str; 7] = [
     "tiny-qwen2",
     "tiny-llama",
     "tiny-qwen3",
+    "tiny-v32",
+    "tiny-v32-fp8",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -334,6 +336,17 @@ fn bad_configs_fail_cleanly() {
             "low_freq_factor",
         ),
         ("tiny-qwen3", "head_dim", "23", "head_dim"),
+        // V3.2: no indexer choice, an indexer narrower than the rope dims, a layer kind whale
+        // does not run
+        ("tiny-v32", "index_topk", "0", "index_topk"),
+        ("tiny-v32", "index_head_dim", "4", "index_head_dim"),
+        (
+            "tiny-v32",
+            "layer_types",
+            r#"["indexed_attention", "sliding_attention", "indexed_attention"]"#,
+            "layer_types",
+        ),
+        ("tiny-v32", "q_lora_rank", "null", "q_lora_rank"),
         (
             "tiny-qwen3",
             "rope_scaling",
@@ -355,6 +368,12 @@ fn bad_configs_fail_cleanly() {
         ("tiny-qwen2", "model.layers.1.self_attn.k_proj.bias"),
         ("tiny-llama", "model.layers.0.self_attn.o_proj.bias"),
         ("tiny-qwen3", "model.layers.2.self_attn.q_norm.weight"),
+        ("tiny-v32", "model.layers.1.self_attn.indexer.wk.weight"),
+        ("tiny-v32", "model.layers.2.self_attn.indexer.k_norm.bias"),
+        (
+            "tiny-v32-fp8",
+            "model.layers.0.self_attn.indexer.wq_b.weight_scale_inv",
+        ),
     ] {
         let d_tmp = copy_fixture(case, "nobias");
         let d = d_tmp.path();

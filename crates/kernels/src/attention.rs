@@ -214,12 +214,33 @@ pub fn shared_latent(
     dp: usize,
     out: &mut [f32],
 ) {
-    let h_n = c.heads;
     let width = dl + dp;
+    assert!(chunks.iter().map(|ch| ch.len()).sum::<usize>() >= (c.q_offset + c.n_q) * width);
+    let rows: Vec<&[f32]> = first_rows(chunks, width, c.q_offset + c.n_q).collect();
+    shared_latent_picked(c, q_lat, q_pos, &rows, &vec![None; c.n_q], dl, dp, out)
+}
+
+/// As `shared_latent`, over `rows` (every row of the sequence in position order, each at least
+/// dl + dp values: whatever follows them is not read) where query t reads the rows `picks[t]`
+/// names (positions in ascending order: DeepSeek Sparse Attention's choice) or, where that is
+/// None, its whole causal prefix.
+#[allow(clippy::too_many_arguments)]
+pub fn shared_latent_picked(
+    c: Causal,
+    q_lat: &[f32],
+    q_pos: &[f32],
+    rows: &[&[f32]],
+    picks: &[Option<Vec<u32>>],
+    dl: usize,
+    dp: usize,
+    out: &mut [f32],
+) {
+    let h_n = c.heads;
     assert_eq!(q_lat.len(), c.n_q * h_n * dl);
     assert_eq!(q_pos.len(), c.n_q * h_n * dp);
     assert_eq!(out.len(), c.n_q * h_n * dl);
-    assert!(chunks.iter().map(|ch| ch.len()).sum::<usize>() >= (c.q_offset + c.n_q) * width);
+    assert_eq!(picks.len(), c.n_q);
+    assert!(rows.len() >= c.q_offset + c.n_q && rows.iter().all(|r| r.len() >= dl + dp));
     // Every head of a query reads the same rows: a task takes up to GROUP heads of one query, so
     // each row is read once per group instead of once per head (at long contexts the rows are
     // far out of cache).
@@ -233,14 +254,20 @@ pub fn shared_latent(
     tasks.into_par_iter().for_each(|(t, h0, o)| {
         let heads = o.len() / dl;
         let i = t * h_n + h0;
-        let ctx = c.q_offset + t + 1;
+        let picked: Vec<&[f32]>;
+        let seen = match &picks[t] {
+            None => &rows[..c.q_offset + t + 1],
+            Some(p) => {
+                picked = p.iter().map(|&j| rows[j as usize]).collect();
+                &picked[..]
+            }
+        };
         latent_heads(
             c.scale,
             heads,
             &q_lat[i * dl..(i + heads) * dl],
             &q_pos[i * dp..(i + heads) * dp],
-            chunks,
-            ctx,
+            seen,
             o,
         );
     });
@@ -250,18 +277,10 @@ pub fn shared_latent(
 const GROUP: usize = 4;
 
 /// `heads` heads of one query (`ql` holds their latent parts one after another, `qp` their
-/// positional parts, `o` their outputs): each head's scores against the first `ctx` rows,
-/// softmax, and the weighted sum of the rows' latent parts. A head's result does not depend on
-/// which heads are computed with it.
-fn latent_heads(
-    scale: f32,
-    heads: usize,
-    ql: &[f32],
-    qp: &[f32],
-    chunks: &[&[f32]],
-    ctx: usize,
-    o: &mut [f32],
-) {
+/// positional parts, `o` their outputs): each head's scores against the rows it sees, softmax,
+/// and the weighted sum of the rows' latent parts. A head's result does not depend on which
+/// heads are computed with it.
+fn latent_heads(scale: f32, heads: usize, ql: &[f32], qp: &[f32], rows: &[&[f32]], o: &mut [f32]) {
     let (dl, dp) = (ql.len() / heads, qp.len() / heads);
     #[cfg(target_arch = "x86_64")]
     if crate::simd::isa() == crate::simd::Isa::Avx512
@@ -269,11 +288,9 @@ fn latent_heads(
         && dp.is_multiple_of(16)
         && heads <= GROUP
     {
-        let rows: Vec<*const f32> = first_rows(chunks, dl + dp, ctx)
-            .map(|row| row.as_ptr())
-            .collect();
-        // SAFETY: AVX-512F was detected; `shared_latent` checked that the chunks hold `ctx`
-        // whole rows of dl + dp values; the slices hold `heads` heads of dl, dp and dl values.
+        let rows: Vec<*const f32> = rows.iter().map(|row| row.as_ptr()).collect();
+        // SAFETY: AVX-512F was detected; `shared_latent_picked` checked that every row holds
+        // dl + dp values; the slices hold `heads` heads of dl, dp and dl values.
         unsafe {
             match heads {
                 1 => x86::latent_heads::<1>(scale, ql, qp, &rows, o),
@@ -285,14 +302,7 @@ fn latent_heads(
         return;
     }
     for (h, o) in o.chunks_exact_mut(dl).enumerate() {
-        one_latent_head(
-            scale,
-            &ql[h * dl..][..dl],
-            &qp[h * dp..][..dp],
-            chunks,
-            ctx,
-            o,
-        );
+        one_latent_head(scale, &ql[h * dl..][..dl], &qp[h * dp..][..dp], rows, o);
     }
 }
 
@@ -309,22 +319,15 @@ fn first_rows<'a>(
 }
 
 /// One head of `latent_heads` in plain loops (CPUs without AVX-512, odd widths).
-fn one_latent_head(
-    scale: f32,
-    ql: &[f32],
-    qp: &[f32],
-    chunks: &[&[f32]],
-    ctx: usize,
-    o: &mut [f32],
-) {
+fn one_latent_head(scale: f32, ql: &[f32], qp: &[f32], rows: &[&[f32]], o: &mut [f32]) {
     let (dl, width) = (ql.len(), ql.len() + qp.len());
-    let rows = || first_rows(chunks, width, ctx);
-    let mut p: Vec<f32> = rows()
-        .map(|row| scale * (dot(ql, &row[..dl]) + dot(qp, &row[dl..])))
+    let mut p: Vec<f32> = rows
+        .iter()
+        .map(|row| scale * (dot(ql, &row[..dl]) + dot(qp, &row[dl..width])))
         .collect();
     softmax(&mut p);
     o.fill(0.0);
-    for (row, &pj) in rows().zip(&p) {
+    for (row, &pj) in rows.iter().zip(&p) {
         axpy(pj, &row[..dl], o);
     }
 }

@@ -10,6 +10,8 @@ use std::path::Path;
 pub enum ModelType {
     DeepseekV2,
     DeepseekV3,
+    /// DeepSeek-V3.2: V3 plus DeepSeek Sparse Attention (a lightning indexer per layer)
+    DeepseekV32,
     /// R1-Distill-Qwen-1.5B/7B/14B/32B
     Qwen2,
     /// R1-Distill-Llama-8B/70B
@@ -23,6 +25,7 @@ impl ModelType {
         match self {
             ModelType::DeepseekV2 => "deepseek_v2",
             ModelType::DeepseekV3 => "deepseek_v3",
+            ModelType::DeepseekV32 => "deepseek_v32",
             ModelType::Qwen2 => "qwen2",
             ModelType::Llama => "llama",
             ModelType::Qwen3 => "qwen3",
@@ -108,6 +111,16 @@ pub struct GqaConfig {
     pub qk_norm: bool,
 }
 
+/// DeepSeek Sparse Attention's lightning indexer (V3.2): per query, `index_n_heads` heads of
+/// `index_head_dim` score every earlier token against one cached key per token, and the
+/// attention reads only the `index_topk` best.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexerConfig {
+    pub index_n_heads: usize,
+    pub index_head_dim: usize,
+    pub index_topk: usize,
+}
+
 /// Mixture-of-experts settings; absent for a dense model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MoeConfig {
@@ -155,6 +168,8 @@ pub struct ModelConfig {
     /// rope dims stored as adjacent pairs (the released weights; transformers' default true)
     /// or, when false, as two halves (NeoX layout, after an offline permutation)
     pub rope_interleave: bool,
+    /// set for V3.2 (every layer is indexed attention)
+    pub indexer: Option<IndexerConfig>,
 }
 
 fn field<'a>(o: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
@@ -221,6 +236,81 @@ fn token_ids(o: &Map<String, Value>, k: &str) -> Result<Vec<u32>> {
 
 /// `rope_theta` and the scaling, from the hub form (`rope_theta` at the top, the scaling in
 /// `rope_scaling`) or transformers 5's (both in `rope_parameters`).
+/// V3.2's indexer fields, transformers' defaults (V3.2-Exp's values) where absent.
+fn indexer(o: &Map<String, Value>) -> Result<IndexerConfig> {
+    let i = IndexerConfig {
+        index_n_heads: opt_usize(o, "index_n_heads")?.unwrap_or(64),
+        index_head_dim: opt_usize(o, "index_head_dim")?.unwrap_or(128),
+        index_topk: opt_usize(o, "index_topk")?.unwrap_or(2048),
+    };
+    for (name, v, most) in [
+        ("index_n_heads", i.index_n_heads, 1 << 12),
+        ("index_head_dim", i.index_head_dim, 1 << 14),
+        ("index_topk", i.index_topk, 1 << 26),
+    ] {
+        if v == 0 {
+            bail!("config.json: field `{name}` must be positive");
+        }
+        if v > most {
+            bail!("config.json: field `{name}` is {v}, more than the {most} whale allows");
+        }
+    }
+    Ok(i)
+}
+
+/// What transformers' deepseek_v32 fixes that a V3 config may vary: refused when it differs,
+/// since it would be ignored.
+fn v32_checks(o: &Map<String, Value>, cfg: &ModelConfig) -> Result<()> {
+    let ix = cfg.indexer.as_ref().expect("a V3.2 config has an indexer");
+    if cfg.q_lora_rank.is_none() {
+        bail!("config.json: deepseek_v32 needs `q_lora_rank` (the indexer reads the query latent)");
+    }
+    if ix.index_head_dim < cfg.qk_rope_head_dim {
+        bail!(
+            "config.json: `index_head_dim` ({}) must be at least `qk_rope_head_dim` ({}): the indexer rotates that many of its dims",
+            ix.index_head_dim,
+            cfg.qk_rope_head_dim
+        );
+    }
+    if !cfg.rope_interleave {
+        bail!("config.json: `rope_interleave: false` is not supported for deepseek_v32 (its attention always takes the released interleaved layout)");
+    }
+    if let Some(m) = &cfg.moe {
+        if m.topk_method != TopkMethod::NoauxTc || m.scoring_func != ScoringFunc::Sigmoid {
+            bail!("config.json: deepseek_v32 routes by noaux_tc over sigmoid scores; `topk_method`/`scoring_func` say otherwise");
+        }
+        if m.moe_layer_freq != 1 {
+            bail!("config.json: `moe_layer_freq` other than 1 is not supported for deepseek_v32 (it uses first_k_dense_replace / mlp_layer_types)");
+        }
+    }
+    if let Some(v) = field(o, "mlp_layer_types") {
+        let want: Vec<&str> = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                if cfg.is_moe_layer(i) {
+                    "sparse"
+                } else {
+                    "dense"
+                }
+            })
+            .collect();
+        let got: Option<Vec<&str>> = v
+            .as_array()
+            .and_then(|a| a.iter().map(|x| x.as_str()).collect());
+        if got.as_deref() != Some(&want[..]) {
+            bail!("config.json: `mlp_layer_types` must be first_k_dense_replace \"dense\" then \"sparse\" layers (the only pattern whale runs), got {v}");
+        }
+    }
+    if let Some(v) = field(o, "layer_types") {
+        let ok = v.as_array().is_some_and(|a| {
+            a.len() == cfg.num_hidden_layers && a.iter().all(|x| x == "indexed_attention")
+        });
+        if !ok {
+            bail!("config.json: `layer_types` of deepseek_v32 must be \"indexed_attention\" for every layer, got {v}");
+        }
+    }
+    Ok(())
+}
+
 fn rope(o: &Map<String, Value>) -> Result<(f64, Option<Yarn>, Option<Llama3Rope>)> {
     let rope_obj = match (field(o, "rope_parameters"), field(o, "rope_scaling")) {
         (Some(p), _) => Some(p),
@@ -313,11 +403,12 @@ impl ModelConfig {
         let model_type = match opt_str(o, "model_type")? {
             Some("deepseek_v2") => ModelType::DeepseekV2,
             Some("deepseek_v3") | Some("kimi_k2") => ModelType::DeepseekV3,
+            Some("deepseek_v32") => ModelType::DeepseekV32,
             Some("qwen2") => ModelType::Qwen2,
             Some("llama") => ModelType::Llama,
             Some("qwen3") => ModelType::Qwen3,
             Some(other) => bail!(
-                "config.json: unsupported model_type `{other}` (supported: deepseek_v2, deepseek_v3, kimi_k2, qwen2, llama, qwen3)"
+                "config.json: unsupported model_type `{other}` (supported: deepseek_v2, deepseek_v3, deepseek_v32, kimi_k2, qwen2, llama, qwen3)"
             ),
             None => bail!("config.json: required field `model_type` is missing"),
         };
@@ -329,7 +420,11 @@ impl ModelConfig {
         if model_type.is_dense_gqa() {
             return Self::dense_from_json(o, model_type);
         }
-        let v3 = model_type == ModelType::DeepseekV3;
+        let v32 = model_type == ModelType::DeepseekV32;
+        let v3 = model_type == ModelType::DeepseekV3 || v32;
+        // transformers' DeepseekV32Config fills absent routing fields with V3.2's own values
+        // (its V3 and V2 configs are only ever read with them present)
+        let v32_default = |usize_v3: usize, v32_v: usize| if v32 { v32_v } else { usize_v3 };
 
         let moe = match opt_usize(o, "n_routed_experts")? {
             None | Some(0) => None,
@@ -365,18 +460,24 @@ impl ModelConfig {
                 };
                 Some(MoeConfig {
                     n_routed_experts,
-                    n_shared_experts: opt_usize(o, "n_shared_experts")?.unwrap_or(0),
+                    n_shared_experts: opt_usize(o, "n_shared_experts")?
+                        .unwrap_or(v32_default(0, 1)),
                     num_experts_per_tok: req_usize(o, "num_experts_per_tok")?,
                     moe_intermediate_size: req_usize(o, "moe_intermediate_size")?,
-                    n_group: opt_usize(o, "n_group")?.unwrap_or(1),
-                    topk_group: opt_usize(o, "topk_group")?.unwrap_or(1),
+                    n_group: opt_usize(o, "n_group")?.unwrap_or(v32_default(1, 8)),
+                    topk_group: opt_usize(o, "topk_group")?.unwrap_or(v32_default(1, 4)),
                     topk_method,
                     scoring_func,
                     // transformers' deepseek_v2 router never renormalises (every released V2
                     // config says false anyway); parity with it decides.
-                    norm_topk_prob: v3 && opt_bool(o, "norm_topk_prob")?.unwrap_or(false),
-                    routed_scaling_factor: opt_f64(o, "routed_scaling_factor")?.unwrap_or(1.0),
-                    first_k_dense_replace: opt_usize(o, "first_k_dense_replace")?.unwrap_or(0),
+                    norm_topk_prob: v3 && opt_bool(o, "norm_topk_prob")?.unwrap_or(v32),
+                    routed_scaling_factor: opt_f64(o, "routed_scaling_factor")?.unwrap_or(if v32 {
+                        2.5
+                    } else {
+                        1.0
+                    }),
+                    first_k_dense_replace: opt_usize(o, "first_k_dense_replace")?
+                        .unwrap_or(v32_default(0, 3)),
                     moe_layer_freq: opt_usize(o, "moe_layer_freq")?.unwrap_or(1),
                 })
             }
@@ -439,7 +540,11 @@ impl ModelConfig {
             eos_token_ids: token_ids(o, "eos_token_id")?,
             tie_word_embeddings: opt_bool(o, "tie_word_embeddings")?.unwrap_or(false),
             rope_interleave: opt_bool(o, "rope_interleave")?.unwrap_or(true),
+            indexer: if v32 { Some(indexer(o)?) } else { None },
         };
+        if v32 {
+            v32_checks(o, &cfg)?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -513,6 +618,7 @@ impl ModelConfig {
             eos_token_ids: token_ids(o, "eos_token_id")?,
             tie_word_embeddings: opt_bool(o, "tie_word_embeddings")?.unwrap_or(false),
             rope_interleave: false,
+            indexer: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -642,11 +748,17 @@ impl ModelConfig {
 
     /// Values cached per token per layer: under MLA the normed latent and the rotated rope key;
     /// under GQA every key/value head's key, then every one's value.
+    /// V3.2 adds the indexer's key after them.
     pub fn cache_width(&self) -> usize {
         match &self.gqa {
-            None => self.kv_lora_rank + self.qk_rope_head_dim,
+            None => self.mla_width() + self.indexer.as_ref().map_or(0, |i| i.index_head_dim),
             Some(g) => 2 * g.num_key_value_heads * g.head_dim,
         }
+    }
+
+    /// Values of an MLA cache row that attention reads: the latent and the rope key.
+    pub fn mla_width(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
     }
 
     /// Dims of each head that rope rotates.
@@ -672,6 +784,7 @@ impl ModelConfig {
         }
         let arch = match self.model_type {
             ModelType::DeepseekV2 => "DeepseekV2ForCausalLM",
+            ModelType::DeepseekV32 => "DeepseekV32ForCausalLM",
             _ => "DeepseekV3ForCausalLM",
         };
         let mut v = json!({
@@ -723,6 +836,11 @@ impl ModelConfig {
             ] {
                 o.insert(k.into(), x);
             }
+        }
+        if let Some(i) = &self.indexer {
+            o.insert("index_n_heads".into(), json!(i.index_n_heads));
+            o.insert("index_head_dim".into(), json!(i.index_head_dim));
+            o.insert("index_topk".into(), json!(i.index_topk));
         }
         if let Some([r, c]) = self.fp8_block {
             o.insert(

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod dsa;
 pub mod gqa;
 pub mod mla;
 pub mod model;

@@ -4,9 +4,13 @@
 //!   `kv_b_proj` (the prefill form, as transformers computes it);
 //! - `Absorbed` folds W^UK into the query and W^UV into the output, attending over the
 //!   latent rows directly (the decode form; reads only the cache).
+//!
+//! V3.2 adds an indexer (`dsa.rs`): its key rides after each cached row, and a query that has
+//! more earlier tokens than `index_topk` attends, in either form, only to the rows it picks.
 
 use anyhow::Result;
-use whale_kernels::attention::{multi_head, shared_latent, Causal};
+use rayon::prelude::*;
+use whale_kernels::attention::{multi_head, shared_latent_picked, Causal};
 use whale_kernels::matrix::{matmul, matmul_batch, Product};
 use whale_kernels::ops::rms_norm;
 use whale_kernels::Matrix;
@@ -14,6 +18,7 @@ use whale_kernels::Matrix;
 use crate::cache::KvStore;
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
+use crate::dsa::Indexer;
 use crate::rope::Rope;
 
 /// The latent norms use eps 1e-6 whatever `rms_norm_eps` says (HF and the reference both).
@@ -58,13 +63,20 @@ pub struct Mla {
     /// kv_b's rows for every token.
     pub kv_b_k_t: Matrix,
     pub o_proj: Matrix,
+    /// V3.2's lightning indexer
+    pub indexer: Option<Indexer>,
     heads: usize,
     nope: usize,
     rope_dim: usize,
     v_dim: usize,
     kv_lora: usize,
+    /// values per cached row (the latent, the rope key, then the indexer's key if any)
+    row_width: usize,
     scale: f32,
 }
+
+/// Per query of a segment, the rows it attends to (None: its whole causal prefix).
+type Picks = Vec<Option<Vec<u32>>>;
 
 impl Mla {
     pub fn load(ck: &Checkpoint, p: &str, cfg: &ModelConfig, scale: f32) -> Result<Self> {
@@ -102,11 +114,16 @@ impl Mla {
             kv_b_proj,
             kv_b_k_t,
             o_proj: ck.linear(&format!("{p}o_proj.weight"), d, h * cfg.v_head_dim)?,
+            indexer: match &cfg.indexer {
+                Some(ix) => Some(Indexer::load(ck, &format!("{p}indexer."), cfg, ix)?),
+                None => None,
+            },
             heads: h,
             nope: cfg.qk_nope_head_dim,
             rope_dim: cfg.qk_rope_head_dim,
             v_dim: cfg.v_head_dim,
             kv_lora: cfg.kv_lora_rank,
+            row_width: cfg.cache_width(),
             scale,
         })
     }
@@ -119,6 +136,9 @@ impl Mla {
             QueryProj::Full { q_proj } => vec![q_proj],
         };
         m.extend([&self.kv_a_proj_with_mqa, &self.kv_b_proj, &self.o_proj]);
+        if let Some(ix) = &self.indexer {
+            m.extend(ix.matrices());
+        }
         m
     }
 
@@ -151,7 +171,7 @@ impl Mla {
             self.kv_lora,
         );
         let dqk = nope + dr;
-        let width = dc + dr;
+        let (width, row_w) = (dc + dr, self.row_width);
         let n: usize = segs.iter().map(|s| s.len).sum();
 
         // Projections for every token of the batch at once (weights read once per step); the
@@ -166,31 +186,46 @@ impl Mla {
             Product::new(x, n, first, &mut first_out),
             Product::new(x, n, &self.kv_a_proj_with_mqa, &mut rows),
         ]);
+        // the query latent (V3.2's indexer reads it too)
+        let mut c_q = Vec::new();
         let mut q = match &self.q {
             QueryProj::LowRank {
                 q_a_layernorm,
                 q_b_proj,
                 ..
             } => {
-                let mut cn = vec![0f32; first_out.len()];
-                rms_norm(&first_out, q_a_layernorm, LATENT_NORM_EPS, &mut cn);
+                c_q = vec![0f32; first_out.len()];
+                rms_norm(&first_out, q_a_layernorm, LATENT_NORM_EPS, &mut c_q);
                 let mut q = vec![0f32; n * h_n * dqk];
-                matmul(&cn, n, q_b_proj, &mut q);
+                matmul(&c_q, n, q_b_proj, &mut q);
                 q
             }
             QueryProj::Full { .. } => first_out,
         };
+        // every token's position in its sequence
+        let pos: Vec<usize> = segs
+            .iter()
+            .flat_map(|seg| {
+                let p0 = kv.seq_len(seg.seq);
+                p0..p0 + seg.len
+            })
+            .collect();
+        let index = self
+            .indexer
+            .as_ref()
+            .map(|ix| (ix.keys(x, &pos, rope), ix.queries(&c_q, x, &pos, rope), ix));
 
         let mut o = vec![0f32; n * h_n * dv];
         // (segment, its first position) of the segments that take the absorbed form
         let mut absorbed: Vec<(Segment, usize)> = Vec::new();
+        let mut absorbed_picks: Vec<Picks> = Vec::new();
         for seg in segs {
             let pos0 = kv.seq_len(seg.seq);
             let qs = &mut q[seg.start * h_n * dqk..(seg.start + seg.len) * h_n * dqk];
             for (i, head) in qs.chunks_exact_mut(dqk).enumerate() {
                 rope.apply(&mut head[nope..], pos0 + i / h_n);
             }
-            // New cache rows: [RMSNorm(latent) ; RoPE(k_rope)].
+            // New cache rows: [RMSNorm(latent) ; RoPE(k_rope)] (; the indexer's key).
             let new_rows = &mut rows[seg.start * width..(seg.start + seg.len) * width];
             for (t, row) in new_rows.chunks_exact_mut(width).enumerate() {
                 let latent = row[..dc].to_vec();
@@ -202,7 +237,28 @@ impl Mla {
                 );
                 rope.apply(&mut row[dc..], pos0 + t);
             }
-            kv.append(seg.seq, layer, new_rows);
+            let picks: Picks = match &index {
+                None => {
+                    kv.append(seg.seq, layer, new_rows);
+                    vec![None; seg.len]
+                }
+                Some((keys, queries, ix)) => {
+                    let di = row_w - width;
+                    let full: Vec<f32> = new_rows
+                        .chunks_exact(width)
+                        .zip(keys[seg.start * di..].chunks_exact(di))
+                        .flat_map(|(r, k)| r.iter().chain(k))
+                        .copied()
+                        .collect();
+                    kv.append(seg.seq, layer, &full);
+                    let chunks = kv.chunks(seg.seq, layer);
+                    let all: Vec<&[f32]> =
+                        chunks.iter().flat_map(|c| c.chunks_exact(row_w)).collect();
+                    (0..seg.len)
+                        .map(|t| ix.pick(queries, seg.start + t, pos0 + t, |j| &all[j][width..]))
+                        .collect()
+                }
+            };
             let plain = match form {
                 AttentionForm::Plain => true,
                 AttentionForm::Absorbed => false,
@@ -216,21 +272,31 @@ impl Mla {
                     scale: self.scale,
                 };
                 let os = &mut o[seg.start * h_n * dv..(seg.start + seg.len) * h_n * dv];
-                self.attend_plain(causal, qs, &kv.chunks(seg.seq, layer), os);
+                self.attend_plain(causal, qs, &kv.chunks(seg.seq, layer), &picks, os);
             } else {
                 absorbed.push((*seg, pos0));
+                absorbed_picks.push(picks);
             }
         }
         if !absorbed.is_empty() {
-            self.attend_absorbed(&q, &absorbed, layer, kv, &mut o);
+            self.attend_absorbed(&q, &absorbed, &absorbed_picks, layer, kv, &mut o);
         }
         let mut out = vec![0f32; n * self.o_proj.rows];
         matmul(&o, n, &self.o_proj, &mut out);
         out
     }
 
-    /// Decompress every cached latent into per-head keys and values, then plain attention.
-    fn attend_plain(&self, causal: Causal, q: &[f32], chunks: &[&[f32]], o: &mut [f32]) {
+    /// Decompress every cached latent into per-head keys and values, then plain attention:
+    /// causal for the queries that take their whole prefix (the first ones of the segment),
+    /// over the picked rows for each of the others.
+    fn attend_plain(
+        &self,
+        causal: Causal,
+        q: &[f32],
+        chunks: &[&[f32]],
+        picks: &[Option<Vec<u32>>],
+        o: &mut [f32],
+    ) {
         let (h_n, nope, dr, dv, dc) = (
             self.heads,
             self.nope,
@@ -239,7 +305,10 @@ impl Mla {
             self.kv_lora,
         );
         let (dqk, width, kv_w) = (nope + dr, dc + dr, nope + dv);
-        let all: Vec<&[f32]> = chunks.iter().flat_map(|c| c.chunks_exact(width)).collect();
+        let all: Vec<&[f32]> = chunks
+            .iter()
+            .flat_map(|c| c.chunks_exact(self.row_width))
+            .collect();
         let s = all.len();
         let latents: Vec<f32> = all.iter().flat_map(|r| &r[..dc]).copied().collect();
         let mut kv = vec![0f32; s * h_n * kv_w];
@@ -251,11 +320,45 @@ impl Mla {
                 let src = &kv[(j * h_n + h) * kv_w..][..kv_w];
                 let kd = &mut k[(j * h_n + h) * dqk..][..dqk];
                 kd[..nope].copy_from_slice(&src[..nope]);
-                kd[nope..].copy_from_slice(&row[dc..]);
+                kd[nope..].copy_from_slice(&row[dc..width]);
                 v[(j * h_n + h) * dv..][..dv].copy_from_slice(&src[nope..]);
             }
         }
-        multi_head(causal, q, &k, &v, dqk, dv, o);
+        let whole = picks.iter().take_while(|p| p.is_none()).count();
+        debug_assert!(picks[whole..].iter().all(|p| p.is_some()));
+        let (o_whole, o_picked) = o.split_at_mut(whole * h_n * dv);
+        multi_head(
+            Causal {
+                n_q: whole,
+                ..causal
+            },
+            &q[..whole * h_n * dqk],
+            &k,
+            &v,
+            dqk,
+            dv,
+            o_whole,
+        );
+        o_picked
+            .par_chunks_mut(h_n * dv)
+            .zip(q[whole * h_n * dqk..].par_chunks(h_n * dqk))
+            .zip(&picks[whole..])
+            .for_each(|((ot, qt), p)| {
+                let p = p.as_ref().expect("picked queries follow the whole ones");
+                let gather = |src: &[f32], w: usize| -> Vec<f32> {
+                    p.iter()
+                        .flat_map(|&j| &src[j as usize * h_n * w..][..h_n * w])
+                        .copied()
+                        .collect()
+                };
+                let one = Causal {
+                    n_q: 1,
+                    heads: h_n,
+                    q_offset: p.len() - 1,
+                    scale: self.scale,
+                };
+                multi_head(one, qt, &gather(&k, dqk), &gather(&v, dv), dqk, dv, ot);
+            });
     }
 
     /// Fold W^UK into the query and W^UV into the output; attend over the latent rows in place.
@@ -265,6 +368,7 @@ impl Mla {
         &self,
         q: &[f32],
         segs: &[(Segment, usize)],
+        picks: &[Picks],
         layer: usize,
         kv: &dyn KvStore,
         o: &mut [f32],
@@ -317,7 +421,7 @@ impl Mla {
         }
         let mut lat_out = vec![0f32; m * h_n * dc];
         let mut at = 0;
-        for (seg, pos0) in segs {
+        for ((seg, pos0), picks) in segs.iter().zip(picks) {
             let causal = Causal {
                 n_q: seg.len,
                 heads: h_n,
@@ -325,11 +429,17 @@ impl Mla {
                 scale: self.scale,
             };
             let span = at * h_n..(at + seg.len) * h_n;
-            shared_latent(
+            let chunks = kv.chunks(seg.seq, layer);
+            let rows: Vec<&[f32]> = chunks
+                .iter()
+                .flat_map(|c| c.chunks_exact(self.row_width))
+                .collect();
+            shared_latent_picked(
                 causal,
                 &q_lat[span.start * dc..span.end * dc],
                 &q_pos[span.start * dr..span.end * dr],
-                &kv.chunks(seg.seq, layer),
+                &rows,
+                picks,
                 dc,
                 dr,
                 &mut lat_out[span.start * dc..span.end * dc],

@@ -32,6 +32,8 @@ impl Ffn {
     }
 }
 
+// One per layer, as `Ffn`.
+#[allow(clippy::large_enum_variant)]
 pub enum Attention {
     Mla(Mla),
     Gqa(Gqa),

@@ -20,7 +20,7 @@ use crate::checkpoint::Checkpoint;
 
 /// Weights the model loads through `Checkpoint::linear` (and so quantises).
 pub fn is_linear(name: &str) -> bool {
-    const SUFFIXES: [&str; 12] = [
+    const SUFFIXES: [&str; 14] = [
         "q_a_proj.weight",
         "q_b_proj.weight",
         "q_proj.weight",
@@ -33,6 +33,9 @@ pub fn is_linear(name: &str) -> bool {
         "eh_proj.weight",
         "lm_head.weight",
         "shared_head.head.weight",
+        // V3.2's indexer (its weights_proj stays as stored)
+        "indexer.wq_b.weight",
+        "indexer.wk.weight",
     ];
     SUFFIXES.iter().any(|s| name.ends_with(s))
 }

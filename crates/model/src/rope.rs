@@ -95,6 +95,16 @@ impl Rope {
 
     /// Rotate `x` (one head's rope dims) in place for absolute position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
+        self.rotate(x, pos, self.interleave)
+    }
+
+    /// As `apply`, in the rotate-half layout whatever the model's (V3.2's indexer rotates its
+    /// keys and queries so while its attention takes the interleaved pairs).
+    pub fn apply_half(&self, x: &mut [f32], pos: usize) {
+        self.rotate(x, pos, false)
+    }
+
+    fn rotate(&self, x: &mut [f32], pos: usize, interleave: bool) {
         let p = pos as f32;
         let half = x.len() / 2;
         for i in 0..half {
@@ -103,7 +113,7 @@ impl Rope {
                 angle.cos() * self.attention_factor,
                 angle.sin() * self.attention_factor,
             );
-            let (ia, ib) = if self.interleave {
+            let (ia, ib) = if interleave {
                 (2 * i, 2 * i + 1)
             } else {
                 (i, i + half)

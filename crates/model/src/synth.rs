@@ -20,6 +20,9 @@ pub enum Preset {
     V2Lite,
     V3,
     V3Fp8,
+    /// DeepSeek-V3.2 (V3 plus the sparse attention's indexer)
+    V32,
+    V32Fp8,
     /// DeepSeek-R1-Distill-Qwen-1.5B
     DistillQwen1_5B,
     /// DeepSeek-R1-Distill-Qwen-7B
@@ -31,7 +34,7 @@ pub enum Preset {
 }
 
 /// `--like` names, in the order `whale synth --help` lists them.
-pub const PRESETS: &str = "v2-lite, v3, v3-fp8, r1-distill-qwen-1.5b, r1-distill-qwen-7b, r1-distill-llama-8b, r1-0528-qwen3-8b";
+pub const PRESETS: &str = "v2-lite, v3, v3-fp8, v3.2, v3.2-fp8, r1-distill-qwen-1.5b, r1-distill-qwen-7b, r1-distill-llama-8b, r1-0528-qwen3-8b";
 
 impl Preset {
     pub fn parse(s: &str) -> Result<Self> {
@@ -39,6 +42,8 @@ impl Preset {
             "v2-lite" => Preset::V2Lite,
             "v3" => Preset::V3,
             "v3-fp8" => Preset::V3Fp8,
+            "v3.2" => Preset::V32,
+            "v3.2-fp8" => Preset::V32Fp8,
             "r1-distill-qwen-1.5b" => Preset::DistillQwen1_5B,
             "r1-distill-qwen-7b" => Preset::DistillQwen7B,
             "r1-distill-llama-8b" => Preset::DistillLlama8B,
@@ -97,9 +102,14 @@ impl Preset {
                 eos_token_ids: vec![1],
                 tie_word_embeddings: false,
                 rope_interleave: true,
+                indexer: None,
             },
-            Preset::V3 | Preset::V3Fp8 => ModelConfig {
-                model_type: ModelType::DeepseekV3,
+            Preset::V3 | Preset::V3Fp8 | Preset::V32 | Preset::V32Fp8 => ModelConfig {
+                model_type: if matches!(self, Preset::V32 | Preset::V32Fp8) {
+                    ModelType::DeepseekV32
+                } else {
+                    ModelType::DeepseekV3
+                },
                 vocab_size: 129280,
                 hidden_size: 7168,
                 intermediate_size: 18432,
@@ -140,7 +150,7 @@ impl Preset {
                 max_position_embeddings: 163840,
                 rms_norm_eps: 1e-6,
                 num_nextn_predict_layers: 1,
-                fp8_block: if self == Preset::V3Fp8 {
+                fp8_block: if matches!(self, Preset::V3Fp8 | Preset::V32Fp8) {
                     Some([128, 128])
                 } else {
                     None
@@ -149,6 +159,14 @@ impl Preset {
                 eos_token_ids: vec![1],
                 tie_word_embeddings: false,
                 rope_interleave: true,
+                // DeepSeek-V3.2-Exp's config.json
+                indexer: matches!(self, Preset::V32 | Preset::V32Fp8).then_some(
+                    crate::config::IndexerConfig {
+                        index_n_heads: 64,
+                        index_head_dim: 128,
+                        index_topk: 2048,
+                    },
+                ),
             },
             Preset::DistillQwen1_5B => dense(ModelType::Qwen2, 151936, 1536, 8960, 28, 12, 2, 128),
             Preset::DistillQwen7B => dense(ModelType::Qwen2, 152064, 3584, 18944, 28, 28, 4, 128),
@@ -224,6 +242,7 @@ fn dense(
         eos_token_ids: vec![1],
         tie_word_embeddings: false,
         rope_interleave: false,
+        indexer: None,
     }
 }
 
@@ -389,6 +408,16 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
             true,
         );
         lin(v, format!("{a}o_proj.weight"), d, h * c.v_head_dim, true);
+        if let (Some(ix), Some(r)) = (&c.indexer, c.q_lora_rank) {
+            let (n, di) = (ix.index_n_heads, ix.index_head_dim);
+            let x = format!("{a}indexer.");
+            lin(v, format!("{x}wq_b.weight"), n * di, r, true);
+            lin(v, format!("{x}wk.weight"), di, d, true);
+            norm(v, format!("{x}k_norm.weight"), di);
+            bias(v, format!("{x}k_norm.bias"), di);
+            // bf16 in the FP8 release, as the router is
+            lin(v, format!("{x}weights_proj.weight"), n, d, false);
+        }
         match (&c.moe, moe) {
             (Some(m), true) => {
                 lin(

@@ -6,7 +6,7 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 use whale_model::{AttentionForm, Checkpoint, Logits, Model};
 
-const CASES: [&str; 7] = [
+const CASES: [&str; 9] = [
     "tiny-v3",
     "tiny-v2-lite",
     "tiny-v2-group",
@@ -14,6 +14,8 @@ const CASES: [&str; 7] = [
     "tiny-qwen2",
     "tiny-llama",
     "tiny-qwen3",
+    "tiny-v32",
+    "tiny-v32-fp8",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -151,10 +153,15 @@ fn decoding_token_by_token_equals_recomputing_the_sequence() {
             assert!(err <= LOGIT_TOL, "{name} step {t}: {err}");
         }
         // The cache holds exactly kv_lora_rank + qk_rope_head_dim values per token per layer
-        // under MLA, a key and a value per key/value head under GQA.
+        // under MLA (and V3.2's index_head_dim after them), a key and a value per key/value head
+        // under GQA.
         let c = &model.config;
         let width = match &c.gqa {
-            None => c.kv_lora_rank + c.qk_rope_head_dim,
+            None => {
+                c.kv_lora_rank
+                    + c.qk_rope_head_dim
+                    + c.indexer.as_ref().map_or(0, |i| i.index_head_dim)
+            }
             Some(g) => 2 * g.num_key_value_heads * g.head_dim,
         };
         assert_eq!(cache.values(), prompt.len() * c.num_hidden_layers * width);

@@ -82,7 +82,7 @@ fn mean_kl_in(base: &Model, quant: &Model, prompts: &[Vec<u32>], form: Attention
 /// what must hold already: quantisation perturbs, and more bits perturb less.
 #[test]
 fn quantised_next_token_distributions_order_by_bits() {
-    for name in ["tiny-v3", "tiny-v2-lite"] {
+    for name in ["tiny-v3", "tiny-v2-lite", "tiny-v32"] {
         let b16 = mean_kl(name, Format::Bf16Fast);
         let q8 = mean_kl(name, Format::Q8_0);
         let q4 = mean_kl(name, Format::Q4_0);
@@ -162,6 +162,7 @@ fn saved_quantised_checkpoints_equal_conversion_at_load() {
         ("tiny-v3", Format::Q4_0),
         ("tiny-v2-lite", Format::Q8_0),
         ("tiny-v3-fp8", Format::Q8_0),
+        ("tiny-v32-fp8", Format::Q4_0),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("q");
