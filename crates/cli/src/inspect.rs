@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use whale_model::params::{count, kv_bytes_per_token};
 use whale_model::rope::softmax_scale;
 use whale_model::synth::{shaped_config, write_checkpoint, Overrides, Preset};
-use whale_model::Checkpoint;
+use whale_model::{Checkpoint, ModelConfig};
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -21,7 +21,7 @@ pub struct InspectArgs {
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// the real model whose shape to copy: v2-lite, v3, v3-fp8, r1-distill-qwen-1.5b,
+    /// the real model whose shape to copy: v2-lite, v3, v3-fp8, v3.2, v3.2-fp8, r1-distill-qwen-1.5b,
     /// r1-distill-qwen-7b, r1-distill-llama-8b or r1-0528-qwen3-8b
     #[arg(long)]
     like: String,
@@ -65,22 +65,43 @@ fn human(n: u64) -> String {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
-    let ck = Checkpoint::open(&a.dir)?;
-    let c = &ck.config;
+    // a directory with config.json alone (`whale synth --config-only`, or a released config
+    // whose weights are too big to have here) is accounted from the config
+    let has_weights = ["model.safetensors", "model.safetensors.index.json"]
+        .iter()
+        .any(|f| a.dir.join(f).exists());
+    let ck = if has_weights || !a.dir.join("config.json").exists() {
+        Some(Checkpoint::open(&a.dir)?)
+    } else {
+        None
+    };
+    let owned;
+    let c = match &ck {
+        Some(ck) => &ck.config,
+        None => {
+            owned = ModelConfig::from_file(&a.dir.join("config.json"))?;
+            &owned
+        }
+    };
     let p = count(c);
     let kv = kv_bytes_per_token(c, 2);
     let mut formats: BTreeMap<String, usize> = BTreeMap::new();
-    for n in ck.tensor_names() {
-        *formats
-            .entry(format!("{:?}", ck.entry(n).unwrap().dtype))
-            .or_default() += 1;
+    if let Some(ck) = &ck {
+        for n in ck.tensor_names() {
+            *formats
+                .entry(format!("{:?}", ck.entry(n).unwrap().dtype))
+                .or_default() += 1;
+        }
     }
+    let stored_bytes = ck.as_ref().map(|ck| ck.total_stored_bytes());
     let mtp_on_disk = (0..c.num_nextn_predict_layers)
         .filter(|k| {
-            ck.has(&format!(
-                "model.layers.{}.eh_proj.weight",
-                c.num_hidden_layers + k
-            ))
+            ck.as_ref().is_some_and(|ck| {
+                ck.has(&format!(
+                    "model.layers.{}.eh_proj.weight",
+                    c.num_hidden_layers + k
+                ))
+            })
         })
         .count();
     let moe_layers = (0..c.num_hidden_layers)
@@ -94,13 +115,15 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             "hidden_size": c.hidden_size, "num_attention_heads": c.num_attention_heads,
             "q_lora_rank": c.q_lora_rank, "kv_lora_rank": c.kv_lora_rank,
             "params_total": p.total(), "params_active_per_token": p.active(), "params_mtp": p.mtp,
+            "params_indexer": p.indexer,
+            "indexer": c.indexer.as_ref().map(|i| json!({"index_n_heads": i.index_n_heads, "index_head_dim": i.index_head_dim, "index_topk": i.index_topk})),
             "kv_cache_values_per_token_per_layer": width,
             "num_key_value_heads": c.gqa.as_ref().map(|g| g.num_key_value_heads),
             "head_dim": c.gqa.as_ref().map(|g| g.head_dim),
             "kv_bytes_per_token_bf16": {"cached": kv.cached, "mla": kv.mla, "mha": kv.mha, "gqa8": kv.gqa8},
             "mha_over_mla": kv.mha as f64 / kv.mla as f64,
             "mla_over_cached": kv.mla as f64 / kv.cached as f64,
-            "tensor_dtypes": formats, "stored_bytes": ck.total_stored_bytes(),
+            "tensor_dtypes": formats, "stored_bytes": stored_bytes,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -140,6 +163,15 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         softmax_scale(c)
     );
     }
+    if let Some(i) = &c.indexer {
+        println!(
+            "sparse attention lightning indexer: {} heads of {}, each query reads its top {} tokens ({} parameters)",
+            i.index_n_heads,
+            i.index_head_dim,
+            i.index_topk,
+            human(p.indexer)
+        );
+    }
     if let Some(m) = &c.moe {
         println!(
             "experts          {} routed (top-{}, {} / {}, {} groups keep {}), {} shared, width {}, norm_topk_prob {}, routed_scaling_factor {}",
@@ -170,11 +202,14 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         ),
     }
     let fmt: Vec<String> = formats.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-    println!(
-        "tensors          {} ({:.2} GB stored)",
-        fmt.join(", "),
-        ck.total_stored_bytes() as f64 / 1e9
-    );
+    match stored_bytes {
+        Some(b) => println!(
+            "tensors          {} ({:.2} GB stored)",
+            fmt.join(", "),
+            b as f64 / 1e9
+        ),
+        None => println!("tensors          none here (config.json only)"),
+    }
     println!(
         "parameters       total {} ({}), active per token {} ({})",
         human(p.total()),
@@ -202,16 +237,27 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         );
         return Ok(());
     }
-    println!(
-        "kv cache/token   MLA {} values/layer = {} bytes in bf16 ({} layers)",
-        width, kv.mla, c.num_hidden_layers
-    );
+    if c.indexer.is_some() {
+        println!(
+            "kv cache/token   MLA {} + indexer key {} values/layer = {} bytes in bf16 ({} layers; the latent alone {} bytes)",
+            c.mla_width(),
+            width - c.mla_width(),
+            kv.cached,
+            c.num_hidden_layers,
+            kv.mla
+        );
+    } else {
+        println!(
+            "kv cache/token   MLA {} values/layer = {} bytes in bf16 ({} layers)",
+            width, kv.mla, c.num_hidden_layers
+        );
+    }
     println!(
         "                 vs multi-head attention with the same heads: {} bytes ({:.1}x), GQA-8: {} bytes ({:.1}x)",
         kv.mha,
-        kv.mha as f64 / kv.mla as f64,
+        kv.mha as f64 / kv.cached as f64,
         kv.gqa8,
-        kv.gqa8 as f64 / kv.mla as f64
+        kv.gqa8 as f64 / kv.cached as f64
     );
     Ok(())
 }

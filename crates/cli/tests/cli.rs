@@ -179,6 +179,36 @@ fn inspect_reports_the_latent_cache() {
     assert_eq!(v["kv_bytes_per_token_bf16"]["cached"], 3 * 96 * 2);
     assert_eq!(v["kv_bytes_per_token_bf16"]["mla"], 3 * 576 * 2);
     assert_eq!(v["kv_bytes_per_token_bf16"]["mha"], 3 * 6 * 48 * 2);
+    // V3.2: the indexer's 16-wide key after each latent row, its parameters counted
+    let o = whale(&["inspect", fixture("tiny-v32").to_str().unwrap(), "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kv_cache_values_per_token_per_layer"], 32 + 8 + 16);
+    assert_eq!(v["kv_bytes_per_token_bf16"]["cached"], 3 * 56 * 2);
+    assert_eq!(v["kv_bytes_per_token_bf16"]["mla"], 3 * 40 * 2);
+    assert_eq!(v["indexer"]["index_topk"], 8);
+    // 8 heads x 16 over the 48-wide query latent, a 16-wide key from 64, k_norm, 8 weights
+    assert_eq!(
+        v["params_indexer"],
+        3 * (8 * 16 * 48 + 16 * 64 + 2 * 16 + 8 * 64)
+    );
+    // a directory holding config.json alone is accounted from the config
+    let d = tmp("cfgonly");
+    let o = whale(&[
+        "synth",
+        "--like",
+        "v3.2-fp8",
+        "--config-only",
+        "--out",
+        d.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let o = whale(&["inspect", d.path().to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["model_type"], "deepseek_v32");
+    assert_eq!(v["kv_bytes_per_token_bf16"]["cached"], 61 * 704 * 2);
+    assert!(v["stored_bytes"].is_null());
 }
 
 #[test]

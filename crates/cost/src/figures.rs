@@ -55,14 +55,36 @@ impl Figures {
         Some(l * 2.0 * h * ctx * 2.0 * g.head_dim as f64)
     }
 
-    /// Attention FLOPs of one token attending to `ctx` positions in the weight-absorbed form:
-    /// every head scores the latent and rope key (dc + dr) and sums latents (dc).
+    /// Positions a query at context `ctx` attends to: all of them, or under V3.2's sparse
+    /// attention the indexer's top `index_topk`.
+    pub fn attended(&self, ctx: f64) -> f64 {
+        match &self.config.indexer {
+            Some(i) => ctx.min(i.index_topk as f64),
+            None => ctx,
+        }
+    }
+
+    /// V3.2's indexer for one query over `ctx` keys: every head's dot with every key and the
+    /// weighted sum of the heads (0 without an indexer).
+    pub fn indexer_flops(&self, ctx: f64) -> f64 {
+        match &self.config.indexer {
+            Some(i) => {
+                let (l, n) = (self.config.num_hidden_layers as f64, i.index_n_heads as f64);
+                l * 2.0 * n * ctx * (i.index_head_dim as f64 + 1.0)
+            }
+            None => 0.0,
+        }
+    }
+
+    /// Attention FLOPs of one token attending at context `ctx` in the weight-absorbed form:
+    /// every head scores the latent and rope key (dc + dr) of each attended position and sums
+    /// latents (dc); V3.2's indexer scans all `ctx` first.
     pub fn attn_flops_absorbed(&self, ctx: f64) -> f64 {
         if let Some(f) = self.gqa_attn_flops(ctx) {
             return f;
         }
         let (l, h, dc, dr, _, _) = self.attn_dims();
-        l * 2.0 * h * ctx * (2.0 * dc + dr)
+        l * 2.0 * h * self.attended(ctx) * (2.0 * dc + dr) + self.indexer_flops(ctx)
     }
 
     /// The same in the plain form with per-head keys and values already expanded (prefill).
@@ -71,7 +93,7 @@ impl Figures {
             return f;
         }
         let (l, h, _, dr, nope, dv) = self.attn_dims();
-        l * 2.0 * h * ctx * (nope + dr + dv)
+        l * 2.0 * h * self.attended(ctx) * (nope + dr + dv) + self.indexer_flops(ctx)
     }
 
     /// Decoding in the plain form from a latent cache: the cache is expanded through kv_b_proj
@@ -81,7 +103,17 @@ impl Figures {
             return f;
         }
         let (l, h, dc, _, nope, dv) = self.attn_dims();
-        self.attn_flops_plain(ctx) + l * 2.0 * ctx * dc * h * (nope + dv)
+        self.attn_flops_plain(ctx) + l * 2.0 * self.attended(ctx) * dc * h * (nope + dv)
+    }
+
+    /// KV-cache bytes one decode step of one sequence at context `ctx` reads: the whole cache,
+    /// or under V3.2 the attended latent rows and every indexer key.
+    pub fn kv_bytes_read(&self, ctx: f64, kv: Dtype) -> f64 {
+        let b = self.kv_per_token(kv);
+        match &self.config.indexer {
+            Some(_) => b.mla as f64 * self.attended(ctx) + (b.cached - b.mla) as f64 * ctx,
+            None => b.cached as f64 * ctx,
+        }
     }
 
     /// Multiply-adds of the output head, as FLOPs, for one token's logits.
@@ -101,9 +133,19 @@ impl Figures {
         p * (self.linear_flops() - self.head_flops()) + self.head_flops()
     }
 
-    /// FLOPs of prefilling a `p`-token prompt (causal: token t attends to t positions).
+    /// FLOPs of prefilling a `p`-token prompt (causal: token t attends to t positions, under
+    /// V3.2 to at most index_topk of them while its indexer scans all t).
     pub fn prefill_flops(&self, p: f64) -> f64 {
-        self.prefill_linear_flops(p) + self.attn_flops_plain(p * (p + 1.0) / 2.0)
+        let all = p * (p + 1.0) / 2.0;
+        let Some(i) = &self.config.indexer else {
+            return self.prefill_linear_flops(p) + self.attn_flops_plain(all);
+        };
+        let k = (i.index_topk as f64).min(p);
+        let attended = k * (k + 1.0) / 2.0 + (p - k) * k;
+        let (l, h, _, dr, nope, dv) = self.attn_dims();
+        self.prefill_linear_flops(p)
+            + l * 2.0 * h * attended * (nope + dr + dv)
+            + self.indexer_flops(all)
     }
 
     /// FLOPs of decoding one token at context `ctx`.
@@ -168,6 +210,33 @@ impl Figures {
 mod tests {
     use super::*;
     use whale_model::synth::Preset;
+
+    /// V3.2 at long contexts: attention proper stays at index_topk positions, the indexer's scan
+    /// and key reads grow with the context; below index_topk it costs V3's plus the indexer.
+    #[test]
+    fn v32_attention_stops_growing_at_index_topk() {
+        let (v3, v32) = (
+            Figures::new(Preset::V3.config()),
+            Figures::new(Preset::V32.config()),
+        );
+        let (l, h) = (61.0, 128.0);
+        for ctx in [1024.0, 2048.0, 131072.0] {
+            let attended = f64::min(ctx, 2048.0);
+            let indexer = l * 2.0 * 64.0 * ctx * 129.0;
+            let want = l * 2.0 * h * attended * (2.0 * 512.0 + 64.0) + indexer;
+            assert_eq!(v32.attn_flops_absorbed(ctx), want);
+            let kv = v32.kv_bytes_read(ctx, Dtype::Bf16);
+            assert_eq!(kv, l * 576.0 * 2.0 * attended + l * 128.0 * 2.0 * ctx);
+        }
+        assert!(v32.attn_flops_absorbed(131072.0) < v3.attn_flops_absorbed(131072.0) / 10.0);
+        // prefill: the first 2048 tokens attend causally, the rest to 2048 each
+        let p = 4096.0;
+        let attended = 2048.0 * 2049.0 / 2.0 + 2048.0 * 2048.0;
+        let want = v32.prefill_linear_flops(p)
+            + l * 2.0 * h * attended * (128.0 + 64.0 + 128.0)
+            + l * 2.0 * 64.0 * (p * (p + 1.0) / 2.0) * 129.0;
+        assert!((v32.prefill_flops(p) - want).abs() / want < 1e-12);
+    }
 
     #[test]
     fn v3_reads_its_active_weights_per_token() {

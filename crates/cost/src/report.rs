@@ -73,6 +73,10 @@ pub struct Dollars {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub model: String,
+    /// the model caches grouped-query keys and values (a distill), not MLA latents
+    pub gqa: bool,
+    /// V3.2: (index_topk, the indexer's FLOPs per decoded token at `context`)
+    pub sparse: Option<(usize, f64)>,
     pub hardware: String,
     pub hardware_description: String,
     pub gpus: usize,
@@ -160,6 +164,12 @@ impl Report {
         let per_token_in = per_hour / 3600.0 / prefill_tokens_per_s;
         let per_token_out = per_hour / 3600.0 / tokens_per_s;
         Ok(Report {
+            gqa: f.config.gqa.is_some(),
+            sparse: f
+                .config
+                .indexer
+                .as_ref()
+                .map(|i| (i.index_topk, f.indexer_flops(r.context as f64))),
             model: model.to_string(),
             hardware: s.chip.name.clone(),
             hardware_description: s.chip.description.clone(),
@@ -248,7 +258,7 @@ impl Report {
         );
         let fl = &self.flops;
         let _ = writeln!(o, "\nFLOPs per token: {:.1} GFLOP of weight products; prefill of {} tokens {:.1} GFLOP/token; decode at context {} {:.1} GFLOP/token", g(fl.linear_per_token), self.prompt, g(fl.prefill_per_token), self.context, g(fl.decode_per_token));
-        if self.kv.per_token.cached != self.kv.per_token.mla {
+        if self.gqa {
             let _ = writeln!(
                 o,
                 "  attention per decoded token at context {}: {:.2} GFLOP (grouped-query attention has one form)",
@@ -261,6 +271,13 @@ impl Report {
                 self.context, g(fl.attention_absorbed_per_token), g(fl.attention_plain_expanded_per_token), g(fl.attention_plain_reexpand_per_token)
             );
         }
+        if let Some((topk, indexer)) = self.sparse {
+            let _ = writeln!(
+                o,
+                "  sparse attention: a query reads at most {topk} latent rows; the lightning indexer that picks them scans all {} keys ({:.2} GFLOP of it)",
+                self.context, g(indexer)
+            );
+        }
         let _ = writeln!(
             o,
             "weights: {:.2} GB held; a decode step reads {:.2} GB at batch 1, {:.2} GB at batch {}",
@@ -271,7 +288,7 @@ impl Report {
         );
         let kv = &self.kv;
         // a distill caches GQA keys and values: its own cache first, then MLA's beside it
-        let gqa = kv.per_token.cached != kv.per_token.mla;
+        let gqa = self.gqa;
         let (first, second) = if gqa {
             ("GQA (stored)", "MLA (V3 width)")
         } else {
@@ -281,7 +298,7 @@ impl Report {
             if gqa {
                 (t.cached, t.mla)
             } else {
-                (t.mla, t.gqa8)
+                (t.cached, t.gqa8)
             }
         };
         let _ = writeln!(
@@ -324,8 +341,8 @@ impl Report {
             let _ = writeln!(
                 o,
                 "  MLA keeps {:.1}x less than MHA, {:.1}x less than GQA-8",
-                kv.per_token.mha / kv.per_token.mla,
-                kv.per_token.gqa8 / kv.per_token.mla
+                kv.per_token.mha / kv.per_token.cached,
+                kv.per_token.gqa8 / kv.per_token.cached
             );
         }
         let step = |name: &str, s: &Step| {

@@ -181,7 +181,9 @@ impl Setup {
     /// One decode step of `batch` sequences at context `ctx`: the weights are read once for the
     /// batch, each sequence's KV cache is read whole.
     pub fn decode(&self, f: &Figures, batch: f64, ctx: f64) -> Step {
-        self.decode_with_kv(f, batch, ctx, f.kv_per_token(self.kv_dtype).cached as f64)
+        // (V3.2 reads its attended rows and every indexer key: per position of context, that
+        // much on average)
+        self.decode_with_kv(f, batch, ctx, f.kv_bytes_read(ctx, self.kv_dtype) / ctx)
     }
 
     /// [`Setup::decode`] with another attention's cache size (MHA or GQA of the same heads).

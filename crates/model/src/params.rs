@@ -7,8 +7,10 @@ use crate::config::ModelConfig;
 pub struct ParamCount {
     pub embedding: u64,
     pub lm_head: u64,
-    /// attention of all main layers, with its norms
+    /// attention of all main layers, with its norms (and V3.2's indexer)
     pub attention: u64,
+    /// of `attention`: V3.2's lightning indexers
+    pub indexer: u64,
     /// dense FFN layers
     pub dense_ffn: u64,
     /// routers (gate weight and bias)
@@ -65,7 +67,20 @@ pub fn attention_params(c: &ModelConfig) -> u64 {
         Some(r) => d * r as u64 + r as u64 + r as u64 * h * dqk,
         None => d * h * dqk,
     };
-    q + d * (dc + dr) + dc + dc * h * (nope + dv) + h * dv * d
+    q + d * (dc + dr) + dc + dc * h * (nope + dv) + h * dv * d + indexer_params(c)
+}
+
+/// V3.2's lightning indexer of one layer: wq_b, wk, k_norm (weight and bias), weights_proj.
+pub fn indexer_params(c: &ModelConfig) -> u64 {
+    let (Some(ix), Some(r)) = (&c.indexer, c.q_lora_rank) else {
+        return 0;
+    };
+    let (n, di, d) = (
+        ix.index_n_heads as u64,
+        ix.index_head_dim as u64,
+        c.hidden_size as u64,
+    );
+    n * di * r as u64 + di * d + 2 * di + n * d
 }
 
 fn mlp(d: u64, inter: u64) -> u64 {
@@ -80,6 +95,7 @@ pub fn count(c: &ModelConfig) -> ParamCount {
         embedding: v * d,
         lm_head: if c.tie_word_embeddings { 0 } else { v * d },
         attention: attention_params(c) * layers as u64,
+        indexer: indexer_params(c) * layers as u64,
         dense_ffn: 0,
         router: 0,
         shared_experts: 0,
@@ -135,7 +151,7 @@ pub const V3_LATENT_WIDTH: u64 = 512 + 64;
 pub struct KvBytes {
     /// what this model caches: MLA's latent and rope key, or GQA's keys and values
     pub cached: u64,
-    /// MLA: as stored (= `cached`); for a GQA model, an MLA cache of V3's width over its layers
+    /// MLA: its latent and rope key (= `cached` but for V3.2's indexer keys); for a GQA model, an MLA cache of V3's width over its layers
     pub mla: u64,
     /// standard multi-head attention with the same heads: H * (qk_head_dim + v_head_dim) per layer
     pub mha: u64,
@@ -147,7 +163,10 @@ pub fn kv_bytes_per_token(c: &ModelConfig, bytes: u64) -> KvBytes {
     let l = c.num_hidden_layers as u64;
     let cached = l * c.cache_width() as u64 * bytes;
     let (per_head, mla) = match &c.gqa {
-        None => ((c.qk_head_dim() + c.v_head_dim) as u64, cached),
+        None => (
+            (c.qk_head_dim() + c.v_head_dim) as u64,
+            l * c.mla_width() as u64 * bytes,
+        ),
         Some(g) => (2 * g.head_dim as u64, l * V3_LATENT_WIDTH * bytes),
     };
     KvBytes {
@@ -177,6 +196,22 @@ mod tests {
         assert_eq!(kv.mla, 70_272);
         assert_eq!(kv.mha, 4_997_120);
         assert_eq!((kv.mha as f64 / kv.mla as f64 * 10.0).round(), 711.0);
+    }
+
+    /// V3.2 is V3 plus one indexer per layer (64 heads of 128 over the 1536 query latent, a
+    /// 128-wide key from the hidden state, 64 head weights): 61 x 13.96M = 0.85B more, and 128
+    /// more cached values per token per layer.
+    #[test]
+    fn deepseek_v32_adds_the_indexer_to_v3() {
+        let (v3, v32) = (count(&Preset::V3.config()), count(&Preset::V32.config()));
+        let one = 64 * 128 * 1536 + 128 * 7168 + 2 * 128 + 64 * 7168;
+        assert_eq!(one, 13_959_424);
+        assert_eq!(v32.indexer, 61 * one);
+        assert_eq!(v32.total() - v3.total(), 61 * one);
+        assert_eq!(v32.active() - v3.active(), 61 * one);
+        assert_eq!(v32.mtp - v3.mtp, one);
+        let kv = kv_bytes_per_token(&Preset::V32.config(), 2);
+        assert_eq!(kv.cached, 61 * (512 + 64 + 128) * 2);
     }
 
     #[test]
