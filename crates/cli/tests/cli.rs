@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const CASES: [&str; 9] = [
+const CASES: [&str; 10] = [
     "tiny-v3",
     "tiny-v2-lite",
     "tiny-v2-group",
@@ -16,6 +16,7 @@ const CASES: [&str; 9] = [
     "tiny-qwen3",
     "tiny-v32",
     "tiny-v32-fp8",
+    "tiny-v4",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -377,6 +378,33 @@ fn bad_configs_fail_cleanly() {
             "layer_types",
         ),
         ("tiny-v32", "q_lora_rank", "null", "q_lora_rank"),
+        // V4: an unknown layer kind or compression rate, no indexer choice
+        (
+            "tiny-v4",
+            "layer_types",
+            r#"["sliding_attention", "compressed_sparse_attention", "linear_attention", "sliding_attention"]"#,
+            "layer_types",
+        ),
+        (
+            "tiny-v4",
+            "compress_rates",
+            r#"{"compressed_sparse_attention": 0}"#,
+            "compress_rates",
+        ),
+        (
+            "tiny-v4",
+            "compress_rates",
+            r#"{"sparse_attention": 4}"#,
+            "sparse_attention",
+        ),
+        ("tiny-v4", "index_topk", "0", "index_topk"),
+        ("tiny-v4", "o_groups", "3", "o_groups"),
+        (
+            "tiny-v4",
+            "mlp_layer_types",
+            r#"["hash_moe", "moe"]"#,
+            "mlp_layer_types",
+        ),
         (
             "tiny-qwen3",
             "rope_scaling",
@@ -404,6 +432,10 @@ fn bad_configs_fail_cleanly() {
             "tiny-v32-fp8",
             "model.layers.0.self_attn.indexer.wq_b.weight_scale_inv",
         ),
+        ("tiny-v4", "layers.1.attn.indexer.compressor.ape"),
+        ("tiny-v4", "layers.2.attn.compressor.wgate.weight"),
+        ("tiny-v4", "layers.0.ffn.gate.tid2eid"),
+        ("tiny-v4", "hc_head_fn"),
     ] {
         let d_tmp = copy_fixture(case, "nobias");
         let d = d_tmp.path();
@@ -411,6 +443,25 @@ fn bad_configs_fail_cleanly() {
             t.remove(name);
         });
         assert_clean_error(&logits_of(d, "0,1"), name);
+    }
+    // V4's hash table: the wrong shape, an expert that does not exist
+    let name = "layers.1.ffn.gate.tid2eid";
+    for (tag, edit) in [("shape", 0usize), ("range", 1)] {
+        let d_tmp = copy_fixture("tiny-v4", &format!("tid2eid-{tag}"));
+        let d = d_tmp.path();
+        edit_shard(d, name, |t| {
+            let e = t.get_mut(name).unwrap();
+            if edit == 0 {
+                e.1 = vec![e.1[0] / 2, e.1[1] * 2];
+            } else {
+                e.2[8..12].copy_from_slice(&99i32.to_le_bytes());
+            }
+        });
+        let o = logits_of(d, "0,1");
+        assert_clean_error(&o, name);
+        if edit == 1 {
+            assert!(String::from_utf8_lossy(&o.stderr).contains("99"));
+        }
     }
     let d_tmp = copy_fixture("tiny-v3", "cfg-json");
     let d = d_tmp.path();

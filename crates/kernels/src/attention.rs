@@ -273,6 +273,33 @@ pub fn shared_latent_picked(
     });
 }
 
+/// Multi-query attention with a learned sink per head (DeepSeek-V4, as gpt-oss): every head of
+/// one query scores the same rows, which are its keys and its values (the first `d` values of
+/// each row are read); the softmax runs over the scores and the head's sink logit, whose share
+/// is dropped. q: [heads, d], sinks: [heads], out: [heads, d].
+pub fn sink_heads(scale: f32, q: &[f32], rows: &[&[f32]], sinks: &[f32], out: &mut [f32]) {
+    let heads = sinks.len();
+    let d = q.len() / heads.max(1);
+    assert_eq!(q.len(), heads * d);
+    assert_eq!(out.len(), heads * d);
+    assert!(rows.iter().all(|r| r.len() >= d));
+    out.par_chunks_mut(d).enumerate().for_each(|(h, o)| {
+        let qh = &q[h * d..][..d];
+        let mut p: Vec<f32> = rows.iter().map(|row| scale * dot(qh, &row[..d])).collect();
+        let sink = sinks[h];
+        let m = p.iter().copied().fold(sink, f32::max);
+        let mut z = (sink - m).exp();
+        for v in p.iter_mut() {
+            *v = (*v - m).exp();
+            z += *v;
+        }
+        o.fill(0.0);
+        for (row, &pj) in rows.iter().zip(&p) {
+            axpy(pj / z, &row[..d], o);
+        }
+    });
+}
+
 /// Heads of one query that `shared_latent` computes together.
 const GROUP: usize = 4;
 

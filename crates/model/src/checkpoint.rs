@@ -320,6 +320,46 @@ impl Checkpoint {
         self.to_f32_vec(name, e)
     }
 
+    /// A tensor of any shape as f32 (V4's position biases, hyper-connection scales).
+    pub fn array(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let e = self.get(name)?;
+        self.check_shape(name, e, shape)?;
+        self.to_f32_vec(name, e)
+    }
+
+    /// An integer table [rows, cols] (I32 or I64) whose every value is below `bound` (V4's
+    /// `tid2eid`: token id -> experts).
+    pub fn indices(&self, name: &str, rows: usize, cols: usize, bound: usize) -> Result<Vec<u32>> {
+        let e = self.get(name)?;
+        self.check_shape(name, e, &[rows, cols])?;
+        let raw = self.bytes(name)?;
+        let vals: Vec<i64> = match e.dtype {
+            Dtype::I32 => raw
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                .collect(),
+            Dtype::I64 => raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            d => bail!(
+                "tensor {name} in {} has dtype {d:?}; expected I32 or I64",
+                self.file_of(e).display()
+            ),
+        };
+        if let Some((i, v)) = vals
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| v < 0 || v as usize >= bound)
+        {
+            bail!(
+                "tensor {name} holds {v} at row {}, outside 0..{bound}",
+                i / cols.max(1)
+            );
+        }
+        Ok(vals.into_iter().map(|v| v as u32).collect())
+    }
+
     /// The weight of a linear layer: `matrix`, converted to `self.dtype` when one is set (rows
     /// whose length the block formats cannot split stay as stored).
     pub fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {

@@ -12,6 +12,8 @@ pub enum ModelType {
     DeepseekV3,
     /// DeepSeek-V3.2: V3 plus DeepSeek Sparse Attention (a lightning indexer per layer)
     DeepseekV32,
+    /// DeepSeek-V4 (Flash, Pro): compressed attention, hyper-connections, hash routing
+    DeepseekV4,
     /// R1-Distill-Qwen-1.5B/7B/14B/32B
     Qwen2,
     /// R1-Distill-Llama-8B/70B
@@ -26,6 +28,7 @@ impl ModelType {
             ModelType::DeepseekV2 => "deepseek_v2",
             ModelType::DeepseekV3 => "deepseek_v3",
             ModelType::DeepseekV32 => "deepseek_v32",
+            ModelType::DeepseekV4 => "deepseek_v4",
             ModelType::Qwen2 => "qwen2",
             ModelType::Llama => "llama",
             ModelType::Qwen3 => "qwen3",
@@ -62,6 +65,8 @@ impl TopkMethod {
 pub enum ScoringFunc {
     Softmax,
     Sigmoid,
+    /// sqrt(softplus(x)) (V4)
+    SqrtSoftplus,
 }
 
 impl ScoringFunc {
@@ -69,6 +74,7 @@ impl ScoringFunc {
         match self {
             ScoringFunc::Softmax => "softmax",
             ScoringFunc::Sigmoid => "sigmoid",
+            ScoringFunc::SqrtSoftplus => "sqrtsoftplus",
         }
     }
 }
@@ -170,6 +176,57 @@ pub struct ModelConfig {
     pub rope_interleave: bool,
     /// set for V3.2 (every layer is indexed attention)
     pub indexer: Option<IndexerConfig>,
+    /// set for V4; the MLA fields are then kv_lora_rank 0, qk_nope / qk_rope the two parts of
+    /// `head_dim`, v_head_dim = head_dim
+    pub v4: Option<V4Config>,
+}
+
+/// V4's three attention kinds (`layer_types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum V4Attention {
+    /// only the sliding window
+    Sliding,
+    /// the window plus compressed entries (overlapping windows of `compress_rate_csa`) of which
+    /// the lightning indexer picks `index_topk` per query
+    Csa,
+    /// the window plus every heavily compressed entry (`compress_rate_hca`, no overlap)
+    Hca,
+}
+
+impl V4Attention {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            V4Attention::Sliding => "sliding_attention",
+            V4Attention::Csa => "compressed_sparse_attention",
+            V4Attention::Hca => "heavily_compressed_attention",
+        }
+    }
+}
+
+/// What DeepSeek-V4 adds (transformers' DeepseekV4Config; its defaults are V4-Flash's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct V4Config {
+    pub head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub layer_types: Vec<V4Attention>,
+    pub compress_rate_csa: usize,
+    pub compress_rate_hca: usize,
+    /// per layer: routed by `tid2eid` (hash_moe) rather than by score (moe)
+    pub hash_layers: Vec<bool>,
+    pub sliding_window: usize,
+    pub o_groups: usize,
+    pub o_lora_rank: usize,
+    pub index_n_heads: usize,
+    pub index_head_dim: usize,
+    pub index_topk: usize,
+    pub hc_mult: usize,
+    pub hc_sinkhorn_iters: usize,
+    pub hc_eps: f64,
+    pub swiglu_limit: f64,
+    /// the rope of sliding layers is plain at `rope_theta`; compressed layers' at this theta,
+    /// with YaRN when configured (attention_factor 1 unless given)
+    pub compress_rope_theta: f64,
+    pub compress_yarn: Option<Yarn>,
 }
 
 fn field<'a>(o: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
@@ -234,8 +291,114 @@ fn token_ids(o: &Map<String, Value>, k: &str) -> Result<Vec<u32>> {
     }
 }
 
-/// `rope_theta` and the scaling, from the hub form (`rope_theta` at the top, the scaling in
-/// `rope_scaling`) or transformers 5's (both in `rope_parameters`).
+impl V4Config {
+    fn validate(&self, c: &ModelConfig) -> Result<()> {
+        let heads = c.num_attention_heads;
+        for (name, v, most) in [
+            ("head_dim", self.head_dim, 1 << 14),
+            ("sliding_window", self.sliding_window, 1 << 24),
+            ("o_groups", self.o_groups, 1 << 12),
+            ("o_lora_rank", self.o_lora_rank, 1 << 16),
+            ("index_n_heads", self.index_n_heads, 1 << 12),
+            ("index_head_dim", self.index_head_dim, 1 << 14),
+            ("index_topk", self.index_topk, 1 << 26),
+            ("hc_mult", self.hc_mult, 64),
+            ("hc_sinkhorn_iters", self.hc_sinkhorn_iters, 1 << 10),
+            (
+                "compress_rates.compressed_sparse_attention",
+                self.compress_rate_csa,
+                1 << 16,
+            ),
+            (
+                "compress_rates.heavily_compressed_attention",
+                self.compress_rate_hca,
+                1 << 16,
+            ),
+        ] {
+            if v == 0 {
+                bail!("config.json: field `{name}` must be positive");
+            }
+            if v > most {
+                bail!("config.json: field `{name}` is {v}, more than the {most} whale allows");
+            }
+        }
+        let r = self.qk_rope_head_dim;
+        if r == 0 || r > self.head_dim || !r.is_multiple_of(2) || r > self.index_head_dim {
+            bail!(
+                "config.json: the rotated dims of a head ({r}: head_dim x partial_rotary_factor / qk_rope_head_dim) must be even, positive and at most head_dim ({}) and index_head_dim ({})",
+                self.head_dim,
+                self.index_head_dim
+            );
+        }
+        if !heads.is_multiple_of(self.o_groups) {
+            bail!(
+                "config.json: `o_groups` ({}) must divide num_attention_heads ({heads})",
+                self.o_groups
+            );
+        }
+        if c.q_lora_rank.is_none_or(|q| q == 0) {
+            bail!("config.json: field `q_lora_rank` must be positive");
+        }
+        if self.hc_eps.is_nan() || self.swiglu_limit.is_nan() || self.swiglu_limit <= 0.0 {
+            bail!(
+                "config.json: `hc_eps` and `swiglu_limit` must be numbers (swiglu_limit positive)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Values cached per token per layer (the widest layer's, every layer the same): the
+    /// window's key (= value); for a compressed layer, the token's raw compressor inputs and, at
+    /// the last token of each window, the compressed entry; for CSA the same for its indexer.
+    pub fn cache_width(&self) -> usize {
+        self.layer_types
+            .iter()
+            .map(|&k| self.row_layout(k).width)
+            .max()
+            .unwrap_or(self.head_dim)
+    }
+
+    pub fn row_layout(&self, kind: V4Attention) -> V4Row {
+        let d = self.head_dim;
+        let (raw, index) = match kind {
+            V4Attention::Sliding => (0, 0),
+            V4Attention::Hca => (d, 0),
+            V4Attention::Csa => (2 * d, 2 * self.index_head_dim),
+        };
+        let entry = d + 2 * raw;
+        let index_raw = entry + if raw > 0 { d } else { 0 };
+        let index_entry = index_raw + 2 * index;
+        V4Row {
+            raw,
+            entry,
+            index_raw,
+            index_entry,
+            width: index_entry + if index > 0 { self.index_head_dim } else { 0 },
+        }
+    }
+
+    pub fn compress_rate(&self, kind: V4Attention) -> usize {
+        match kind {
+            V4Attention::Csa => self.compress_rate_csa,
+            V4Attention::Hca => self.compress_rate_hca,
+            V4Attention::Sliding => 0,
+        }
+    }
+}
+
+/// Where a V4 cache row keeps each part (offsets in values): [0, head_dim) the window's key;
+/// the compressor's raw kv at head_dim.., its raw gate after it (`raw` values each), the
+/// compressed entry at `entry`; the indexer's raw kv and gate at `index_raw` (`2 *
+/// index_head_dim` each) and its entry at `index_entry`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V4Row {
+    pub raw: usize,
+    pub entry: usize,
+    pub index_raw: usize,
+    pub index_entry: usize,
+    pub width: usize,
+}
+
 /// V3.2's indexer fields, transformers' defaults (V3.2-Exp's values) where absent.
 fn indexer(o: &Map<String, Value>) -> Result<IndexerConfig> {
     let i = IndexerConfig {
@@ -311,6 +474,8 @@ fn v32_checks(o: &Map<String, Value>, cfg: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
+/// `rope_theta` and the scaling, from the hub form (`rope_theta` at the top, the scaling in
+/// `rope_scaling`) or transformers 5's (both in `rope_parameters`).
 fn rope(o: &Map<String, Value>) -> Result<(f64, Option<Yarn>, Option<Llama3Rope>)> {
     let rope_obj = match (field(o, "rope_parameters"), field(o, "rope_scaling")) {
         (Some(p), _) => Some(p),
@@ -404,11 +569,12 @@ impl ModelConfig {
             Some("deepseek_v2") => ModelType::DeepseekV2,
             Some("deepseek_v3") | Some("kimi_k2") => ModelType::DeepseekV3,
             Some("deepseek_v32") => ModelType::DeepseekV32,
+            Some("deepseek_v4") => ModelType::DeepseekV4,
             Some("qwen2") => ModelType::Qwen2,
             Some("llama") => ModelType::Llama,
             Some("qwen3") => ModelType::Qwen3,
             Some(other) => bail!(
-                "config.json: unsupported model_type `{other}` (supported: deepseek_v2, deepseek_v3, deepseek_v32, kimi_k2, qwen2, llama, qwen3)"
+                "config.json: unsupported model_type `{other}` (supported: deepseek_v2, deepseek_v3, deepseek_v32, deepseek_v4, kimi_k2, qwen2, llama, qwen3)"
             ),
             None => bail!("config.json: required field `model_type` is missing"),
         };
@@ -419,6 +585,9 @@ impl ModelConfig {
         }
         if model_type.is_dense_gqa() {
             return Self::dense_from_json(o, model_type);
+        }
+        if model_type == ModelType::DeepseekV4 {
+            return Self::v4_from_json(o);
         }
         let v32 = model_type == ModelType::DeepseekV32;
         let v3 = model_type == ModelType::DeepseekV3 || v32;
@@ -541,9 +710,255 @@ impl ModelConfig {
             tie_word_embeddings: opt_bool(o, "tie_word_embeddings")?.unwrap_or(false),
             rope_interleave: opt_bool(o, "rope_interleave")?.unwrap_or(true),
             indexer: if v32 { Some(indexer(o)?) } else { None },
+            v4: None,
         };
         if v32 {
             v32_checks(o, &cfg)?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// DeepSeek-V4's config as transformers 5.23 reads it (V4-Flash's values where a field is
+    /// absent), in the released form (`compress_ratios` per layer, `num_hash_layers`,
+    /// `qk_rope_head_dim`, `rope_scaling`) or transformers' own (`layer_types`, `compress_rates`,
+    /// `mlp_layer_types`, `partial_rotary_factor`, nested `rope_parameters`).
+    fn v4_from_json(o: &Map<String, Value>) -> Result<Self> {
+        let get = |k: &str, d: usize| -> Result<usize> { Ok(opt_usize(o, k)?.unwrap_or(d)) };
+        let n = get("num_hidden_layers", 43)?;
+        let head_dim = get("head_dim", 512)?;
+        let rope_dim = match (
+            opt_f64(o, "partial_rotary_factor")?,
+            opt_usize(o, "qk_rope_head_dim")?,
+        ) {
+            (Some(f), _) => (head_dim as f64 * f) as usize,
+            (None, Some(r)) => r,
+            (None, None) => head_dim / 8,
+        };
+        let heads = get("num_attention_heads", 64)?;
+        if opt_usize(o, "num_key_value_heads")?.is_some_and(|k| k != 1) {
+            bail!("config.json: deepseek_v4 shares one key/value head; `num_key_value_heads` must be 1");
+        }
+        let mut rates = (4usize, 128usize);
+        if let Some(v) = field(o, "compress_rates") {
+            let m = v
+                .as_object()
+                .ok_or_else(|| anyhow!("config.json: `compress_rates` must be an object"))?;
+            for (k, r) in m {
+                let r = r.as_u64().filter(|&r| r > 0).ok_or_else(|| {
+                    anyhow!("config.json: `compress_rates.{k}` must be a positive integer, got {r}")
+                })? as usize;
+                match k.as_str() {
+                    "compressed_sparse_attention" => rates.0 = r,
+                    "heavily_compressed_attention" => rates.1 = r,
+                    other => bail!("config.json: `compress_rates` names an unknown layer type `{other}` (known: compressed_sparse_attention, heavily_compressed_attention)"),
+                }
+            }
+        }
+        for (k, slot) in [
+            ("compress_rate_csa", &mut rates.0),
+            ("compress_rate_hca", &mut rates.1),
+        ] {
+            if let Some(r) = opt_usize(o, k)? {
+                if r == 0 {
+                    bail!("config.json: field `{k}` must be positive");
+                }
+                *slot = r;
+            }
+        }
+        let layer_types: Vec<V4Attention> = match (
+            field(o, "layer_types"),
+            field(o, "compress_ratios"),
+        ) {
+            (Some(v), _) => {
+                let a = v
+                    .as_array()
+                    .ok_or_else(|| anyhow!("config.json: `layer_types` must be a list"))?;
+                a.iter()
+                    .map(|t| match t.as_str() {
+                        Some("sliding_attention") => Ok(V4Attention::Sliding),
+                        Some("compressed_sparse_attention") => Ok(V4Attention::Csa),
+                        Some("heavily_compressed_attention") => Ok(V4Attention::Hca),
+                        _ => Err(anyhow!("config.json: `layer_types` holds {t}; deepseek_v4 layers are sliding_attention, compressed_sparse_attention or heavily_compressed_attention")),
+                    })
+                    .collect::<Result<_>>()?
+            }
+            (None, Some(v)) => {
+                let a = v
+                    .as_array()
+                    .ok_or_else(|| anyhow!("config.json: `compress_ratios` must be a list"))?;
+                a.iter()
+                    .map(|r| match r.as_u64() {
+                        Some(0) => Ok(V4Attention::Sliding),
+                        Some(4) => Ok(V4Attention::Csa),
+                        Some(128) => Ok(V4Attention::Hca),
+                        _ => Err(anyhow!("config.json: `compress_ratios` holds {r}; a released V4 layer compresses by 0 (sliding only), 4 (CSA) or 128 (HCA)")),
+                    })
+                    .collect::<Result<_>>()?
+            }
+            (None, None) => (0..n)
+                .map(|i| match i {
+                    0 | 1 => V4Attention::Hca,
+                    i if i % 2 == 1 => V4Attention::Csa,
+                    _ => V4Attention::Hca,
+                })
+                .collect(),
+        };
+        if layer_types.len() < n {
+            bail!(
+                "config.json: `layer_types` names {} layers, `num_hidden_layers` is {n}",
+                layer_types.len()
+            );
+        }
+        let layer_types = layer_types[..n].to_vec();
+        let hash_layers: Vec<bool> = match field(o, "mlp_layer_types") {
+            Some(v) => {
+                let a = v
+                    .as_array()
+                    .ok_or_else(|| anyhow!("config.json: `mlp_layer_types` must be a list"))?;
+                if a.len() < n {
+                    bail!("config.json: `mlp_layer_types` names {} layers, `num_hidden_layers` is {n}", a.len());
+                }
+                a[..n]
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("hash_moe") => Ok(true),
+                        Some("moe") => Ok(false),
+                        _ => Err(anyhow!("config.json: `mlp_layer_types` holds {t}; deepseek_v4 layers are hash_moe or moe")),
+                    })
+                    .collect::<Result<_>>()?
+            }
+            None => {
+                let h = get("num_hash_layers", 3)?;
+                (0..n).map(|i| i < h).collect()
+            }
+        };
+        // two ropes: plain for sliding layers, the compressed branches' (YaRN) for the others
+        let (main_theta, compress_theta, compress_yarn) = match field(o, "rope_parameters")
+            .and_then(|r| r.as_object())
+            .filter(|r| r.contains_key("main") || r.contains_key("compress"))
+        {
+            Some(r) => {
+                let sub = |k: &str| -> Result<(f64, Option<Yarn>)> {
+                    let mut m = Map::new();
+                    m.insert(
+                        "rope_parameters".into(),
+                        r.get(k).cloned().unwrap_or(Value::Null),
+                    );
+                    if let Some(x) = o.get("max_position_embeddings") {
+                        m.insert("max_position_embeddings".into(), x.clone());
+                    }
+                    let (theta, yarn, llama3) =
+                        rope(&m).with_context(|| format!("in rope_parameters.{k}"))?;
+                    if llama3.is_some() {
+                        bail!("config.json: llama3 rope scaling is not a deepseek_v4 rope");
+                    }
+                    Ok((theta, yarn))
+                };
+                let (mt, my) = sub("main")?;
+                if my.is_some() {
+                    bail!("config.json: `rope_parameters.main` must be the plain rope (YaRN applies to the compressed branches only)");
+                }
+                let (ct, cy) = sub("compress")?;
+                (mt, ct, cy)
+            }
+            None => {
+                let (theta, yarn, llama3) = rope(o)?;
+                if llama3.is_some() {
+                    bail!("config.json: llama3 rope scaling is not a deepseek_v4 rope");
+                }
+                (
+                    theta,
+                    opt_f64(o, "compress_rope_theta")?.unwrap_or(160000.0),
+                    yarn,
+                )
+            }
+        };
+        // the reference does not scale cos/sin of the compressed branches by YaRN's mscale
+        let compress_yarn = compress_yarn.map(|mut y| {
+            y.attention_factor.get_or_insert(1.0);
+            y
+        });
+        let scoring_func = match opt_str(o, "scoring_func")?.unwrap_or("sqrtsoftplus") {
+            "sqrtsoftplus" => ScoringFunc::SqrtSoftplus,
+            "sigmoid" => ScoringFunc::Sigmoid,
+            other => bail!("config.json: unsupported scoring_func `{other}` for deepseek_v4 (supported: sqrtsoftplus, sigmoid)"),
+        };
+        if opt_bool(o, "norm_topk_prob")? == Some(false) {
+            bail!("config.json: `norm_topk_prob: false` is not supported for deepseek_v4 (its router always renormalises)");
+        }
+        if opt_usize(o, "n_shared_experts")?.is_some_and(|k| k != 1) {
+            bail!("config.json: deepseek_v4 has exactly one shared expert; `n_shared_experts` must be 1");
+        }
+        for refused in ["attention_bias", "mlp_bias"] {
+            if opt_bool(o, refused)? == Some(true) {
+                bail!("config.json: `{refused}: true` is not supported for deepseek_v4");
+            }
+        }
+        let moe_inter = get("moe_intermediate_size", 2048)?;
+        let v4 = V4Config {
+            head_dim,
+            qk_rope_head_dim: rope_dim,
+            layer_types,
+            compress_rate_csa: rates.0,
+            compress_rate_hca: rates.1,
+            hash_layers,
+            sliding_window: get("sliding_window", 128)?,
+            o_groups: get("o_groups", 8)?,
+            o_lora_rank: get("o_lora_rank", 1024)?,
+            index_n_heads: get("index_n_heads", 64)?,
+            index_head_dim: get("index_head_dim", 128)?,
+            index_topk: get("index_topk", 512)?,
+            hc_mult: get("hc_mult", 4)?,
+            hc_sinkhorn_iters: get("hc_sinkhorn_iters", 20)?,
+            hc_eps: opt_f64(o, "hc_eps")?.unwrap_or(1e-6),
+            swiglu_limit: opt_f64(o, "swiglu_limit")?.unwrap_or(10.0),
+            compress_rope_theta: compress_theta,
+            compress_yarn,
+        };
+        let cfg = ModelConfig {
+            model_type: ModelType::DeepseekV4,
+            vocab_size: get("vocab_size", 129280)?,
+            hidden_size: get("hidden_size", 4096)?,
+            intermediate_size: moe_inter,
+            num_hidden_layers: n,
+            num_attention_heads: heads,
+            q_lora_rank: Some(get("q_lora_rank", 1024)?),
+            kv_lora_rank: 0,
+            qk_nope_head_dim: head_dim.saturating_sub(rope_dim),
+            qk_rope_head_dim: rope_dim,
+            v_head_dim: head_dim,
+            moe: Some(MoeConfig {
+                n_routed_experts: get("n_routed_experts", 256)?,
+                n_shared_experts: 1,
+                num_experts_per_tok: get("num_experts_per_tok", 6)?,
+                moe_intermediate_size: moe_inter,
+                n_group: 1,
+                topk_group: 1,
+                topk_method: TopkMethod::NoauxTc,
+                scoring_func,
+                norm_topk_prob: true,
+                routed_scaling_factor: opt_f64(o, "routed_scaling_factor")?.unwrap_or(1.5),
+                first_k_dense_replace: 0,
+                moe_layer_freq: 1,
+            }),
+            rope_theta: main_theta,
+            yarn: None,
+            llama3: None,
+            gqa: None,
+            max_position_embeddings: get("max_position_embeddings", 1 << 20)?,
+            rms_norm_eps: opt_f64(o, "rms_norm_eps")?.unwrap_or(1e-6),
+            num_nextn_predict_layers: get("num_nextn_predict_layers", 1)?,
+            fp8_block: None,
+            bos_token_id: token_ids(o, "bos_token_id")?.first().copied(),
+            eos_token_ids: token_ids(o, "eos_token_id")?,
+            tie_word_embeddings: opt_bool(o, "tie_word_embeddings")?.unwrap_or(false),
+            rope_interleave: true,
+            indexer: None,
+            v4: Some(v4),
+        };
+        if field(o, "quantization_config").is_some() {
+            bail!("config.json: deepseek_v4's quantised release (FP8 weights, FP4 experts) is not supported yet; use a bf16 checkpoint");
         }
         cfg.validate()?;
         Ok(cfg)
@@ -619,6 +1034,7 @@ impl ModelConfig {
             tie_word_embeddings: opt_bool(o, "tie_word_embeddings")?.unwrap_or(false),
             rope_interleave: false,
             indexer: None,
+            v4: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -632,7 +1048,11 @@ impl ModelConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("max_position_embeddings", self.max_position_embeddings),
         ];
+        if let Some(v) = &self.v4 {
+            v.validate(self)?;
+        }
         match &self.gqa {
+            None if self.v4.is_some() => {}
             None => nonzero.extend([
                 ("kv_lora_rank", self.kv_lora_rank),
                 ("qk_rope_head_dim", self.qk_rope_head_dim),
@@ -750,6 +1170,9 @@ impl ModelConfig {
     /// under GQA every key/value head's key, then every one's value.
     /// V3.2 adds the indexer's key after them.
     pub fn cache_width(&self) -> usize {
+        if let Some(v) = &self.v4 {
+            return v.cache_width();
+        }
         match &self.gqa {
             None => self.mla_width() + self.indexer.as_ref().map_or(0, |i| i.index_head_dim),
             Some(g) => 2 * g.num_key_value_heads * g.head_dim,

@@ -7,8 +7,10 @@
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod csa;
 pub mod dsa;
 pub mod gqa;
+pub mod hc;
 pub mod mla;
 pub mod model;
 pub mod moe;

@@ -11,7 +11,9 @@ use whale_kernels::Matrix;
 use crate::cache::{KvStore, LatentCache};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
+use crate::csa::V4Attn;
 use crate::gqa::Gqa;
+use crate::hc::{HyperConnection, HyperHead};
 use crate::mla::{AttentionForm, Mla, Segment};
 use crate::moe::{Mlp, Moe};
 use crate::rope::{softmax_scale, Rope};
@@ -24,10 +26,10 @@ pub enum Ffn {
 }
 
 impl Ffn {
-    fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+    fn forward(&self, x: &[f32], n: usize, ids: &[u32]) -> Vec<f32> {
         match self {
             Ffn::Dense(m) => m.forward(x, n),
-            Ffn::Moe(m) => m.forward(x, n),
+            Ffn::Moe(m) => m.forward(x, n, ids),
         }
     }
 }
@@ -37,6 +39,8 @@ impl Ffn {
 pub enum Attention {
     Mla(Mla),
     Gqa(Gqa),
+    /// DeepSeek-V4's sliding / compressed attention
+    V4(V4Attn),
 }
 
 impl Attention {
@@ -44,6 +48,7 @@ impl Attention {
         match self {
             Attention::Mla(a) => a.matrices(),
             Attention::Gqa(a) => a.matrices(),
+            Attention::V4(a) => a.matrices(),
         }
     }
 
@@ -52,6 +57,7 @@ impl Attention {
         match self {
             Attention::Mla(a) => &a.o_proj,
             Attention::Gqa(a) => &a.o_proj.weight,
+            Attention::V4(a) => &a.wo_b,
         }
     }
 
@@ -59,6 +65,7 @@ impl Attention {
         match self {
             Attention::Mla(a) => a.stored_bytes(decode),
             Attention::Gqa(a) => a.stored_bytes(),
+            Attention::V4(a) => a.matrices().iter().map(|m| m.stored_bytes()).sum::<usize>() as f64,
         }
     }
 }
@@ -68,6 +75,8 @@ pub struct DecoderLayer {
     pub self_attn: Attention,
     pub post_attention_layernorm: Vec<f32>,
     pub mlp: Ffn,
+    /// V4's hyper-connections around the attention and the feed-forward block
+    pub hc: Option<[HyperConnection; 2]>,
 }
 
 impl DecoderLayer {
@@ -93,14 +102,50 @@ impl DecoderLayer {
             post_attention_layernorm: ck
                 .vector(&format!("{p}post_attention_layernorm.weight"), d)?,
             mlp,
+            hc: None,
+        })
+    }
+
+    /// A V4 decoder layer under the released names (`layers.{i}.attn.*`, `.ffn.*`, `.hc_*`).
+    fn load_v4(ck: &Checkpoint, i: usize) -> Result<Self> {
+        let cfg = &ck.config;
+        let v = cfg.v4.as_ref().expect("a V4 config");
+        let p = format!("layers.{i}.");
+        let d = cfg.hidden_size;
+        let eps = cfg.rms_norm_eps;
+        Ok(DecoderLayer {
+            input_layernorm: ck.vector(&format!("{p}attn_norm.weight"), d)?,
+            self_attn: Attention::V4(V4Attn::load(
+                ck,
+                &format!("{p}attn."),
+                cfg,
+                v,
+                v.layer_types[i],
+            )?),
+            post_attention_layernorm: ck.vector(&format!("{p}ffn_norm.weight"), d)?,
+            mlp: Ffn::Moe(Moe::load_v4(
+                ck,
+                &format!("{p}ffn."),
+                cfg,
+                v.hash_layers[i],
+                v.swiglu_limit,
+            )?),
+            hc: Some([
+                HyperConnection::load(ck, &format!("{p}hc_attn"), d, v, eps)?,
+                HyperConnection::load(ck, &format!("{p}hc_ffn"), d, v, eps)?,
+            ]),
         })
     }
 
     /// h <- h + MLA(norm(h)); h <- h + FFN(norm(h))
     #[allow(clippy::too_many_arguments)]
+    /// `ids`: the batch's token ids (hash routing reads them). Under hyper-connections `h`
+    /// holds every token's `hc_mult` streams.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         h: &mut [f32],
+        ids: &[u32],
         segs: &[Segment],
         eps: f32,
         layer: usize,
@@ -108,16 +153,31 @@ impl DecoderLayer {
         rope: &Rope,
         form: AttentionForm,
     ) {
-        let n = h.len() / self.input_layernorm.len();
+        let d = self.input_layernorm.len();
+        let n = ids.len();
+        let attend = |x: &[f32], kv: &mut dyn KvStore| match &self.self_attn {
+            Attention::Mla(m) => m.forward(x, segs, layer, kv, rope, form),
+            Attention::Gqa(g) => g.forward(x, segs, layer, kv, rope),
+            Attention::V4(a) => a.forward(x, segs, layer, kv),
+        };
+        if let Some([attn_hc, ffn_hc]) = &self.hc {
+            let (c, mix) = attn_hc.collapse(h, n);
+            let mut x = vec![0f32; n * d];
+            rms_norm(&c, &self.input_layernorm, eps, &mut x);
+            let a = attend(&x, kv);
+            attn_hc.expand(h, &a, &mix);
+            let (c, mix) = ffn_hc.collapse(h, n);
+            rms_norm(&c, &self.post_attention_layernorm, eps, &mut x);
+            let f = self.mlp.forward(&x, n, ids);
+            ffn_hc.expand(h, &f, &mix);
+            return;
+        }
         let mut x = vec![0f32; h.len()];
         rms_norm(h, &self.input_layernorm, eps, &mut x);
-        let a = match &self.self_attn {
-            Attention::Mla(m) => m.forward(&x, segs, layer, kv, rope, form),
-            Attention::Gqa(g) => g.forward(&x, segs, layer, kv, rope),
-        };
+        let a = attend(&x, kv);
         h.iter_mut().zip(&a).for_each(|(h, a)| *h += a);
         rms_norm(h, &self.post_attention_layernorm, eps, &mut x);
-        let f = self.mlp.forward(&x, n);
+        let f = self.mlp.forward(&x, n, ids);
         h.iter_mut().zip(&f).for_each(|(h, f)| *h += f);
     }
 }
@@ -140,6 +200,8 @@ pub struct Model {
     pub norm: Vec<f32>,
     pub lm_head: Matrix,
     pub mtp: Vec<MtpLayer>,
+    /// V4's final collapse of the hyper-connection streams
+    pub hc_head: Option<HyperHead>,
     rope: Rope,
 }
 
@@ -152,6 +214,9 @@ pub enum Logits {
 
 impl Model {
     pub fn load(ck: &Checkpoint) -> Result<Self> {
+        if ck.config.v4.is_some() {
+            return Self::load_v4(ck);
+        }
         let cfg = ck.config.clone();
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
         let scale = softmax_scale(&cfg);
@@ -191,6 +256,28 @@ impl Model {
             norm: ck.vector("model.norm.weight", d)?,
             lm_head,
             mtp,
+            hc_head: None,
+            rope: Rope::new(&cfg),
+            config: cfg,
+        })
+    }
+
+    /// DeepSeek-V4 under the released names (`embed.weight`, `layers.*`, `norm.weight`,
+    /// `head.weight`, `hc_head_*`); its MTP modules (`mtp.*`) are not loaded.
+    fn load_v4(ck: &Checkpoint) -> Result<Self> {
+        let cfg = ck.config.clone();
+        let v4 = cfg.v4.as_ref().expect("a V4 config");
+        let (v, d) = (cfg.vocab_size, cfg.hidden_size);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load_v4(ck, i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Model {
+            embed_tokens: ck.matrix("embed.weight", v, d)?,
+            layers,
+            norm: ck.vector("norm.weight", d)?,
+            lm_head: ck.linear("head.weight", v, d)?,
+            mtp: Vec::new(),
+            hc_head: Some(HyperHead::load(ck, d, v4, cfg.rms_norm_eps)?),
             rope: Rope::new(&cfg),
             config: cfg,
         })
@@ -249,19 +336,28 @@ impl Model {
             start += t.len();
         }
         let d = self.config.hidden_size;
-        let mut h = vec![0f32; start * d];
+        // V4: every hyper-connection stream starts as the embedding
+        let streams = self.config.v4.as_ref().map_or(1, |v| v.hc_mult);
+        let ids: Vec<u32> = tokens.iter().flat_map(|t| t.iter().copied()).collect();
+        let mut h = vec![0f32; start * streams * d];
         let mut buf = vec![0f32; d];
-        for (i, &id) in tokens.iter().flat_map(|t| t.iter()).enumerate() {
-            h[i * d..(i + 1) * d].copy_from_slice(self.embed_tokens.row(id as usize, &mut buf));
+        for (i, &id) in ids.iter().enumerate() {
+            let e = self.embed_tokens.row(id as usize, &mut buf);
+            for s in 0..streams {
+                h[(i * streams + s) * d..(i * streams + s + 1) * d].copy_from_slice(e);
+            }
         }
         let eps = self.config.rms_norm_eps as f32;
         for (l, layer) in self.layers.iter().enumerate() {
-            layer.forward(&mut h, &segs, eps, l, kv, &self.rope, form);
+            layer.forward(&mut h, &ids, &segs, eps, l, kv, &self.rope, form);
         }
         for s in &segs {
             kv.commit(s.seq, s.len);
         }
-        Ok(h)
+        Ok(match &self.hc_head {
+            Some(head) => head.collapse(&h, start),
+            None => h,
+        })
     }
 
     /// Runs `tokens` (positions `cache.len()..`) through the model, appending to the cache.
@@ -343,6 +439,7 @@ impl Model {
         }];
         m.layer.forward(
             &mut h,
+            next_tokens,
             &seg,
             eps,
             0,

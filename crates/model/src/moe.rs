@@ -25,9 +25,18 @@ impl Mlp {
         })
     }
 
+    /// An MLP stored under the reference code's names (V4: w1 gate, w3 up, w2 down).
+    pub fn load_w123(ck: &Checkpoint, p: &str, hidden: usize, inter: usize) -> Result<Self> {
+        Ok(Mlp {
+            gate_proj: ck.linear(&format!("{p}w1.weight"), inter, hidden)?,
+            up_proj: ck.linear(&format!("{p}w3.weight"), inter, hidden)?,
+            down_proj: ck.linear(&format!("{p}w2.weight"), hidden, inter)?,
+        })
+    }
+
     /// down(silu(gate(x)) * up(x)) for `n` rows of x.
     pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
-        forward_many(&[(self, x, n)])
+        forward_many(&[(self, x, n)], None)
             .pop()
             .expect("one MLP in, one out")
     }
@@ -39,8 +48,9 @@ impl Mlp {
 
 /// `Mlp::forward` of several MLPs on their own rows in two parallel passes (gate and up of all,
 /// then down of all), so the active experts of a MoE layer share the threads' fork-joins. Each
-/// product is computed exactly as alone.
-pub fn forward_many(jobs: &[(&Mlp, &[f32], usize)]) -> Vec<Vec<f32>> {
+/// product is computed exactly as alone. With `limit` (V4's `swiglu_limit`) the gate is clamped
+/// to at most `limit` and the up projection to [-limit, limit] before the product.
+pub fn forward_many(jobs: &[(&Mlp, &[f32], usize)], limit: Option<f32>) -> Vec<Vec<f32>> {
     let mut gs: Vec<Vec<f32>> = jobs
         .iter()
         .map(|(m, _, n)| vec![0f32; n * m.gate_proj.rows])
@@ -52,6 +62,10 @@ pub fn forward_many(jobs: &[(&Mlp, &[f32], usize)]) -> Vec<Vec<f32>> {
         products.push(Product::new(x, n, &m.up_proj, u));
     }
     matmul_batch(products);
+    if let Some(l) = limit {
+        gs.iter_mut().flatten().for_each(|g| *g = g.min(l));
+        us.iter_mut().flatten().for_each(|u| *u = u.clamp(-l, l));
+    }
     for (g, u) in gs.iter_mut().zip(&us) {
         swiglu(g, u);
     }
@@ -67,6 +81,30 @@ pub fn forward_many(jobs: &[(&Mlp, &[f32], usize)]) -> Vec<Vec<f32>> {
             .collect(),
     );
     ys
+}
+
+/// sqrt(softplus(x)), softplus as torch computes it (x itself past its threshold of 20).
+pub fn sqrt_softplus(x: f32) -> f32 {
+    let sp = if x > 20.0 { x } else { x.exp().ln_1p() };
+    sp.sqrt()
+}
+
+/// Weights of the experts a hash-routed token is sent to (V4's `tid2eid`): their scores,
+/// renormalised and scaled as the scored router's are.
+pub fn route_hash(logits: &[f32], experts: &[u32], m: &MoeConfig) -> Vec<(usize, f32)> {
+    let score = |l: f32| match m.scoring_func {
+        ScoringFunc::SqrtSoftplus => sqrt_softplus(l),
+        ScoringFunc::Sigmoid => sigmoid(l),
+        ScoringFunc::Softmax => unreachable!("V4 configs refuse softmax scoring"),
+    };
+    let w: Vec<f32> = experts.iter().map(|&e| score(logits[e as usize])).collect();
+    let s: f32 = w.iter().sum::<f32>() + 1e-20;
+    let scale = m.routed_scaling_factor as f32;
+    experts
+        .iter()
+        .zip(w)
+        .map(|(&e, w)| (e as usize, w / s * scale))
+        .collect()
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).
@@ -86,6 +124,7 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, m: &MoeConfig) -> Vec<(usize,
     match m.scoring_func {
         ScoringFunc::Softmax => softmax(&mut scores),
         ScoringFunc::Sigmoid => scores.iter_mut().for_each(|s| *s = sigmoid(*s)),
+        ScoringFunc::SqrtSoftplus => scores.iter_mut().for_each(|s| *s = sqrt_softplus(*s)),
     }
     let choice: Vec<f32> = match (m.topk_method, bias) {
         (TopkMethod::NoauxTc, Some(b)) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
@@ -132,6 +171,10 @@ pub struct Moe {
     pub experts: Vec<Mlp>,
     pub shared_experts: Option<Mlp>,
     pub cfg: MoeConfig,
+    /// V4's hash routing: the experts of every token id, [vocab, num_experts_per_tok]
+    pub tid2eid: Option<Vec<u32>>,
+    /// V4's clamp of the SwiGLU inputs (routed and shared experts)
+    pub swiglu_limit: Option<f32>,
 }
 
 impl Moe {
@@ -175,25 +218,73 @@ impl Moe {
             experts,
             shared_experts,
             cfg: m.clone(),
+            tid2eid: None,
+            swiglu_limit: None,
         })
     }
 
-    /// Routed experts of each of `n` tokens.
-    pub fn routes(&self, x: &[f32], n: usize) -> Vec<Vec<(usize, f32)>> {
+    /// A V4 MoE block under the released names (`ffn.gate.weight` with `gate.bias` or, hash
+    /// routed, `gate.tid2eid`; experts and the shared expert as w1/w2/w3).
+    pub fn load_v4(
+        ck: &Checkpoint,
+        p: &str,
+        cfg: &crate::config::ModelConfig,
+        hash: bool,
+        limit: f64,
+    ) -> Result<Self> {
+        let m = cfg.moe.as_ref().expect("a V4 config has experts");
+        let (d, e_n, k) = (cfg.hidden_size, m.n_routed_experts, m.num_experts_per_tok);
+        let g = ck.matrix(&format!("{p}gate.weight"), e_n, d)?;
+        let gate = Matrix::from_f32(e_n, d, g.to_f32());
+        let (bias, tid2eid) = if hash {
+            let t = ck.indices(&format!("{p}gate.tid2eid"), cfg.vocab_size, k, e_n)?;
+            (None, Some(t))
+        } else {
+            (Some(ck.vector(&format!("{p}gate.bias"), e_n)?), None)
+        };
+        let experts = (0..e_n)
+            .map(|e| Mlp::load_w123(ck, &format!("{p}experts.{e}."), d, m.moe_intermediate_size))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Moe {
+            gate,
+            e_score_correction_bias: bias,
+            experts,
+            shared_experts: Some(Mlp::load_w123(
+                ck,
+                &format!("{p}shared_experts."),
+                d,
+                m.moe_intermediate_size,
+            )?),
+            cfg: m.clone(),
+            tid2eid,
+            swiglu_limit: Some(limit as f32),
+        })
+    }
+
+    /// Routed experts of each of `n` tokens (`ids`: their token ids, which hash routing reads).
+    pub fn routes(&self, x: &[f32], n: usize, ids: &[u32]) -> Vec<Vec<(usize, f32)>> {
         let e_n = self.gate.rows;
         let mut logits = vec![0f32; n * e_n];
         matmul(x, n, &self.gate, &mut logits);
+        let k = self.cfg.num_experts_per_tok;
         logits
             .chunks_exact(e_n)
-            .map(|l| route(l, self.e_score_correction_bias.as_deref(), &self.cfg))
+            .enumerate()
+            .map(|(t, l)| match &self.tid2eid {
+                Some(table) => {
+                    let id = ids[t] as usize;
+                    route_hash(l, &table[id * k..(id + 1) * k], &self.cfg)
+                }
+                None => route(l, self.e_score_correction_bias.as_deref(), &self.cfg),
+            })
             .collect()
     }
 
     /// Tokens are bucketed by expert so each active expert runs once over its rows; expert
     /// outputs are accumulated in f32 in expert order, then the shared experts are added.
-    pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+    pub fn forward(&self, x: &[f32], n: usize, ids: &[u32]) -> Vec<f32> {
         let d = self.gate.cols;
-        let routes = self.routes(x, n);
+        let routes = self.routes(x, n, ids);
         let mut buckets: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.experts.len()];
         for (t, r) in routes.iter().enumerate() {
             for &(e, w) in r {
@@ -230,7 +321,7 @@ impl Moe {
         if let Some(s) = &self.shared_experts {
             jobs.push((s, x, n));
         }
-        let mut ys = forward_many(&jobs);
+        let mut ys = forward_many(&jobs, self.swiglu_limit);
         let shared = self.shared_experts.as_ref().and_then(|_| ys.pop());
         let mut out = vec![0f32; n * d];
         for ((e, _), ye) in active.iter().zip(&ys) {

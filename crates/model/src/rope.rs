@@ -14,6 +14,7 @@ pub fn yarn_get_mscale(scale: f64, mscale: f64) -> f64 {
     }
 }
 
+#[derive(Clone, Debug)]
 pub struct Rope {
     inv_freq: Vec<f32>,
     /// pairs (2i, 2i+1) when true; (i, i + dim/2) when false
@@ -24,23 +25,39 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(cfg: &ModelConfig) -> Self {
-        let dim = cfg.rope_dim();
-        let base = cfg.rope_theta as f32;
+        Self::build(
+            cfg.rope_dim(),
+            cfg.rope_theta,
+            cfg.yarn.as_ref(),
+            cfg.llama3.as_ref(),
+            cfg.rope_interleave,
+        )
+    }
+
+    /// A rope over `dim` dims at base `theta`, scaled by YaRN or llama3 where given.
+    pub fn build(
+        dim: usize,
+        theta: f64,
+        yarn: Option<&crate::config::Yarn>,
+        llama3: Option<&crate::config::Llama3Rope>,
+        interleave: bool,
+    ) -> Self {
+        let base = theta as f32;
         let half = dim / 2;
         let pos_freqs: Vec<f32> = (0..half)
             .map(|i| base.powf((2 * i) as f32 / dim as f32))
             .collect();
-        if let Some(l) = &cfg.llama3 {
+        if let Some(l) = llama3 {
             return Rope {
-                inv_freq: llama3(pos_freqs.iter().map(|p| 1.0 / p), l),
-                interleave: cfg.rope_interleave,
+                inv_freq: llama3_freqs(pos_freqs.iter().map(|p| 1.0 / p), l),
+                interleave,
                 attention_factor: 1.0,
             };
         }
-        let Some(y) = &cfg.yarn else {
+        let Some(y) = yarn else {
             return Rope {
                 inv_freq: pos_freqs.iter().map(|p| 1.0 / p).collect(),
-                interleave: cfg.rope_interleave,
+                interleave,
                 attention_factor: 1.0,
             };
         };
@@ -50,7 +67,7 @@ impl Rope {
                 * (y.original_max_position_embeddings as f64
                     / (rotations * 2.0 * std::f64::consts::PI))
                     .ln())
-                / (2.0 * cfg.rope_theta.ln())
+                / (2.0 * theta.ln())
         };
         let (mut low, mut high) = (correction_dim(y.beta_fast), correction_dim(y.beta_slow));
         if y.truncate {
@@ -79,7 +96,7 @@ impl Rope {
         } as f32;
         Rope {
             inv_freq,
-            interleave: cfg.rope_interleave,
+            interleave,
             attention_factor,
         }
     }
@@ -104,14 +121,24 @@ impl Rope {
         self.rotate(x, pos, false)
     }
 
+    /// The inverse rotation of `apply` (V4 takes the rope back out of its attention output).
+    pub fn apply_inverse(&self, x: &mut [f32], pos: usize) {
+        self.turn(x, pos, self.interleave, -1.0)
+    }
+
     fn rotate(&self, x: &mut [f32], pos: usize, interleave: bool) {
+        self.turn(x, pos, interleave, 1.0)
+    }
+
+    /// `sign` -1 negates the sine (cos(-a) = cos a, sin(-a) = -sin a, as transformers' `-sin`).
+    fn turn(&self, x: &mut [f32], pos: usize, interleave: bool, sign: f32) {
         let p = pos as f32;
         let half = x.len() / 2;
         for i in 0..half {
             let angle = p * self.inv_freq[i];
             let (cos, sin) = (
                 angle.cos() * self.attention_factor,
-                angle.sin() * self.attention_factor,
+                sign * (angle.sin() * self.attention_factor),
             );
             let (ia, ib) = if interleave {
                 (2 * i, 2 * i + 1)
@@ -127,7 +154,7 @@ impl Rope {
 
 /// Llama 3.1's frequencies: wavelengths past the original context's / low_freq_factor slowed
 /// by `factor`, those under its / high_freq_factor kept, the band between blended smoothly.
-fn llama3(inv_freq: impl Iterator<Item = f32>, l: &crate::config::Llama3Rope) -> Vec<f32> {
+fn llama3_freqs(inv_freq: impl Iterator<Item = f32>, l: &crate::config::Llama3Rope) -> Vec<f32> {
     let old = l.original_max_position_embeddings as f32;
     let (factor, lo, hi) = (
         l.factor as f32,

@@ -103,6 +103,7 @@ impl Preset {
                 tie_word_embeddings: false,
                 rope_interleave: true,
                 indexer: None,
+                v4: None,
             },
             Preset::V3 | Preset::V3Fp8 | Preset::V32 | Preset::V32Fp8 => ModelConfig {
                 model_type: if matches!(self, Preset::V32 | Preset::V32Fp8) {
@@ -167,6 +168,7 @@ impl Preset {
                         index_topk: 2048,
                     },
                 ),
+                v4: None,
             },
             Preset::DistillQwen1_5B => dense(ModelType::Qwen2, 151936, 1536, 8960, 28, 12, 2, 128),
             Preset::DistillQwen7B => dense(ModelType::Qwen2, 152064, 3584, 18944, 28, 28, 4, 128),
@@ -243,6 +245,7 @@ fn dense(
         tie_word_embeddings: false,
         rope_interleave: false,
         indexer: None,
+        v4: None,
     }
 }
 

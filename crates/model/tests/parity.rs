@@ -6,7 +6,7 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 use whale_model::{AttentionForm, Checkpoint, Logits, Model};
 
-const CASES: [&str; 9] = [
+const CASES: [&str; 10] = [
     "tiny-v3",
     "tiny-v2-lite",
     "tiny-v2-group",
@@ -16,6 +16,7 @@ const CASES: [&str; 9] = [
     "tiny-qwen3",
     "tiny-v32",
     "tiny-v32-fp8",
+    "tiny-v4",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -157,6 +158,9 @@ fn decoding_token_by_token_equals_recomputing_the_sequence() {
         // under GQA.
         let c = &model.config;
         let width = match &c.gqa {
+            // V4's rows (window key, raw compressor inputs, entries), as wide as its widest
+            // layer's: tiny-v4's CSA layers hold 32 + 2 * 64 + 32 + 2 * 32 + 16
+            None if c.v4.is_some() => 32 + 2 * 64 + 32 + 2 * 32 + 16,
             None => {
                 c.kv_lora_rank
                     + c.qk_rope_head_dim
