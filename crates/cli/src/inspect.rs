@@ -108,6 +108,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         .filter(|&i| c.is_moe_layer(i))
         .count();
     let width = c.cache_width();
+    let v4 = whale_model::params::v4_cache(c, 2);
     if a.json {
         let v = json!({
             "model_type": c.model_type.as_str(),
@@ -116,6 +117,20 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             "q_lora_rank": c.q_lora_rank, "kv_lora_rank": c.kv_lora_rank,
             "params_total": p.total(), "params_active_per_token": p.active(), "params_mtp": p.mtp,
             "params_indexer": p.indexer,
+            "params_compressor": p.compressor,
+            "params_hyper_connections": p.hyper_connections,
+            "v4_cache": v4.as_ref().map(|k| json!({
+                "by_layer_kind": k.kinds.iter().map(|(kind, layers, per_token, fixed)| json!({
+                    "kind": kind, "layers": layers, "bytes_per_token_per_layer_bf16": per_token,
+                    "fixed_bytes_per_layer_bf16": fixed,
+                })).collect::<Vec<_>>(),
+                "bytes_per_sequence_bf16": {
+                    "128k": k.per_sequence(128 * 1024), "1m": k.per_sequence(1 << 20),
+                },
+                "v3_mla_bytes_per_sequence_bf16": {
+                    "128k": 61.0 * 576.0 * 2.0 * 131072.0, "1m": 61.0 * 576.0 * 2.0 * 1048576.0,
+                },
+            })),
             "indexer": c.indexer.as_ref().map(|i| json!({"index_n_heads": i.index_n_heads, "index_head_dim": i.index_head_dim, "index_topk": i.index_topk})),
             "kv_cache_values_per_token_per_layer": width,
             "num_key_value_heads": c.gqa.as_ref().map(|g| g.num_key_value_heads),
@@ -150,7 +165,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             if g.qkv_bias { ", q/k/v biases" } else { "" },
             if g.qk_norm { ", q/k norms" } else { "" },
         );
-    } else {
+    } else if c.v4.is_none() {
         println!(
         "attention        MLA: hidden {}, {} heads, q_lora_rank {}, kv_lora_rank {}, qk nope/rope {}/{}, v {}, softmax scale {:.6}",
         c.hidden_size,
@@ -162,6 +177,25 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         c.v_head_dim,
         softmax_scale(c)
     );
+    }
+    if let (Some(v), Some(k)) = (&c.v4, &v4) {
+        println!(
+            "attention        V4: hidden {}, {} heads of {} sharing one key/value head (rope {}), q_lora_rank {}, {} output groups of rank {}, window {}, CSA every {} tokens (indexer {} heads of {}, top {}), HCA every {}",
+            c.hidden_size, c.num_attention_heads, v.head_dim, v.qk_rope_head_dim,
+            c.q_lora_rank.unwrap_or(0), v.o_groups, v.o_lora_rank, v.sliding_window,
+            v.compress_rate_csa, v.index_n_heads, v.index_head_dim, v.index_topk, v.compress_rate_hca
+        );
+        let kinds: Vec<String> = k
+            .kinds
+            .iter()
+            .map(|(kind, l, _, _)| format!("{l} {kind}"))
+            .collect();
+        println!(
+            "layers by kind   {}; {} hash-routed MoE layers, {} hyper-connection streams",
+            kinds.join(", "),
+            v.hash_layers.iter().filter(|&&h| h).count(),
+            v.hc_mult
+        );
     }
     if let Some(i) = &c.indexer {
         println!(
@@ -187,7 +221,19 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             m.routed_scaling_factor
         );
     }
-    match (&c.yarn, &c.llama3) {
+    if let Some(v) = &c.v4 {
+        println!(
+            "rope             sliding layers theta {}; compressed layers theta {}{}, max {} positions",
+            c.rope_theta,
+            v.compress_rope_theta,
+            v.compress_yarn.as_ref().map_or(String::new(), |y| format!(
+                ", YaRN factor {} over {} original positions",
+                y.factor, y.original_max_position_embeddings
+            )),
+            c.max_position_embeddings
+        );
+    } else {
+        match (&c.yarn, &c.llama3) {
         (Some(y), _) => println!(
             "rope             theta {}, YaRN factor {} over {} original positions, max {}",
             c.rope_theta, y.factor, y.original_max_position_embeddings, c.max_position_embeddings
@@ -200,6 +246,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             "rope             theta {}, max {} positions",
             c.rope_theta, c.max_position_embeddings
         ),
+    }
     }
     let fmt: Vec<String> = formats.iter().map(|(k, v)| format!("{k} x{v}")).collect();
     match stored_bytes {
@@ -222,6 +269,25 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             "                 + {} in MTP modules (not part of the main model)",
             human(p.mtp)
         );
+    }
+    if let Some(k) = &v4 {
+        for (kind, l, per, fixed) in &k.kinds {
+            println!(
+                "kv cache         {kind}: {l} layers x ({per:.1} bytes per token + {fixed} bytes per sequence) in bf16"
+            );
+        }
+        let gb = |b: f64| b / 1e9;
+        let v3 = |ctx: f64| 61.0 * 576.0 * 2.0 * ctx;
+        println!(
+            "kv per sequence  128K tokens {:.3} GB, 1M tokens {:.3} GB ({:.1} bytes per token in all); V3's MLA: {:.2} GB, {:.2} GB; MHA of these heads: {:.0} GB at 128K",
+            gb(k.per_sequence(128 * 1024)),
+            gb(k.per_sequence(1 << 20)),
+            k.per_token(),
+            gb(v3(131072.0)),
+            gb(v3(1048576.0)),
+            gb(kv.mha as f64 * 131072.0)
+        );
+        return Ok(());
     }
     if c.gqa.is_some() {
         println!(

@@ -1205,6 +1205,9 @@ impl ModelConfig {
         if let Some(g) = &self.gqa {
             return self.dense_hub_json(g);
         }
+        if let Some(v) = &self.v4 {
+            return self.v4_hub_json(v);
+        }
         let arch = match self.model_type {
             ModelType::DeepseekV2 => "DeepseekV2ForCausalLM",
             ModelType::DeepseekV32 => "DeepseekV32ForCausalLM",
@@ -1285,28 +1288,94 @@ impl ModelConfig {
                 "original_max_position_embeddings": l.original_max_position_embeddings,
             });
         }
-        let Some(y) = &self.yarn else {
-            return Value::Null;
-        };
-        let mut r = json!({
-            "type": "yarn",
-            "factor": y.factor,
-            "original_max_position_embeddings": y.original_max_position_embeddings,
-            "beta_fast": y.beta_fast,
-            "beta_slow": y.beta_slow,
-            "mscale": y.mscale,
-            "mscale_all_dim": y.mscale_all_dim,
-        });
-        let o = r.as_object_mut().unwrap();
-        if let Some(a) = y.attention_factor {
-            o.insert("attention_factor".into(), json!(a));
+        match &self.yarn {
+            Some(y) => yarn_json(y),
+            None => Value::Null,
         }
-        if !y.truncate {
-            o.insert("truncate".into(), json!(false));
-        }
-        r
     }
 
+    /// DeepSeek-V4's config.json in the form transformers writes (`layer_types`,
+    /// `compress_rates`, `mlp_layer_types`) with the released names elsewhere.
+    fn v4_hub_json(&self, v: &V4Config) -> Value {
+        let m = self.moe.as_ref().expect("a V4 config has experts");
+        let mut j = json!({
+            "architectures": ["DeepseekV4ForCausalLM"],
+            "model_type": "deepseek_v4",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": 1,
+            "head_dim": v.head_dim,
+            "qk_rope_head_dim": v.qk_rope_head_dim,
+            "q_lora_rank": self.q_lora_rank,
+            "o_groups": v.o_groups,
+            "o_lora_rank": v.o_lora_rank,
+            "sliding_window": v.sliding_window,
+            "layer_types": v.layer_types.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "compress_rates": {
+                "compressed_sparse_attention": v.compress_rate_csa,
+                "heavily_compressed_attention": v.compress_rate_hca,
+            },
+            "mlp_layer_types": v.hash_layers.iter().map(|&h| if h { "hash_moe" } else { "moe" }).collect::<Vec<_>>(),
+            "n_routed_experts": m.n_routed_experts,
+            "n_shared_experts": 1,
+            "num_experts_per_tok": m.num_experts_per_tok,
+            "moe_intermediate_size": m.moe_intermediate_size,
+            "scoring_func": m.scoring_func.as_str(),
+            "norm_topk_prob": true,
+            "routed_scaling_factor": m.routed_scaling_factor,
+            "swiglu_limit": v.swiglu_limit,
+            "rope_theta": self.rope_theta,
+            "compress_rope_theta": v.compress_rope_theta,
+            "rope_scaling": v.compress_yarn.as_ref().map_or(Value::Null, yarn_json),
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "num_nextn_predict_layers": self.num_nextn_predict_layers,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids.first(),
+            "hidden_act": "silu",
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": "bfloat16",
+            "use_cache": true,
+        });
+        let o = j.as_object_mut().expect("an object");
+        for (k, x) in [
+            ("index_n_heads", json!(v.index_n_heads)),
+            ("index_head_dim", json!(v.index_head_dim)),
+            ("index_topk", json!(v.index_topk)),
+            ("hc_mult", json!(v.hc_mult)),
+            ("hc_sinkhorn_iters", json!(v.hc_sinkhorn_iters)),
+            ("hc_eps", json!(v.hc_eps)),
+        ] {
+            o.insert(k.into(), x);
+        }
+        j
+    }
+}
+
+/// `rope_scaling` of a YaRN rope in the hub form.
+fn yarn_json(y: &Yarn) -> Value {
+    let mut r = json!({
+        "type": "yarn",
+        "factor": y.factor,
+        "original_max_position_embeddings": y.original_max_position_embeddings,
+        "beta_fast": y.beta_fast,
+        "beta_slow": y.beta_slow,
+        "mscale": y.mscale,
+        "mscale_all_dim": y.mscale_all_dim,
+    });
+    let o = r.as_object_mut().unwrap();
+    if let Some(a) = y.attention_factor {
+        o.insert("attention_factor".into(), json!(a));
+    }
+    if !y.truncate {
+        o.insert("truncate".into(), json!(false));
+    }
+    r
+}
+
+impl ModelConfig {
     /// A distill's config.json as the hub has it for qwen2, llama and qwen3.
     fn dense_hub_json(&self, g: &GqaConfig) -> Value {
         let arch = match self.model_type {

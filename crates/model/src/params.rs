@@ -9,8 +9,12 @@ pub struct ParamCount {
     pub lm_head: u64,
     /// attention of all main layers, with its norms (and V3.2's indexer)
     pub attention: u64,
-    /// of `attention`: V3.2's lightning indexers
+    /// of `attention`: V3.2's lightning indexers (V4: CSA's indexers)
     pub indexer: u64,
+    /// of `attention`: V4's compressors (CSA and HCA, not counting CSA's indexers)
+    pub compressor: u64,
+    /// V4's hyper-connections (every layer's two and the final head)
+    pub hyper_connections: u64,
     /// dense FFN layers
     pub dense_ffn: u64,
     /// routers (gate weight and bias)
@@ -36,6 +40,7 @@ impl ParamCount {
             + self.shared_experts
             + self.routed_experts
             + self.norms
+            + self.hyper_connections
     }
 
     /// Parameters activated per token, counting the embedding and head whole (the convention of
@@ -47,6 +52,9 @@ impl ParamCount {
 
 pub fn attention_params(c: &ModelConfig) -> u64 {
     let (d, h) = (c.hidden_size as u64, c.num_attention_heads as u64);
+    if let Some(v) = &c.v4 {
+        return v4_attention_core(c, v);
+    }
     if let Some(g) = &c.gqa {
         let (q, kv) = (
             h * g.head_dim as u64,
@@ -68,6 +76,44 @@ pub fn attention_params(c: &ModelConfig) -> u64 {
         None => d * h * dqk,
     };
     q + d * (dc + dr) + dc + dc * h * (nope + dv) + h * dv * d + indexer_params(c)
+}
+
+/// V4 attention of one layer without its compressor: wq_a, q_norm, wq_b, wkv, kv_norm, the
+/// grouped wo_a, wo_b, the sinks.
+fn v4_attention_core(c: &ModelConfig, v: &crate::config::V4Config) -> u64 {
+    let (d, h, hd) = (
+        c.hidden_size as u64,
+        c.num_attention_heads as u64,
+        v.head_dim as u64,
+    );
+    let q = c.q_lora_rank.unwrap_or(0) as u64;
+    let (g, ol) = (v.o_groups as u64, v.o_lora_rank as u64);
+    d * q + q + q * h * hd + d * hd + hd + g * ol * (h * hd / g) + d * g * ol + h
+}
+
+/// A V4 compressor over `dim` with `raw` projected values per token: wkv, wgate, ape, norm.
+fn compressor_params(d: u64, dim: u64, raw: u64, rate: u64) -> u64 {
+    2 * d * raw + rate * raw + dim
+}
+
+/// V4 layer `i`'s compressor and indexer parameters.
+fn v4_compression(c: &ModelConfig, v: &crate::config::V4Config, i: usize) -> (u64, u64) {
+    use crate::config::V4Attention;
+    let (d, hd) = (c.hidden_size as u64, v.head_dim as u64);
+    let kind = v.layer_types[i];
+    let rate = v.compress_rate(kind) as u64;
+    match kind {
+        V4Attention::Sliding => (0, 0),
+        V4Attention::Hca => (compressor_params(d, hd, hd, rate), 0),
+        V4Attention::Csa => {
+            let (n, di) = (v.index_n_heads as u64, v.index_head_dim as u64);
+            let q = c.q_lora_rank.unwrap_or(0) as u64;
+            (
+                compressor_params(d, hd, 2 * hd, rate),
+                compressor_params(d, di, 2 * di, rate) + q * n * di + d * n,
+            )
+        }
+    }
 }
 
 /// V3.2's lightning indexer of one layer: wq_b, wk, k_norm (weight and bias), weights_proj.
@@ -96,6 +142,8 @@ pub fn count(c: &ModelConfig) -> ParamCount {
         lm_head: if c.tie_word_embeddings { 0 } else { v * d },
         attention: attention_params(c) * layers as u64,
         indexer: indexer_params(c) * layers as u64,
+        compressor: 0,
+        hyper_connections: 0,
         dense_ffn: 0,
         router: 0,
         shared_experts: 0,
@@ -117,6 +165,25 @@ pub fn count(c: &ModelConfig) -> ParamCount {
         p.routed_experts += e * mlp(d, im);
         p.routed_active += m.num_experts_per_tok as u64 * mlp(d, im);
     };
+    if let (Some(v), Some(m)) = (&c.v4, &c.moe) {
+        // every layer MoE (hash-routed ones without the router bias), two hyper-connections
+        // per layer and one at the head; MTP modules are not counted (not run)
+        let hc = v.hc_mult as u64;
+        let mix = (2 + hc) * hc;
+        for i in 0..layers {
+            let (comp, ix) = v4_compression(c, v, i);
+            p.compressor += comp;
+            p.indexer += ix;
+            p.attention += comp + ix;
+            moe_layer(&mut p, m);
+            if v.hash_layers[i] {
+                p.router -= m.n_routed_experts as u64;
+            }
+            p.hyper_connections += 2 * (mix * hc * d + mix + 3);
+        }
+        p.hyper_connections += hc * hc * d + hc + 1;
+        return p;
+    }
     for i in 0..layers {
         match &c.moe {
             Some(m) if c.is_moe_layer(i) => moe_layer(&mut p, m),
@@ -159,8 +226,84 @@ pub struct KvBytes {
     pub gqa8: u64,
 }
 
+/// What DeepSeek-V4 keeps per sequence, by layer kind, in elements of `bytes` bytes: per token of
+/// context (the compressed entries, and CSA's indexer keys), and a fixed part (the sliding
+/// window's keys, the raw inputs of the block being compressed and the overlap state).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct V4Cache {
+    /// (layer kind, layers of that kind, bytes per token of context, fixed bytes per sequence)
+    pub kinds: Vec<(&'static str, u64, f64, u64)>,
+}
+
+impl V4Cache {
+    /// Bytes one sequence of `ctx` tokens holds.
+    pub fn per_sequence(&self, ctx: u64) -> f64 {
+        self.kinds
+            .iter()
+            .map(|&(_, l, per, fixed)| l as f64 * (per * ctx as f64 + fixed as f64))
+            .sum()
+    }
+
+    /// Bytes per token of context past the fixed part (all layers).
+    pub fn per_token(&self) -> f64 {
+        self.kinds
+            .iter()
+            .map(|&(_, l, per, _)| l as f64 * per)
+            .sum()
+    }
+}
+
+pub fn v4_cache(c: &ModelConfig, bytes: u64) -> Option<V4Cache> {
+    use crate::config::V4Attention;
+    let v = c.v4.as_ref()?;
+    let (hd, di, win) = (
+        v.head_dim as u64,
+        v.index_head_dim as u64,
+        v.sliding_window as u64,
+    );
+    let kinds = [V4Attention::Sliding, V4Attention::Csa, V4Attention::Hca]
+        .into_iter()
+        .filter_map(|k| {
+            let layers = v.layer_types.iter().filter(|&&x| x == k).count() as u64;
+            (layers > 0).then(|| {
+                let m = v.compress_rate(k) as u64;
+                let window = win * hd;
+                let (per, state) = match k {
+                    V4Attention::Sliding => (0.0, 0),
+                    // an entry of hd and an indexer key of di per m tokens; the open block's raw
+                    // kv and gate (2 x 2hd, 2 x 2di per token) and the previous block's halves
+                    V4Attention::Csa => (
+                        (hd + di) as f64 / m as f64,
+                        (m - 1) * 2 * (2 * hd + 2 * di) + m * 2 * (hd + di),
+                    ),
+                    V4Attention::Hca => (hd as f64 / m as f64, (m - 1) * 2 * hd),
+                };
+                (
+                    k.as_str(),
+                    layers,
+                    per * bytes as f64,
+                    (window + state) * bytes,
+                )
+            })
+        })
+        .collect();
+    Some(V4Cache { kinds })
+}
+
 pub fn kv_bytes_per_token(c: &ModelConfig, bytes: u64) -> KvBytes {
     let l = c.num_hidden_layers as u64;
+    if let Some(v) = &c.v4 {
+        // per token of context past the fixed window and block state; an MHA baseline of the
+        // same heads keeps a key and a value of head_dim per head
+        let cached = v4_cache(c, bytes).map_or(0.0, |k| k.per_token()).round() as u64;
+        let per_head = 2 * v.head_dim as u64;
+        return KvBytes {
+            cached,
+            mla: l * V3_LATENT_WIDTH * bytes,
+            mha: l * c.num_attention_heads as u64 * per_head * bytes,
+            gqa8: l * 8 * per_head * bytes,
+        };
+    }
     let cached = l * c.cache_width() as u64 * bytes;
     let (per_head, mla) = match &c.gqa {
         None => (

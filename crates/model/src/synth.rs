@@ -23,6 +23,9 @@ pub enum Preset {
     /// DeepSeek-V3.2 (V3 plus the sparse attention's indexer)
     V32,
     V32Fp8,
+    /// DeepSeek-V4-Flash and DeepSeek-V4-Pro (bf16 layout)
+    V4Flash,
+    V4Pro,
     /// DeepSeek-R1-Distill-Qwen-1.5B
     DistillQwen1_5B,
     /// DeepSeek-R1-Distill-Qwen-7B
@@ -34,7 +37,7 @@ pub enum Preset {
 }
 
 /// `--like` names, in the order `whale synth --help` lists them.
-pub const PRESETS: &str = "v2-lite, v3, v3-fp8, v3.2, v3.2-fp8, r1-distill-qwen-1.5b, r1-distill-qwen-7b, r1-distill-llama-8b, r1-0528-qwen3-8b";
+pub const PRESETS: &str = "v2-lite, v3, v3-fp8, v3.2, v3.2-fp8, v4-flash, v4-pro, r1-distill-qwen-1.5b, r1-distill-qwen-7b, r1-distill-llama-8b, r1-0528-qwen3-8b";
 
 impl Preset {
     pub fn parse(s: &str) -> Result<Self> {
@@ -44,6 +47,8 @@ impl Preset {
             "v3-fp8" => Preset::V3Fp8,
             "v3.2" => Preset::V32,
             "v3.2-fp8" => Preset::V32Fp8,
+            "v4-flash" => Preset::V4Flash,
+            "v4-pro" => Preset::V4Pro,
             "r1-distill-qwen-1.5b" => Preset::DistillQwen1_5B,
             "r1-distill-qwen-7b" => Preset::DistillQwen7B,
             "r1-distill-llama-8b" => Preset::DistillLlama8B,
@@ -55,6 +60,15 @@ impl Preset {
     /// The released model's config (spec §1.2).
     pub fn config(self) -> ModelConfig {
         match self {
+            Preset::V4Flash | Preset::V4Pro => {
+                let j = if self == Preset::V4Flash {
+                    V4_FLASH
+                } else {
+                    V4_PRO
+                };
+                let v: serde_json::Value = serde_json::from_str(j).expect("a JSON preset");
+                ModelConfig::from_json(&v).expect("a valid preset")
+            }
             Preset::V2Lite => ModelConfig {
                 model_type: ModelType::DeepseekV2,
                 vocab_size: 102400,
@@ -249,6 +263,41 @@ fn dense(
     }
 }
 
+/// DeepSeek-V4-Flash's config.json (its released values; the weights' FP8/FP4 quantisation left
+/// out: synth writes bf16).
+const V4_FLASH: &str = r#"{
+  "model_type": "deepseek_v4", "vocab_size": 129280, "hidden_size": 4096,
+  "num_hidden_layers": 43, "num_attention_heads": 64, "num_key_value_heads": 1,
+  "head_dim": 512, "qk_rope_head_dim": 64, "q_lora_rank": 1024, "o_groups": 8,
+  "o_lora_rank": 1024, "n_routed_experts": 256, "n_shared_experts": 1,
+  "num_experts_per_tok": 6, "moe_intermediate_size": 2048, "num_hash_layers": 3,
+  "scoring_func": "sqrtsoftplus", "norm_topk_prob": true, "routed_scaling_factor": 1.5,
+  "swiglu_limit": 10.0, "sliding_window": 128, "index_n_heads": 64, "index_head_dim": 128,
+  "index_topk": 512, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
+  "rope_theta": 10000.0, "compress_rope_theta": 160000.0,
+  "rope_scaling": {"type": "yarn", "factor": 16, "original_max_position_embeddings": 65536,
+                   "beta_fast": 32, "beta_slow": 1},
+  "max_position_embeddings": 1048576, "rms_norm_eps": 1e-6, "num_nextn_predict_layers": 1,
+  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false
+}"#;
+
+/// DeepSeek-V4-Pro's config.json (as V4_FLASH).
+const V4_PRO: &str = r#"{
+  "model_type": "deepseek_v4", "vocab_size": 129280, "hidden_size": 7168,
+  "num_hidden_layers": 61, "num_attention_heads": 128, "num_key_value_heads": 1,
+  "head_dim": 512, "qk_rope_head_dim": 64, "q_lora_rank": 1536, "o_groups": 16,
+  "o_lora_rank": 1024, "n_routed_experts": 384, "n_shared_experts": 1,
+  "num_experts_per_tok": 6, "moe_intermediate_size": 3072, "num_hash_layers": 3,
+  "scoring_func": "sqrtsoftplus", "norm_topk_prob": true, "routed_scaling_factor": 2.5,
+  "swiglu_limit": 10.0, "sliding_window": 128, "index_n_heads": 64, "index_head_dim": 128,
+  "index_topk": 1024, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
+  "rope_theta": 10000.0, "compress_rope_theta": 160000.0,
+  "rope_scaling": {"type": "yarn", "factor": 16, "original_max_position_embeddings": 65536,
+                   "beta_fast": 32, "beta_slow": 1},
+  "max_position_embeddings": 1048576, "rms_norm_eps": 1e-6, "num_nextn_predict_layers": 1,
+  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false
+}"#;
+
 /// Changes to a preset's shape, to make it small enough to run here.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -266,6 +315,16 @@ pub fn shaped_config(preset: Preset, o: &Overrides) -> Result<ModelConfig> {
             bail!("--layers must be at least 1");
         }
         c.num_hidden_layers = l;
+        if let Some(v) = &mut c.v4 {
+            // the first `l` layers' kinds; at least one of each compressed kind when 3 or more
+            // layers are asked for, so a bench model covers every attention
+            v.layer_types.truncate(l);
+            v.hash_layers.truncate(l);
+            use crate::config::V4Attention::*;
+            if l >= 3 {
+                v.layer_types = (0..l).map(|i| [Sliding, Csa, Hca][i % 3]).collect();
+            }
+        }
         if let Some(m) = &mut c.moe {
             // keep at least one MoE layer
             m.first_k_dense_replace = m.first_k_dense_replace.min(l - 1);
@@ -309,6 +368,8 @@ enum Init {
     Uniform(f32),
     /// 1 + small noise (norm weights)
     NearOne,
+    /// V4's `tid2eid` [vocab, k]: k distinct experts of `experts` per token, stored as I32
+    Experts(usize),
 }
 
 struct Spec {
@@ -329,6 +390,9 @@ pub fn tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 
 /// Every tensor of the checkpoint in hub naming.
 fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
+    if let Some(v4) = &c.v4 {
+        return v4_specs(c, v4);
+    }
     let mut v = Vec::new();
     let d = c.hidden_size;
     let h = c.num_attention_heads;
@@ -490,6 +554,137 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
     v
 }
 
+/// DeepSeek-V4's tensors under the released names (`embed.weight`, `layers.{i}.attn.*`,
+/// `.ffn.*`, `.hc_*`, `hc_head_*`, `head.weight`); MTP modules are not written.
+fn v4_specs(c: &ModelConfig, v4: &crate::config::V4Config) -> Vec<Spec> {
+    use crate::config::V4Attention;
+    let mut v = Vec::new();
+    let d = c.hidden_size;
+    let (h, hd, q) = (
+        c.num_attention_heads,
+        v4.head_dim,
+        c.q_lora_rank.unwrap_or(0),
+    );
+    let hc = v4.hc_mult;
+    let m = c.moe.as_ref().expect("a V4 config has experts");
+    let lin = |v: &mut Vec<Spec>, name: String, rows: usize, cols: usize| {
+        v.push(Spec {
+            name,
+            shape: vec![rows, cols],
+            init: Init::Uniform(1.0 / (cols as f32).sqrt()),
+            fp8: false,
+        })
+    };
+    let small = |v: &mut Vec<Spec>, name: String, shape: Vec<usize>, std: f32| {
+        v.push(Spec {
+            name,
+            shape,
+            init: Init::Uniform(std),
+            fp8: false,
+        })
+    };
+    let norm = |v: &mut Vec<Spec>, name: String, n: usize| {
+        v.push(Spec {
+            name,
+            shape: vec![n],
+            init: Init::NearOne,
+            fp8: false,
+        })
+    };
+    let mlp = |v: &mut Vec<Spec>, p: &str| {
+        lin(v, format!("{p}w1.weight"), m.moe_intermediate_size, d);
+        lin(v, format!("{p}w3.weight"), m.moe_intermediate_size, d);
+        lin(v, format!("{p}w2.weight"), d, m.moe_intermediate_size);
+    };
+    let mix = (2 + hc) * hc;
+    small(&mut v, "embed.weight".into(), vec![c.vocab_size, d], 1.0);
+    for i in 0..c.num_hidden_layers {
+        let p = format!("layers.{i}.");
+        norm(&mut v, format!("{p}attn_norm.weight"), d);
+        norm(&mut v, format!("{p}ffn_norm.weight"), d);
+        for hcn in ["hc_attn", "hc_ffn"] {
+            small(&mut v, format!("{p}{hcn}_fn"), vec![mix, hc * d], 0.02);
+            small(&mut v, format!("{p}{hcn}_base"), vec![mix], 0.1);
+            norm(&mut v, format!("{p}{hcn}_scale"), 3);
+        }
+        let a = format!("{p}attn.");
+        lin(&mut v, format!("{a}wq_a.weight"), q, d);
+        norm(&mut v, format!("{a}q_norm.weight"), q);
+        lin(&mut v, format!("{a}wq_b.weight"), h * hd, q);
+        lin(&mut v, format!("{a}wkv.weight"), hd, d);
+        norm(&mut v, format!("{a}kv_norm.weight"), hd);
+        lin(
+            &mut v,
+            format!("{a}wo_a.weight"),
+            v4.o_groups * v4.o_lora_rank,
+            h * hd / v4.o_groups,
+        );
+        lin(
+            &mut v,
+            format!("{a}wo_b.weight"),
+            d,
+            v4.o_groups * v4.o_lora_rank,
+        );
+        small(&mut v, format!("{a}attn_sink"), vec![h], 0.5);
+        let kind = v4.layer_types[i];
+        let rate = v4.compress_rate(kind);
+        let compressor = |v: &mut Vec<Spec>, p: String, dim: usize, raw: usize| {
+            lin(v, format!("{p}wkv.weight"), raw, d);
+            lin(v, format!("{p}wgate.weight"), raw, d);
+            small(v, format!("{p}ape"), vec![rate, raw], 0.1);
+            norm(v, format!("{p}norm.weight"), dim);
+        };
+        match kind {
+            V4Attention::Sliding => {}
+            V4Attention::Hca => compressor(&mut v, format!("{a}compressor."), hd, hd),
+            V4Attention::Csa => {
+                compressor(&mut v, format!("{a}compressor."), hd, 2 * hd);
+                let di = v4.index_head_dim;
+                compressor(&mut v, format!("{a}indexer.compressor."), di, 2 * di);
+                lin(
+                    &mut v,
+                    format!("{a}indexer.wq_b.weight"),
+                    v4.index_n_heads * di,
+                    q,
+                );
+                lin(
+                    &mut v,
+                    format!("{a}indexer.weights_proj.weight"),
+                    v4.index_n_heads,
+                    d,
+                );
+            }
+        }
+        let f = format!("{p}ffn.");
+        lin(&mut v, format!("{f}gate.weight"), m.n_routed_experts, d);
+        if v4.hash_layers[i] {
+            v.push(Spec {
+                name: format!("{f}gate.tid2eid"),
+                shape: vec![c.vocab_size, m.num_experts_per_tok],
+                init: Init::Experts(m.n_routed_experts),
+                fp8: false,
+            });
+        } else {
+            small(
+                &mut v,
+                format!("{f}gate.bias"),
+                vec![m.n_routed_experts],
+                0.01,
+            );
+        }
+        for e in 0..m.n_routed_experts {
+            mlp(&mut v, &format!("{f}experts.{e}."));
+        }
+        mlp(&mut v, &format!("{f}shared_experts."));
+    }
+    norm(&mut v, "norm.weight".into(), d);
+    small(&mut v, "hc_head_fn".into(), vec![hc, hc * d], 0.02);
+    small(&mut v, "hc_head_base".into(), vec![hc], 0.1);
+    norm(&mut v, "hc_head_scale".into(), 1);
+    lin(&mut v, "head.weight".into(), c.vocab_size, d);
+    v
+}
+
 /// splitmix64: a tiny, fast, seedable generator; quality is ample for random weights.
 fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E3779B97F4A7C15);
@@ -518,6 +713,7 @@ fn values(spec: &Spec, seed: u64, n: usize) -> Vec<f32> {
                 *v = match spec.init {
                     Init::Uniform(std) => u * std * 3f32.sqrt(),
                     Init::NearOne => 1.0 + 0.1 * u,
+                    Init::Experts(_) => unreachable!("expert tables are not floats"),
                 };
             }
         });
@@ -531,6 +727,16 @@ fn encoded(
     block: [usize; 2],
 ) -> Vec<(String, &'static str, Vec<usize>, Vec<u8>)> {
     let n: usize = spec.shape.iter().product();
+    if let Init::Experts(e) = spec.init {
+        let k = spec.shape[1];
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                let (t, j) = (i / k, i % k);
+                (((t + j * (e / k)) % e) as i32).to_le_bytes()
+            })
+            .collect();
+        return vec![(spec.name.clone(), "I32", spec.shape.clone(), bytes)];
+    }
     let w = values(spec, seed, n);
     if !spec.fp8 {
         let bytes: Vec<u8> = w
@@ -572,6 +778,9 @@ fn encoded(
 
 fn stored_bytes(spec: &Spec, block: [usize; 2]) -> usize {
     let n: usize = spec.shape.iter().product();
+    if let Init::Experts(_) = spec.init {
+        return 4 * n;
+    }
     if spec.fp8 {
         n + 4 * spec.shape[0].div_ceil(block[0]) * spec.shape[1].div_ceil(block[1])
     } else {
@@ -629,17 +838,13 @@ pub fn write_checkpoint(
         let mut offset = 0usize;
         let mut entries = vec![];
         for s in shard {
-            let nbytes = if s.fp8 {
-                s.shape.iter().product::<usize>()
-            } else {
-                2 * s.shape.iter().product::<usize>()
+            let n = s.shape.iter().product::<usize>();
+            let (dtype, nbytes) = match (s.init, s.fp8) {
+                (Init::Experts(_), _) => ("I32", 4 * n),
+                (_, true) => ("F8_E4M3", n),
+                _ => ("BF16", 2 * n),
             };
-            entries.push((
-                s.name.clone(),
-                if s.fp8 { "F8_E4M3" } else { "BF16" },
-                s.shape.clone(),
-                nbytes,
-            ));
+            entries.push((s.name.clone(), dtype, s.shape.clone(), nbytes));
             if s.fp8 {
                 let sh = vec![s.shape[0].div_ceil(block[0]), s.shape[1].div_ceil(block[1])];
                 let nb = 4 * sh[0] * sh[1];
