@@ -43,6 +43,66 @@ pub struct BenchArgs {
     /// the draft model's weight format (default: --dtype's)
     #[arg(long, requires = "draft_model")]
     draft_dtype: Option<String>,
+    /// also decode at these contexts (`1024,8192,32768,131072`): how a decode step's cost grows
+    /// with the context. The cache is filled by repeating the rows of a real prefill of
+    /// --prompt-len tokens (what a step costs does not depend on the cached values), then
+    /// --gen-len tokens are decoded
+    #[arg(long, value_delimiter = ',')]
+    context: Vec<usize>,
+}
+
+/// Decode tok/s at each of `--context` (batch 1).
+fn bench_context(a: &BenchArgs, model: &Model) -> Result<serde_json::Value> {
+    use whale_model::{KvStore, Logits};
+    let c = &model.config;
+    let v = c.vocab_size as u64;
+    let prompt: Vec<u32> = (0..a.prompt_len as u64)
+        .map(|i| ((i * 2654435761 + 17) % v) as u32)
+        .collect();
+    // V4's compressed entries sit at fixed offsets in the rows: the repeated block must be a
+    // whole number of every compression window
+    if let Some(v4) = &c.v4 {
+        for r in [v4.compress_rate_csa, v4.compress_rate_hca] {
+            if !a.prompt_len.is_multiple_of(r) {
+                bail!("--context on this model needs --prompt-len a multiple of {r} (its compression rates)");
+            }
+        }
+    }
+    let mut seed = model.new_cache(a.prompt_len);
+    model.forward(&prompt, &mut seed, AttentionForm::Auto, Logits::Last)?;
+    let (width, layers) = seed.shape();
+    let mut out = Vec::new();
+    for &ctx in &a.context {
+        if ctx < a.prompt_len || ctx + a.gen_len > c.max_position_embeddings {
+            bail!(
+                "--context {ctx}: must be at least --prompt-len and, with --gen-len, within max_position_embeddings ({})",
+                c.max_position_embeddings
+            );
+        }
+        let mut cache = model.new_cache(ctx + a.gen_len);
+        let mut filled = 0;
+        while filled < ctx {
+            let n = (ctx - filled).min(a.prompt_len);
+            for l in 0..layers {
+                let rows = &seed.chunks(0, l)[0][..n * width];
+                cache.append(l, rows);
+            }
+            cache.commit(n);
+            filled += n;
+        }
+        let mut next = prompt[0];
+        let t = Instant::now();
+        for _ in 0..a.gen_len {
+            let l = model.forward(&[next], &mut cache, AttentionForm::Auto, Logits::Last)?;
+            next = argmax(&l);
+        }
+        let tok_s = a.gen_len as f64 / t.elapsed().as_secs_f64();
+        out.push(serde_json::json!({
+            "context": ctx, "decode_tok_s": tok_s,
+            "cache_bytes": cache.values() * 4,
+        }));
+    }
+    Ok(serde_json::json!(out))
 }
 
 /// Plain greedy decoding as `whale generate` runs it: the prompt in one pass, then one token
@@ -254,6 +314,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         Some(dir) => Some(bench_draft(&a, &model, dir)?),
         None => None,
     };
+    let contexts = if a.context.is_empty() {
+        None
+    } else {
+        Some(bench_context(&a, &model)?)
+    };
     let first = &all[0];
     if a.json {
         let v = serde_json::json!({
@@ -275,7 +340,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                     "decode_pct_peak_roofline": 100.0 * r.decode / b.roofline
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
-            "grammar_mask": mask, "draft": drafted,
+            "grammar_mask": mask, "draft": drafted, "contexts": contexts,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -338,6 +403,24 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             f("drafted_tok_s"),
             f("speedup"),
         );
+    }
+    if let Some(cs) = contexts.as_ref().and_then(|c| c.as_array()) {
+        println!(
+            "\n| context | decode tok/s | x context {} | cache GB (whale's f32 rows) |",
+            a.context[0]
+        );
+        println!("|---|---|---|---|");
+        let base = cs[0]["decode_tok_s"].as_f64().unwrap_or(1.0);
+        for c in cs {
+            let t = c["decode_tok_s"].as_f64().unwrap_or(0.0);
+            println!(
+                "| {} | {:.2} | {:.2} | {:.2} |",
+                c["context"],
+                t,
+                t / base,
+                c["cache_bytes"].as_f64().unwrap_or(0.0) / 1e9
+            );
+        }
     }
     if all.len() > 1 {
         // what the memory allows a batch against the first, if both read their weights at the

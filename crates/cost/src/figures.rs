@@ -55,6 +55,34 @@ impl Figures {
         Some(l * 2.0 * h * ctx * 2.0 * g.head_dim as f64)
     }
 
+    /// DeepSeek-V4's attention of one query at context `ctx`, all layers: (FLOPs, cached values
+    /// read). Each head scores and sums its window (at most `sliding_window` keys) and the
+    /// compressed entries it reads (CSA: the indexer's top `index_topk` of ctx / rate, whose
+    /// keys the indexer scans; HCA: all ctx / rate), `head_dim` wide.
+    fn v4_attention(&self, ctx: f64) -> Option<(f64, f64)> {
+        use whale_model::config::V4Attention;
+        let c = &self.config;
+        let v = c.v4.as_ref()?;
+        let (h, hd) = (c.num_attention_heads as f64, v.head_dim as f64);
+        let (ni, di) = (v.index_n_heads as f64, v.index_head_dim as f64);
+        let win = ctx.min(v.sliding_window as f64);
+        let (mut flops, mut read) = (0.0, 0.0);
+        for &k in &v.layer_types {
+            let m = v.compress_rate(k) as f64;
+            let (entries, scanned) = match k {
+                V4Attention::Sliding => (0.0, 0.0),
+                V4Attention::Hca => ((ctx / m).floor(), 0.0),
+                V4Attention::Csa => {
+                    let all = (ctx / m).floor();
+                    (all.min(v.index_topk as f64), all)
+                }
+            };
+            flops += 2.0 * h * (win + entries) * 2.0 * hd + 2.0 * ni * scanned * (di + 1.0);
+            read += (win + entries) * hd + scanned * di;
+        }
+        Some((flops, read))
+    }
+
     /// Positions a query at context `ctx` attends to: all of them, or under V3.2's sparse
     /// attention the indexer's top `index_topk`.
     pub fn attended(&self, ctx: f64) -> f64 {
@@ -83,6 +111,9 @@ impl Figures {
         if let Some(f) = self.gqa_attn_flops(ctx) {
             return f;
         }
+        if let Some((f, _)) = self.v4_attention(ctx) {
+            return f;
+        }
         let (l, h, dc, dr, _, _) = self.attn_dims();
         l * 2.0 * h * self.attended(ctx) * (2.0 * dc + dr) + self.indexer_flops(ctx)
     }
@@ -90,6 +121,9 @@ impl Figures {
     /// The same in the plain form with per-head keys and values already expanded (prefill).
     pub fn attn_flops_plain(&self, ctx: f64) -> f64 {
         if let Some(f) = self.gqa_attn_flops(ctx) {
+            return f;
+        }
+        if let Some((f, _)) = self.v4_attention(ctx) {
             return f;
         }
         let (l, h, _, dr, nope, dv) = self.attn_dims();
@@ -102,6 +136,9 @@ impl Figures {
         if let Some(f) = self.gqa_attn_flops(ctx) {
             return f;
         }
+        if let Some((f, _)) = self.v4_attention(ctx) {
+            return f;
+        }
         let (l, h, dc, _, nope, dv) = self.attn_dims();
         self.attn_flops_plain(ctx) + l * 2.0 * self.attended(ctx) * dc * h * (nope + dv)
     }
@@ -109,6 +146,9 @@ impl Figures {
     /// KV-cache bytes one decode step of one sequence at context `ctx` reads: the whole cache,
     /// or under V3.2 the attended latent rows and every indexer key.
     pub fn kv_bytes_read(&self, ctx: f64, kv: Dtype) -> f64 {
+        if let Some((_, read)) = self.v4_attention(ctx) {
+            return read * kv.bytes_per_weight().round().max(1.0);
+        }
         let b = self.kv_per_token(kv);
         match &self.config.indexer {
             Some(_) => b.mla as f64 * self.attended(ctx) + (b.cached - b.mla) as f64 * ctx,
@@ -136,6 +176,20 @@ impl Figures {
     /// FLOPs of prefilling a `p`-token prompt (causal: token t attends to t positions, under
     /// V3.2 to at most index_topk of them while its indexer scans all t).
     pub fn prefill_flops(&self, p: f64) -> f64 {
+        if self.config.v4.is_some() {
+            // token t attends at context t: summed in steps (exact below 4096 tokens, then
+            // every 64th token standing for its neighbours)
+            let n = p as u64;
+            let step = if n <= 4096 { 1 } else { 64 };
+            let mut attn = 0.0;
+            let mut t = 1;
+            while t <= n {
+                let w = step.min(n - t + 1) as f64;
+                attn += w * self.attn_flops_plain(t as f64);
+                t += step;
+            }
+            return self.prefill_linear_flops(p) + attn;
+        }
         let all = p * (p + 1.0) / 2.0;
         let Some(i) = &self.config.indexer else {
             return self.prefill_linear_flops(p) + self.attn_flops_plain(all);

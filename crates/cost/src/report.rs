@@ -75,6 +75,8 @@ pub struct Report {
     pub model: String,
     /// the model caches grouped-query keys and values (a distill), not MLA latents
     pub gqa: bool,
+    /// DeepSeek-V4: a sliding window and compressed entries instead of a latent per token
+    pub v4: bool,
     /// V3.2: (index_topk, the indexer's FLOPs per decoded token at `context`)
     pub sparse: Option<(usize, f64)>,
     pub hardware: String,
@@ -165,6 +167,7 @@ impl Report {
         let per_token_out = per_hour / 3600.0 / tokens_per_s;
         Ok(Report {
             gqa: f.config.gqa.is_some(),
+            v4: f.config.v4.is_some(),
             sparse: f
                 .config
                 .indexer
@@ -258,7 +261,13 @@ impl Report {
         );
         let fl = &self.flops;
         let _ = writeln!(o, "\nFLOPs per token: {:.1} GFLOP of weight products; prefill of {} tokens {:.1} GFLOP/token; decode at context {} {:.1} GFLOP/token", g(fl.linear_per_token), self.prompt, g(fl.prefill_per_token), self.context, g(fl.decode_per_token));
-        if self.gqa {
+        if self.v4 {
+            let _ = writeln!(
+                o,
+                "  attention per decoded token at context {}: {:.2} GFLOP (V4: each head reads its sliding window and the compressed entries; CSA's indexer scans every CSA entry)",
+                self.context, g(fl.attention_absorbed_per_token)
+            );
+        } else if self.gqa {
             let _ = writeln!(
                 o,
                 "  attention per decoded token at context {}: {:.2} GFLOP (grouped-query attention has one form)",
@@ -288,8 +297,10 @@ impl Report {
         );
         let kv = &self.kv;
         // a distill caches GQA keys and values: its own cache first, then MLA's beside it
-        let gqa = self.gqa;
-        let (first, second) = if gqa {
+        let gqa = self.gqa || self.v4;
+        let (first, second) = if self.v4 {
+            ("V4 (stored)", "MLA (V3 width)")
+        } else if gqa {
             ("GQA (stored)", "MLA (V3 width)")
         } else {
             ("MLA (stored)", "GQA-8")
@@ -333,9 +344,11 @@ impl Report {
         if gqa {
             let _ = writeln!(
                 o,
-                "  GQA keeps {:.1}x less than MHA; an MLA cache of V3's width would be {:.2}x this GQA cache",
+                "  {} keeps {:.1}x less than MHA; an MLA cache of V3's width would be {:.2}x this cache{}",
+                if self.v4 { "V4" } else { "GQA" },
                 kv.per_token.mha / kv.per_token.cached,
-                kv.per_token.mla / kv.per_token.cached
+                kv.per_token.mla / kv.per_token.cached,
+                if self.v4 { " (V4: per token past the fixed window and block state)" } else { "" }
             );
         } else {
             let _ = writeln!(

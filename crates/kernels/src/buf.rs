@@ -61,6 +61,14 @@ impl<T: bytemuck::Pod> Buf<T> {
         arena.store(self.as_slice()).unwrap_or(self)
     }
 
+    /// The values as a Vec when they are owned (a borrowed view gives None).
+    pub fn into_owned(self) -> Option<Vec<T>> {
+        match self.inner {
+            Inner::Owned(v) => Some(v),
+            Inner::Shared { .. } => None,
+        }
+    }
+
     pub fn as_slice(&self) -> &[T] {
         match &self.inner {
             Inner::Owned(v) => v,

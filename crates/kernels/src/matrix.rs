@@ -332,6 +332,15 @@ impl Matrix {
     }
 
     /// The whole matrix as f32, row-major.
+    /// The values of a matrix made by `from_f32`, handed back (so a scratch matrix's storage can
+    /// be used again); None for any other.
+    pub fn into_f32_vec(self) -> Option<Vec<f32>> {
+        match self.data {
+            WeightData::F32(b) => b.into_owned(),
+            _ => None,
+        }
+    }
+
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
         let mut buf = vec![0f32; self.cols];

@@ -227,6 +227,10 @@ pub struct V4Config {
     /// with YaRN when configured (attention_factor 1 unless given)
     pub compress_rope_theta: f64,
     pub compress_yarn: Option<Yarn>,
+    /// the released FP8 weights (`quantization_config`), and FP4 routed experts
+    /// (`expert_dtype: fp4`): accounted for, not loaded yet
+    pub quantized: bool,
+    pub expert_fp4: bool,
 }
 
 fn field<'a>(o: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
@@ -884,6 +888,29 @@ impl ModelConfig {
             "sigmoid" => ScoringFunc::Sigmoid,
             other => bail!("config.json: unsupported scoring_func `{other}` for deepseek_v4 (supported: sqrtsoftplus, sigmoid)"),
         };
+        if opt_str(o, "topk_method")?.is_some_and(|m| m != "noaux_tc") {
+            bail!("config.json: deepseek_v4 routes by the biased scores (noaux_tc); `topk_method` says otherwise");
+        }
+        // the release: FP8 (E4M3, 128x128 blocks, E8M0 scales) and FP4 experts; read for
+        // accounting, refused when weights are loaded
+        let quantized = match field(o, "quantization_config") {
+            None => false,
+            Some(q) => {
+                let m = q.get("quant_method").and_then(|m| m.as_str());
+                if m != Some("fp8") {
+                    bail!("config.json: unsupported quantization_config.quant_method {m:?} for deepseek_v4 (supported: fp8)");
+                }
+                true
+            }
+        };
+        let expert_fp4 = match opt_str(o, "expert_dtype")?.or(field(o, "quantization_config")
+            .and_then(|q| q.get("expert_dtype"))
+            .and_then(|e| e.as_str()))
+        {
+            None | Some("fp8") | Some("bf16") => false,
+            Some("fp4") => true,
+            Some(other) => bail!("config.json: unsupported `expert_dtype` `{other}` (fp4 or fp8)"),
+        };
         if opt_bool(o, "norm_topk_prob")? == Some(false) {
             bail!("config.json: `norm_topk_prob: false` is not supported for deepseek_v4 (its router always renormalises)");
         }
@@ -915,6 +942,8 @@ impl ModelConfig {
             swiglu_limit: opt_f64(o, "swiglu_limit")?.unwrap_or(10.0),
             compress_rope_theta: compress_theta,
             compress_yarn,
+            quantized,
+            expert_fp4,
         };
         let cfg = ModelConfig {
             model_type: ModelType::DeepseekV4,
@@ -957,9 +986,6 @@ impl ModelConfig {
             indexer: None,
             v4: Some(v4),
         };
-        if field(o, "quantization_config").is_some() {
-            bail!("config.json: deepseek_v4's quantised release (FP8 weights, FP4 experts) is not supported yet; use a bf16 checkpoint");
-        }
         cfg.validate()?;
         Ok(cfg)
     }

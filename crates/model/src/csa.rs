@@ -24,7 +24,7 @@ use whale_kernels::Matrix;
 use crate::cache::KvStore;
 use crate::checkpoint::Checkpoint;
 use crate::config::{ModelConfig, V4Attention, V4Config, V4Row};
-use crate::dsa::top_positions;
+use crate::dsa::{index_scores, top_positions};
 use crate::mla::Segment;
 use crate::rope::Rope;
 
@@ -428,17 +428,14 @@ impl V4Attn {
                             (Some(ix), Some(iq)) if ready > ix.topk => {
                                 let qi = &iq[i * ix.heads * ix.dim..(i + 1) * ix.heads * ix.dim];
                                 let wi = &iw[i * ix.heads..(i + 1) * ix.heads];
-                                let s = (ix.dim as f32).powf(-0.5);
-                                let scores: Vec<f32> = (0..ready)
+                                let keys: Vec<&[f32]> = (0..ready)
                                     .map(|w| {
-                                        let k = &all[(w + 1) * c.rate - 1]
-                                            [r.index_entry..r.index_entry + ix.dim];
-                                        qi.chunks_exact(ix.dim)
-                                            .zip(wi)
-                                            .map(|(qh, &wh)| dot(qh, k).max(0.0) * s * wh)
-                                            .sum()
+                                        &all[(w + 1) * c.rate - 1]
+                                            [r.index_entry..r.index_entry + ix.dim]
                                     })
                                     .collect();
+                                let scores =
+                                    index_scores(qi, wi, &keys, ix.dim, (ix.dim as f32).powf(-0.5));
                                 seen.extend(
                                     top_positions(&scores, ix.topk)
                                         .into_iter()

@@ -14,7 +14,6 @@
 use anyhow::Result;
 use rayon::prelude::*;
 use whale_kernels::matrix::matmul;
-use whale_kernels::ops::dot;
 use whale_kernels::Matrix;
 
 use crate::checkpoint::Checkpoint;
@@ -111,20 +110,53 @@ impl Indexer {
         let (hd, dim) = (self.heads * self.dim, self.dim);
         let q = &qs.q[t * hd..][..hd];
         let w = &qs.w[t * self.heads..][..self.heads];
-        let scale = (dim as f32).powf(-0.5);
-        let scores: Vec<f32> = (0..ctx)
-            .into_par_iter()
-            .with_min_len(256)
-            .map(|j| {
-                let k = &keys(j)[..dim];
-                q.chunks_exact(dim)
-                    .zip(w)
-                    .map(|(qh, &wh)| wh * (dot(qh, k) * scale).max(0.0))
-                    .sum()
-            })
-            .collect();
+        let keys: Vec<&[f32]> = (0..ctx).map(keys).collect();
+        let scores = index_scores(q, w, &keys, dim, (dim as f32).powf(-0.5));
         Some(top_positions(&scores, self.topk))
     }
+}
+
+/// The lightning indexer's score of every key j: sum_h w[h] relu(scale q[h] . k_j) (V3.2's and
+/// V4's). The heads' dot products are one matrix product of the query's heads by the keys
+/// (gathered into a matrix: the scan over every key is the indexer's whole cost, and the
+/// product kernels run it at their rate); the heads are summed in order, so a score depends on
+/// nothing but its query and key set.
+pub fn index_scores(q: &[f32], w: &[f32], keys: &[&[f32]], dim: usize, scale: f32) -> Vec<f32> {
+    let (heads, n) = (w.len(), keys.len());
+    // the gathered keys and the dots are tens of MB at long contexts: their storage is kept
+    // per thread between steps (freed and mapped afresh, zeroing its pages cost more than the
+    // scan); taken, not borrowed, so a nested call on the same thread just allocates
+    let (mut k, mut dots) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    k.clear();
+    for key in keys {
+        k.extend_from_slice(&key[..dim]);
+    }
+    dots.clear();
+    dots.resize(heads * n, 0.0);
+    let km = Matrix::from_f32(n, dim, k);
+    matmul(q, heads, &km, &mut dots);
+    // the heads summed in order for each key, a block of keys at a time (the dots are head-major:
+    // reading them by head keeps the reads sequential)
+    let mut scores = vec![0f32; n];
+    const BLOCK: usize = 4096;
+    scores
+        .par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(b, out)| {
+            for (h, &wh) in w.iter().enumerate() {
+                let d = &dots[h * n + b * BLOCK..][..out.len()];
+                for (o, &x) in out.iter_mut().zip(d) {
+                    *o += wh * (x * scale).max(0.0);
+                }
+            }
+        });
+    let k = km.into_f32_vec().unwrap_or_default();
+    SCRATCH.with(|s| *s.borrow_mut() = (k, dots));
+    scores
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The `k` positions of the highest scores (ties to the earlier position), ascending.

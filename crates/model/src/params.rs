@@ -357,6 +357,45 @@ mod tests {
         assert_eq!(kv.cached, 61 * (512 + 64 + 128) * 2);
     }
 
+    /// V4-Flash by hand (the README's count): 43 layers = 2 sliding + 21 CSA + 20 HCA, every
+    /// layer MoE (3 hash-routed, without the router bias), two hyper-connections per layer.
+    /// DeepSeek states 284B total / 13B activated (the activated count without the input
+    /// embedding); V4-Pro 1.6T / 49B.
+    #[test]
+    fn deepseek_v4_counts_match_a_hand_count_and_the_model_cards() {
+        let c = Preset::V4Flash.config();
+        let p = count(&c);
+        let (d, v) = (4096u64, 129280u64);
+        let core =
+            d * 1024 + 1024 + 1024 * 64 * 512 + d * 512 + 512 + 8 * 1024 * 4096 + d * 8 * 1024 + 64;
+        let csa = 2 * d * 1024 + 4 * 1024 + 512;
+        let index = 2 * d * 256 + 4 * 256 + 128 + 1024 * 64 * 128 + d * 64;
+        let hca = 2 * d * 512 + 128 * 512 + 512;
+        assert_eq!(p.attention, 43 * core + 21 * (csa + index) + 20 * hca);
+        assert_eq!(p.indexer, 21 * index);
+        assert_eq!(p.compressor, 21 * csa + 20 * hca);
+        let expert = 3 * d * 2048;
+        assert_eq!(p.routed_experts, 43 * 256 * expert);
+        assert_eq!(p.routed_active, 43 * 6 * expert);
+        assert_eq!(p.shared_experts, 43 * expert);
+        assert_eq!(p.router, 43 * 256 * d + 40 * 256);
+        assert_eq!(
+            p.hyper_connections,
+            43 * 2 * (24 * 4 * d + 24 + 3) + 16 * d + 4 + 1
+        );
+        assert_eq!(p.norms, (2 * 43 + 1) * d);
+        assert_eq!(p.embedding + p.lm_head, 2 * v * d);
+        let b = |x: u64| x as f64 / 1e9;
+        assert!((b(p.total()) - 284.0).abs() < 1.0, "{}", b(p.total()));
+        assert!((b(p.active() - p.embedding) - 13.3).abs() < 0.1);
+        let pro = count(&Preset::V4Pro.config());
+        assert!((b(pro.total()) - 1573.0).abs() < 1.0, "{}", b(pro.total()));
+        assert!((b(pro.active() - pro.embedding) - 48.9).abs() < 0.1);
+        // the cache: per token 21 CSA layers x (512 + 128) / 4 and 20 HCA x 512 / 128 values
+        let k = v4_cache(&c, 2).unwrap();
+        assert_eq!(k.per_token(), (21.0 * 640.0 / 4.0 + 20.0 * 4.0) * 2.0);
+    }
+
     #[test]
     fn deepseek_v2_lite_counts_match_the_report() {
         let c = Preset::V2Lite.config();

@@ -265,37 +265,44 @@ fn dense(
 
 /// DeepSeek-V4-Flash's config.json (its released values; the weights' FP8/FP4 quantisation left
 /// out: synth writes bf16).
+/// DeepSeek-V4-Flash's config.json as released (revision 60d8d70, `expert_dtype` and the FP8
+/// `quantization_config` left out: synth writes bf16). `compress_ratios` has an entry more than
+/// the layers: the MTP module's.
 const V4_FLASH: &str = r#"{
-  "model_type": "deepseek_v4", "vocab_size": 129280, "hidden_size": 4096,
-  "num_hidden_layers": 43, "num_attention_heads": 64, "num_key_value_heads": 1,
-  "head_dim": 512, "qk_rope_head_dim": 64, "q_lora_rank": 1024, "o_groups": 8,
-  "o_lora_rank": 1024, "n_routed_experts": 256, "n_shared_experts": 1,
-  "num_experts_per_tok": 6, "moe_intermediate_size": 2048, "num_hash_layers": 3,
-  "scoring_func": "sqrtsoftplus", "norm_topk_prob": true, "routed_scaling_factor": 1.5,
+  "architectures": ["DeepseekV4ForCausalLM"], "model_type": "deepseek_v4",
+  "vocab_size": 129280, "hidden_size": 4096, "num_hidden_layers": 43,
+  "num_attention_heads": 64, "num_key_value_heads": 1, "head_dim": 512,
+  "qk_rope_head_dim": 64, "q_lora_rank": 1024, "o_groups": 8, "o_lora_rank": 1024,
+  "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 6,
+  "moe_intermediate_size": 2048, "num_hash_layers": 3, "scoring_func": "sqrtsoftplus",
+  "topk_method": "noaux_tc", "norm_topk_prob": true, "routed_scaling_factor": 1.5,
   "swiglu_limit": 10.0, "sliding_window": 128, "index_n_heads": 64, "index_head_dim": 128,
   "index_topk": 512, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
-  "rope_theta": 10000.0, "compress_rope_theta": 160000.0,
-  "rope_scaling": {"type": "yarn", "factor": 16, "original_max_position_embeddings": 65536,
-                   "beta_fast": 32, "beta_slow": 1},
+  "rope_theta": 10000, "compress_rope_theta": 160000,
+  "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 16,
+                   "original_max_position_embeddings": 65536, "type": "yarn"},
   "max_position_embeddings": 1048576, "rms_norm_eps": 1e-6, "num_nextn_predict_layers": 1,
-  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false
+  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false,
+  "compress_ratios": [0, 0, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 0]
 }"#;
 
-/// DeepSeek-V4-Pro's config.json (as V4_FLASH).
+/// DeepSeek-V4-Pro's config.json as released (revision b5968e9; as V4_FLASH).
 const V4_PRO: &str = r#"{
-  "model_type": "deepseek_v4", "vocab_size": 129280, "hidden_size": 7168,
-  "num_hidden_layers": 61, "num_attention_heads": 128, "num_key_value_heads": 1,
-  "head_dim": 512, "qk_rope_head_dim": 64, "q_lora_rank": 1536, "o_groups": 16,
-  "o_lora_rank": 1024, "n_routed_experts": 384, "n_shared_experts": 1,
-  "num_experts_per_tok": 6, "moe_intermediate_size": 3072, "num_hash_layers": 3,
-  "scoring_func": "sqrtsoftplus", "norm_topk_prob": true, "routed_scaling_factor": 2.5,
+  "architectures": ["DeepseekV4ForCausalLM"], "model_type": "deepseek_v4",
+  "vocab_size": 129280, "hidden_size": 7168, "num_hidden_layers": 61,
+  "num_attention_heads": 128, "num_key_value_heads": 1, "head_dim": 512,
+  "qk_rope_head_dim": 64, "q_lora_rank": 1536, "o_groups": 16, "o_lora_rank": 1024,
+  "n_routed_experts": 384, "n_shared_experts": 1, "num_experts_per_tok": 6,
+  "moe_intermediate_size": 3072, "num_hash_layers": 3, "scoring_func": "sqrtsoftplus",
+  "topk_method": "noaux_tc", "norm_topk_prob": true, "routed_scaling_factor": 2.5,
   "swiglu_limit": 10.0, "sliding_window": 128, "index_n_heads": 64, "index_head_dim": 128,
   "index_topk": 1024, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
-  "rope_theta": 10000.0, "compress_rope_theta": 160000.0,
-  "rope_scaling": {"type": "yarn", "factor": 16, "original_max_position_embeddings": 65536,
-                   "beta_fast": 32, "beta_slow": 1},
+  "rope_theta": 10000, "compress_rope_theta": 160000,
+  "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 16,
+                   "original_max_position_embeddings": 65536, "type": "yarn"},
   "max_position_embeddings": 1048576, "rms_norm_eps": 1e-6, "num_nextn_predict_layers": 1,
-  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false
+  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false,
+  "compress_ratios": [128, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 0]
 }"#;
 
 /// Changes to a preset's shape, to make it small enough to run here.
