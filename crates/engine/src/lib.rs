@@ -5,6 +5,7 @@
 pub mod draft;
 pub mod generate;
 pub mod grammar;
+pub mod native_chat;
 pub mod pyjson;
 pub mod reasoning;
 pub mod sampler;

@@ -36,6 +36,8 @@ impl Message {
 pub struct ChatTokenizer {
     tok: tokenizers::Tokenizer,
     chat_template: Option<String>,
+    /// with no template: the format the release ships as code (V3.2, V4), from config.json
+    native: Option<crate::native_chat::NativeFormat>,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub add_bos_token: bool,
@@ -146,11 +148,23 @@ impl ChatTokenizer {
             .filter(|c| !c.is_empty())
             .collect();
         control_texts.sort_by_key(|c| std::cmp::Reverse(c.len()));
+        let native = match &chat_template {
+            Some(_) => None,
+            None => std::fs::read_to_string(dir.join("config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|c| {
+                    c.get("model_type")
+                        .and_then(|m| m.as_str())
+                        .and_then(crate::native_chat::NativeFormat::for_model_type)
+                }),
+        };
         Ok(ChatTokenizer {
             control_texts,
             max_token_bytes,
             tok,
             chat_template,
+            native,
             bos_token: token_text(cfg.get("bos_token")),
             eos_token: token_text(cfg.get("eos_token")),
             add_bos_token: cfg
@@ -330,7 +344,7 @@ impl ChatTokenizer {
     }
 
     pub fn has_chat_template(&self) -> bool {
-        self.chat_template.is_some()
+        self.chat_template.is_some() || self.native.is_some()
     }
 
     /// The chat template rendered for `messages`, control-token text in their contents held as
@@ -397,6 +411,12 @@ impl ChatTokenizer {
         extra: &Value,
     ) -> Result<String> {
         let Some(src) = &self.chat_template else {
+            if let Some(f) = self.native {
+                // the encoders have no switch for the generation prompt: a conversation ending
+                // on a user turn always opens the assistant's
+                let thinking = extra.get("thinking").and_then(|t| t.as_bool()) != Some(false);
+                return f.render(messages, thinking);
+            }
             bail!("tokenizer_config.json has no chat_template");
         };
         let mut env = Environment::new();

@@ -1,0 +1,88 @@
+//! DeepSeek-V3.2's and V4's conversation formats, shipped by their releases as Python code:
+//! whale's encoders against the strings the released `encode_messages` returned for the same
+//! conversations (testdata/encodings, made by tools/encoding_references.py).
+
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use whale_engine::native_chat::NativeFormat;
+use whale_engine::tokenizer::{ChatTokenizer, Message};
+
+fn data(name: &str) -> Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/encodings")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn messages(v: &Value) -> Vec<Message> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let mut msg = Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap());
+            if let Some(r) = m.get("reasoning_content") {
+                msg.extra.insert("reasoning_content".into(), r.clone());
+            }
+            msg
+        })
+        .collect()
+}
+
+#[test]
+fn both_formats_render_as_the_released_encoders_do() {
+    for (file, format) in [
+        ("dsv32.json", NativeFormat::V32),
+        ("dsv4.json", NativeFormat::V4),
+    ] {
+        let d = data(file);
+        let cases = d["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 12);
+        for c in cases {
+            let thinking = c["thinking_mode"] == "thinking";
+            let got = format.render(&messages(&c["messages"]), thinking).unwrap();
+            assert_eq!(
+                got,
+                c["text"].as_str().unwrap(),
+                "{file} {} {}",
+                c["name"],
+                c["thinking_mode"]
+            );
+        }
+    }
+}
+
+/// A V3.2 checkpoint without a chat template renders through its format, `thinking: false`
+/// picking chat mode; what the format cannot say yet is refused, not dropped.
+#[test]
+fn a_checkpoint_without_a_template_takes_its_release_format() {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fixtures/tiny-v32");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    cfg.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(tmp.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let tok = ChatTokenizer::load(tmp.path()).unwrap();
+    assert!(tok.has_chat_template());
+    let d = data("dsv32.json");
+    for c in d["cases"].as_array().unwrap() {
+        let extra = json!({"thinking": c["thinking_mode"] == "thinking"});
+        let r = tok
+            .render_chat(&messages(&c["messages"]), true, &extra)
+            .unwrap();
+        assert_eq!(r.plain(), c["text"].as_str().unwrap(), "{}", c["name"]);
+    }
+    let mut call = Message::new("assistant", "");
+    call.extra.insert("tool_calls".into(), json!([]));
+    let err = tok
+        .render_chat(&[Message::new("user", "hi"), call], true, &json!({}))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("tool calls"), "{err:#}");
+    let err = tok
+        .render_chat(&[Message::new("developer", "hi")], true, &json!({}))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("developer"), "{err:#}");
+}
