@@ -544,6 +544,75 @@ fn json_of(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// The released V4-Flash config (FP8 `quantization_config`, `expert_dtype: fp4`,
+/// `compress_ratios` with the MTP module's entry) is read for accounting: `inspect` and `cost`
+/// answer from it, loading weights under it is refused with the reason.
+#[test]
+fn v4_flash_as_released_is_accounted_and_its_quantised_weights_refused() {
+    let d_tmp = tmp("v4cfg");
+    let d = d_tmp.path();
+    let o = whale(&[
+        "synth",
+        "--like",
+        "v4-flash",
+        "--config-only",
+        "--out",
+        d.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p = d.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("layer_types");
+    o.remove("compress_rates");
+    o.remove("mlp_layer_types");
+    let mut ratios = vec![0u64, 0];
+    for _ in 0..20 {
+        ratios.extend([4, 128]);
+    }
+    ratios.extend([4, 0]);
+    o.insert("compress_ratios".into(), serde_json::json!(ratios));
+    o.insert("num_hash_layers".into(), serde_json::json!(3));
+    o.insert("expert_dtype".into(), serde_json::json!("fp4"));
+    o.insert(
+        "quantization_config".into(),
+        serde_json::json!({"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "scale_fmt": "ue8m0", "weight_block_size": [128, 128]}),
+    );
+    std::fs::write(&p, v.to_string()).unwrap();
+    let o = whale(&["inspect", d.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["params_total"], 284_332_240_471u64);
+    let kinds: Vec<u64> = v["v4_cache"]["by_layer_kind"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["layers"].as_u64().unwrap())
+        .collect();
+    assert_eq!(kinds, vec![2, 21, 20]);
+    let o = whale(&[
+        "cost",
+        "--model",
+        d.to_str().unwrap(),
+        "--hardware",
+        "h800",
+        "--gpus",
+        "8",
+        "--context",
+        "131072",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["v4"], true);
+    // with a weight file it is a checkpoint: its loading is refused with the reason
+    let mut t = Tensors::new();
+    t.insert("norm.weight".into(), (Dtype::F32, vec![1], vec![0; 4]));
+    write_tensors(&d.join("model.safetensors"), &t);
+    assert_clean_error(&logits_of(d, "0,1"), "FP8");
+}
+
 #[test]
 fn cost_answers_from_a_config_alone() {
     let d_tmp = tmp("cost");
