@@ -41,6 +41,15 @@ CASES = {
         nope=32, rope=16, v=32, yarn=4.0, orig_ctx=64, max_pos=256, dtype="fp8", mtp=0,
         index_heads=8, index_dim=48, index_topk=12,
     ),
+    # other shapes: 2 heads, an indexer of 6 heads over a 24-wide query latent, top 5, no YaRN,
+    # 2 groups keeping 1, f32 storage, no MTP layer
+    "tiny-v32-b": dict(
+        model_type="deepseek_v32", vocab=384, hidden=48, inter=96, moe_inter=24, layers=2,
+        dense=1, experts=8, shared=1, topk=2, n_group=2, topk_group=1, topk_method="noaux_tc",
+        scoring="sigmoid", norm_topk=True, scale=1.5, heads=2, q_lora=24, kv_lora=16,
+        nope=8, rope=8, v=8, yarn=None, orig_ctx=None, max_pos=256, dtype="f32", mtp=0,
+        index_heads=6, index_dim=16, index_topk=5,
+    ),
 }
 
 # Smallest gap allowed between the k-th and the (k+1)-th index score of a query.

@@ -38,6 +38,18 @@ CASES = {
         index_heads=8, index_dim=16, index_topk=4,
         hc=4, sinkhorn=20, yarn=4.0, orig_ctx=64, max_pos=256, dtype="bf16",
     ),
+    # other shapes: two streams and 5 Sinkhorn iterations, no sliding-only layer, rates 2 and 16,
+    # a window of 5, one output group, 2 wide heads of 48 with 16 rotated dims, no YaRN, f32
+    "tiny-v4-b": dict(
+        vocab=384, hidden=48, layers=3, heads=2, head_dim=48, rope=16, q_lora=32,
+        o_groups=1, o_lora=40, window=5, csa=2, hca=16,
+        layer_types=["compressed_sparse_attention", "heavily_compressed_attention",
+                     "compressed_sparse_attention"],
+        mlp_types=["hash_moe", "moe", "moe"],
+        experts=8, topk=2, moe_inter=24, scale=2.5, limit=1.0,
+        index_heads=6, index_dim=24, index_topk=3,
+        hc=2, sinkhorn=5, yarn=None, orig_ctx=None, max_pos=256, dtype="f32",
+    ),
 }
 
 MIN_GAP = 1e-3
@@ -59,8 +71,9 @@ def hub_config(c):
         "index_n_heads": c["index_heads"], "index_head_dim": c["index_dim"], "index_topk": c["index_topk"],
         "hc_mult": c["hc"], "hc_sinkhorn_iters": c["sinkhorn"], "hc_eps": 1e-6,
         "rope_theta": 10000.0, "compress_rope_theta": 160000.0,
-        "rope_scaling": {"type": "yarn", "factor": c["yarn"], "original_max_position_embeddings": c["orig_ctx"],
-                         "beta_fast": 32, "beta_slow": 1},
+        "rope_scaling": None if c["yarn"] is None else {
+            "type": "yarn", "factor": c["yarn"], "original_max_position_embeddings": c["orig_ctx"],
+            "beta_fast": 32, "beta_slow": 1},
         "max_position_embeddings": c["max_pos"], "rms_norm_eps": 1e-6,
         "num_nextn_predict_layers": 0, "bos_token_id": 0, "eos_token_id": 1,
         "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False,

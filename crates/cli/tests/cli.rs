@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const CASES: [&str; 10] = [
+const CASES: [&str; 12] = [
     "tiny-v3",
     "tiny-v2-lite",
     "tiny-v2-group",
@@ -17,6 +17,8 @@ const CASES: [&str; 10] = [
     "tiny-v32",
     "tiny-v32-fp8",
     "tiny-v4",
+    "tiny-v32-b",
+    "tiny-v4-b",
 ];
 
 fn fixture(name: &str) -> PathBuf {

@@ -6,7 +6,7 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 use whale_model::{AttentionForm, Checkpoint, Logits, Model};
 
-const CASES: [&str; 10] = [
+const CASES: [&str; 12] = [
     "tiny-v3",
     "tiny-v2-lite",
     "tiny-v2-group",
@@ -17,6 +17,8 @@ const CASES: [&str; 10] = [
     "tiny-v32",
     "tiny-v32-fp8",
     "tiny-v4",
+    "tiny-v32-b",
+    "tiny-v4-b",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -159,8 +161,13 @@ fn decoding_token_by_token_equals_recomputing_the_sequence() {
         let c = &model.config;
         let width = match &c.gqa {
             // V4's rows (window key, raw compressor inputs, entries), as wide as its widest
-            // layer's: tiny-v4's CSA layers hold 32 + 2 * 64 + 32 + 2 * 32 + 16
-            None if c.v4.is_some() => 32 + 2 * 64 + 32 + 2 * 32 + 16,
+            // layer's: a CSA layer's key, raw kv and gate of 2 x head_dim, entry, the indexer's
+            // raw kv and gate of 2 x index_head_dim and its entry
+            None if c.v4.is_some() => {
+                let v = c.v4.as_ref().unwrap();
+                let (d, di) = (v.head_dim, v.index_head_dim);
+                d + 2 * 2 * d + d + 2 * 2 * di + di
+            }
             None => {
                 c.kv_lora_rank
                     + c.qk_rope_head_dim
