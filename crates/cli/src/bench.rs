@@ -33,16 +33,8 @@ pub struct BenchArgs {
     /// the mask's cost per token reported
     #[arg(long)]
     schema: Option<String>,
-    /// also generate drafted by this model (speculative decoding, greedy): plain and drafted
-    /// runs alternate, and the acceptance and the speed-up end to end are reported
-    #[arg(long, value_name = "DIR")]
-    draft_model: Option<PathBuf>,
-    /// tokens the draft model proposes per step
-    #[arg(long, default_value_t = 4, requires = "draft_model")]
-    draft_tokens: usize,
-    /// the draft model's weight format (default: --dtype's)
-    #[arg(long, requires = "draft_model")]
-    draft_dtype: Option<String>,
+    #[command(flatten)]
+    draft: crate::chat::DraftArgs,
     /// also decode at these contexts (`1024,8192,32768,131072`): how a decode step's cost grows
     /// with the context. The cache is filled by repeating the rows of a real prefill of
     /// --prompt-len tokens (what a step costs does not depend on the cached values), then
@@ -128,7 +120,7 @@ fn greedy_ids(model: &Model, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
 fn bench_draft(a: &BenchArgs, model: &Model, dir: &std::path::Path) -> Result<serde_json::Value> {
     use whale_engine::{draft, GenerateParams};
     let mut ck = Checkpoint::open(dir)?;
-    ck.dtype = parse_dtype(a.draft_dtype.as_deref().unwrap_or(&a.dtype))?;
+    ck.dtype = parse_dtype(a.draft.draft_dtype.as_deref().unwrap_or(&a.dtype))?;
     let dm = Model::load(&ck)?;
     draft::check_draft_matches(&a.model, dir, model.config.vocab_size, dm.config.vocab_size)?;
     let v = model.config.vocab_size as u64;
@@ -147,7 +139,9 @@ fn bench_draft(a: &BenchArgs, model: &Model, dir: &std::path::Path) -> Result<se
         plain.push(want.len() as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         let (got, _, s) =
-            draft::generate_with_draft(model, &[], &prompt, &p, &dm, a.draft_tokens, |_| Ok(true))?;
+            draft::generate_with_draft(model, &[], &prompt, &p, &dm, a.draft.draft_tokens, |_| {
+                Ok(true)
+            })?;
         drafted.push(got.len() as f64 / t.elapsed().as_secs_f64());
         if got != want {
             bail!("drafted ids differ from plain greedy ids: a bug, please report it");
@@ -159,7 +153,7 @@ fn bench_draft(a: &BenchArgs, model: &Model, dir: &std::path::Path) -> Result<se
         .fold((0, 0), |(a, d), s| (a + s.accepted, d + s.drafted));
     let (pm, dmed) = (median(plain.clone()), median(drafted.clone()));
     Ok(serde_json::json!({
-        "draft_model": dir, "draft_tokens": a.draft_tokens,
+        "draft_model": dir, "draft_tokens": a.draft.draft_tokens,
         "draft_weight_bytes": dm.weight_bytes(), "accepted": accepted, "drafted": proposed,
         "acceptance": accepted as f64 / proposed.max(1) as f64,
         "plain_tok_s": pm, "drafted_tok_s": dmed, "speedup": dmed / pm,
@@ -310,7 +304,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         Some(schema) => Some(bench_mask(&a, &model, schema)?),
         None => None,
     };
-    let drafted = match &a.draft_model {
+    let drafted = match &a.draft.draft_model {
         Some(dir) => Some(bench_draft(&a, &model, dir)?),
         None => None,
     };
@@ -395,7 +389,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "draft model {} ({:.2} GB, {} tokens a step): {} of {} drafts accepted ({:.0}%); {:.2} tok/s plain, {:.2} tok/s drafted end to end (median of alternating runs): x{:.2}",
             d["draft_model"].as_str().unwrap_or(""),
             f("draft_weight_bytes") / 1e9,
-            a.draft_tokens,
+            a.draft.draft_tokens,
             d["accepted"],
             d["drafted"],
             100.0 * f("acceptance"),

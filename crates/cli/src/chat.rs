@@ -54,15 +54,16 @@ impl SamplingArgs {
 #[derive(Args, Clone)]
 pub struct DraftArgs {
     /// a smaller model sharing the tokenizer drafts for this one (greedy only: --temperature 0;
-    /// the same text as without)
+    /// the same text as without; `bench` runs plain and drafted generation alternately and
+    /// reports the acceptance and the speed-up)
     #[arg(long, value_name = "DIR")]
-    draft_model: Option<PathBuf>,
+    pub draft_model: Option<PathBuf>,
     /// tokens the draft model proposes per step
     #[arg(long, default_value_t = 4, requires = "draft_model")]
-    draft_tokens: usize,
+    pub draft_tokens: usize,
     /// the draft model's weight format (default: --dtype's)
     #[arg(long, requires = "draft_model")]
-    draft_dtype: Option<String>,
+    pub draft_dtype: Option<String>,
 }
 
 /// The draft model of `--draft-model DIR`, checked to share `model_dir`'s tokenizer.

@@ -56,17 +56,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     ignore_eos: bool,
     /// draft with the checkpoint's MTP module and verify (greedy only; same ids as without)
-    #[arg(long, value_parser = ["mtp"])]
+    #[arg(long, value_parser = ["mtp"], conflicts_with = "draft_model")]
     speculative: Option<String>,
-    /// a smaller model sharing the tokenizer drafts for this one (greedy only; same ids as without)
-    #[arg(long, value_name = "DIR", conflicts_with = "speculative")]
-    draft_model: Option<PathBuf>,
-    /// tokens the draft model proposes per step
-    #[arg(long, default_value_t = 4, requires = "draft_model")]
-    draft_tokens: usize,
-    /// the draft model's weight format (default: --dtype's)
-    #[arg(long, requires = "draft_model")]
-    draft_dtype: Option<String>,
+    #[command(flatten)]
+    draft: crate::chat::DraftArgs,
 }
 
 pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -124,14 +117,17 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         stop: vec![],
         ignore_eos: a.ignore_eos,
     };
-    let out = if let Some(dir) = &a.draft_model {
-        let draft_dtype = a.draft_dtype.as_deref().unwrap_or(&a.dtype);
+    let out = if let Some(dir) = &a.draft.draft_model {
+        let draft_dtype = a.draft.draft_dtype.as_deref().unwrap_or(&a.dtype);
         let draft = crate::chat::load_draft(&a.model, &engine, dir, draft_dtype)?;
         let t = std::time::Instant::now();
-        let (out, _, stats) =
-            engine.generate_ids_with_draft(&ids, &params, &draft.model, a.draft_tokens, |_| {
-                Ok(true)
-            })?;
+        let (out, _, stats) = engine.generate_ids_with_draft(
+            &ids,
+            &params,
+            &draft.model,
+            a.draft.draft_tokens,
+            |_| Ok(true),
+        )?;
         crate::chat::report_draft(&stats, out.len(), t.elapsed().as_secs_f64());
         out
     } else if a.speculative.is_some() {
