@@ -25,7 +25,7 @@ use crate::cache::KvStore;
 use crate::checkpoint::Checkpoint;
 use crate::config::{ModelConfig, V4Attention, V4Config, V4Row};
 use crate::dsa::{index_scores, top_positions};
-use crate::mla::Segment;
+use crate::mla::{banded_products, Segment};
 use crate::rope::Rope;
 
 /// A compressor's projections (`compressor.*` or `indexer.compressor.*`): per token a raw kv and
@@ -461,35 +461,14 @@ impl V4Attn {
         // grouped output projection: group g's heads through its band of wo_a, then wo_b
         let (g_n, ol) = (self.o_groups, self.o_lora);
         let gw = h_n * hd / g_n;
-        let groups: Vec<Vec<f32>> = (0..g_n)
-            .map(|g| {
+        let groups: Vec<f32> = (0..g_n)
+            .flat_map(|g| {
                 o.chunks_exact(h_n * hd)
-                    .flat_map(|t| &t[g * gw..(g + 1) * gw])
-                    .copied()
-                    .collect()
+                    .flat_map(move |t| &t[g * gw..(g + 1) * gw])
             })
+            .copied()
             .collect();
-        let mut mid: Vec<Vec<f32>> = (0..g_n).map(|_| vec![0f32; n * ol]).collect();
-        matmul_batch(
-            groups
-                .iter()
-                .zip(mid.iter_mut())
-                .enumerate()
-                .map(|(g, (x, out))| Product {
-                    x,
-                    n_tok: n,
-                    w: &self.wo_a,
-                    rows: g * ol..(g + 1) * ol,
-                    out,
-                })
-                .collect(),
-        );
-        let mut cat = vec![0f32; n * g_n * ol];
-        for (g, m) in mid.iter().enumerate() {
-            for t in 0..n {
-                cat[(t * g_n + g) * ol..][..ol].copy_from_slice(&m[t * ol..(t + 1) * ol]);
-            }
-        }
+        let cat = banded_products(&groups, n, &self.wo_a, ol);
         let mut out = vec![0f32; n * self.wo_b.rows];
         matmul(&cat, n, &self.wo_b, &mut out);
         out

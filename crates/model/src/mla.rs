@@ -399,26 +399,7 @@ impl Mla {
             }
         }
         // per head: its tokens' q_nope rows times its band of W^UK^T, all heads in one pass
-        let mut q_lat_h = vec![0f32; h_n * m * dc];
-        matmul_batch(
-            q_h.chunks_exact(m * nope)
-                .zip(q_lat_h.chunks_exact_mut(m * dc))
-                .enumerate()
-                .map(|(h, (x, out))| Product {
-                    x,
-                    n_tok: m,
-                    w: &self.kv_b_k_t,
-                    rows: h * dc..(h + 1) * dc,
-                    out,
-                })
-                .collect(),
-        );
-        let mut q_lat = vec![0f32; m * h_n * dc];
-        for (h, lh) in q_lat_h.chunks_exact(m * dc).enumerate() {
-            for t in 0..m {
-                q_lat[(t * h_n + h) * dc..][..dc].copy_from_slice(&lh[t * dc..][..dc]);
-            }
-        }
+        let q_lat = banded_products(&q_h, m, &self.kv_b_k_t, dc);
         let mut lat_out = vec![0f32; m * h_n * dc];
         let mut at = 0;
         for ((seg, pos0), picks) in segs.iter().zip(picks) {
@@ -482,6 +463,37 @@ impl Mla {
             }
         }
     }
+}
+
+/// Group g's rows times band g of `w` (rows g * band..(g + 1) * band), every group in one
+/// parallel pass: `x` holds the groups' inputs one after another ([groups, n, w.cols]); the
+/// result is token-major, [n, groups, band].
+pub(crate) fn banded_products(x: &[f32], n: usize, w: &Matrix, band: usize) -> Vec<f32> {
+    if n == 0 || w.cols == 0 {
+        return Vec::new();
+    }
+    let groups = x.len() / (n * w.cols);
+    let mut by_group = vec![0f32; groups * n * band];
+    matmul_batch(
+        x.chunks_exact(n * w.cols)
+            .zip(by_group.chunks_exact_mut(n * band))
+            .enumerate()
+            .map(|(g, (x, out))| Product {
+                x,
+                n_tok: n,
+                w,
+                rows: g * band..(g + 1) * band,
+                out,
+            })
+            .collect(),
+    );
+    let mut out = vec![0f32; n * groups * band];
+    for (g, gb) in by_group.chunks_exact(n * band).enumerate() {
+        for t in 0..n {
+            out[(t * groups + g) * band..][..band].copy_from_slice(&gb[t * band..][..band]);
+        }
+    }
+    out
 }
 
 /// W^UK_h^T of every head stacked: row h * kv_lora + c is column c of head h's key rows of
