@@ -61,12 +61,15 @@ impl Preset {
     pub fn config(self) -> ModelConfig {
         match self {
             Preset::V4Flash | Preset::V4Pro => {
-                let j = if self == Preset::V4Flash {
-                    V4_FLASH
-                } else {
-                    V4_PRO
-                };
-                let v: serde_json::Value = serde_json::from_str(j).expect("a JSON preset");
+                let mut v: serde_json::Value =
+                    serde_json::from_str(V4_FLASH).expect("a JSON preset");
+                if self == Preset::V4Pro {
+                    let changes: serde_json::Value =
+                        serde_json::from_str(V4_PRO_CHANGES).expect("a JSON preset");
+                    for (k, x) in changes.as_object().expect("an object") {
+                        v[k] = x.clone();
+                    }
+                }
                 ModelConfig::from_json(&v).expect("a valid preset")
             }
             Preset::V2Lite => ModelConfig {
@@ -286,22 +289,11 @@ const V4_FLASH: &str = r#"{
   "compress_ratios": [0, 0, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 0]
 }"#;
 
-/// DeepSeek-V4-Pro's config.json as released (revision b5968e9; as V4_FLASH).
-const V4_PRO: &str = r#"{
-  "architectures": ["DeepseekV4ForCausalLM"], "model_type": "deepseek_v4",
-  "vocab_size": 129280, "hidden_size": 7168, "num_hidden_layers": 61,
-  "num_attention_heads": 128, "num_key_value_heads": 1, "head_dim": 512,
-  "qk_rope_head_dim": 64, "q_lora_rank": 1536, "o_groups": 16, "o_lora_rank": 1024,
-  "n_routed_experts": 384, "n_shared_experts": 1, "num_experts_per_tok": 6,
-  "moe_intermediate_size": 3072, "num_hash_layers": 3, "scoring_func": "sqrtsoftplus",
-  "topk_method": "noaux_tc", "norm_topk_prob": true, "routed_scaling_factor": 2.5,
-  "swiglu_limit": 10.0, "sliding_window": 128, "index_n_heads": 64, "index_head_dim": 128,
-  "index_topk": 1024, "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6,
-  "rope_theta": 10000, "compress_rope_theta": 160000,
-  "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 16,
-                   "original_max_position_embeddings": 65536, "type": "yarn"},
-  "max_position_embeddings": 1048576, "rms_norm_eps": 1e-6, "num_nextn_predict_layers": 1,
-  "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false,
+/// What DeepSeek-V4-Pro's config.json as released (revision b5968e9) changes in V4_FLASH.
+const V4_PRO_CHANGES: &str = r#"{
+  "hidden_size": 7168, "num_hidden_layers": 61, "num_attention_heads": 128, "q_lora_rank": 1536,
+  "o_groups": 16, "n_routed_experts": 384, "moe_intermediate_size": 3072,
+  "routed_scaling_factor": 2.5, "index_topk": 1024,
   "compress_ratios": [128, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 128, 4, 0]
 }"#;
 
