@@ -151,6 +151,16 @@ def make_case(mf, gaps, root, name, seed):
         print(name, "seed", s, "left a near-tie in the indexer (gap %.2e); next seed" % gaps.smallest)
     else:
         raise SystemExit(f"{name}: no seed without indexer near-ties")
+    write_case(mf, out, c, cfg, tok, disk, tensors, meta, name, s, gaps,
+               "the stored weights widened to float32 (fp8 blocks dequantized as w * weight_scale_inv)")
+    if c["dtype"] != "fp8":  # (transformers' FP8 loader wants an accelerator)
+        from_hub_layout(out, tensors)
+    print(name, "ok", json.dumps(meta["prompts"]), json.dumps(meta["indexer"]))
+
+
+def write_case(mf, out, c, cfg, tok, disk, tensors, meta, name, seed, gaps, reference_weights):
+    """A case's files: config, generation config, tokenizer, shards, references (this tool's
+    and make_v4_fixtures.py's)."""
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     with open(os.path.join(out, "generation_config.json"), "w") as f:
@@ -165,19 +175,16 @@ def make_case(mf, gaps, root, name, seed):
     mf.write_shards(out, disk)
     save_file(tensors, os.path.join(out, "reference.safetensors"))
     meta.update({
-        "case": name, "seed": s, "source": "transformers %s, torch %s, float32 on CPU" % (
+        "case": name, "seed": seed, "source": "transformers %s, torch %s, float32 on CPU" % (
             __import__("transformers").__version__, torch.__version__),
         "storage_dtype": c["dtype"],
-        "reference_weights": "the stored weights widened to float32 (fp8 blocks dequantized as w * weight_scale_inv)",
+        "reference_weights": reference_weights,
         "indexer": {"choices": gaps.choices, "min_topk_gap": gaps.smallest},
         "tensors": "prompt_i: int64 token ids; logits_i: float32 [tokens, vocab] for the whole prompt; "
                    "greedy_i: int64, 12 tokens greedily generated after prompt_i (no EOS stop)",
     })
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(meta, f, indent=2, ensure_ascii=False)
-    if c["dtype"] != "fp8":  # (transformers' FP8 loader wants an accelerator)
-        from_hub_layout(out, tensors)
-    print(name, "ok", json.dumps(meta["prompts"]), json.dumps(meta["indexer"]))
 
 
 def from_hub_layout(out, tensors):

@@ -14,7 +14,7 @@ files are loaded back through `from_pretrained` (transformers' own renames of th
 names) and must give the same logits.
 
 The DeepSeek cases' tool (shared/tools/make_fixtures.py) provides the tokenizer, the shard writer
-and the reference runs.
+and the reference runs; make_v32_fixtures.py the case writer and the hub-layout check.
 
 Needs: torch, transformers (5.23), safetensors, tokenizers, numpy.
 Usage: make_v4_fixtures.py OUT_DIR [--seed N] [--cases a,b] [--shared DIR]
@@ -25,7 +25,9 @@ import os
 import sys
 
 import torch
-from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_v32_fixtures as v32  # noqa: E402  (its case writer and hub-layout check)
 
 CASES = {
     "tiny-v4": dict(
@@ -52,7 +54,8 @@ CASES = {
     ),
 }
 
-MIN_GAP = 1e-3
+# the same rule as V3.2's (make_v32_fixtures.MIN_GAP)
+MIN_GAP = v32.MIN_GAP
 
 
 def hub_config(c):
@@ -261,17 +264,6 @@ class Gaps:
         m.DeepseekV4Indexer.forward = indexed
 
 
-def from_hub_layout(out, tensors):
-    from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    model.eval()
-    with torch.no_grad():
-        for i in range(4):
-            ids = tensors[f"prompt_{i}"][None]
-            err = float((model(ids).logits[0] - tensors[f"logits_{i}"]).abs().max())
-            assert err < 1e-5, (out, i, err)
-
-
 def make_case(mf, gaps, root, name, seed):
     c = CASES[name]
     out = os.path.join(root, name)
@@ -290,31 +282,9 @@ def make_case(mf, gaps, root, name, seed):
         print(name, "seed", s, "left a near-tie in the indexer (gap %.2e); next seed" % gaps.smallest)
     else:
         raise SystemExit(f"{name}: no seed without indexer near-ties")
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-    with open(os.path.join(out, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": 0, "eos_token_id": 1, "do_sample": True, "temperature": 0.6, "top_p": 0.95}, f, indent=2)
-    tok.save(os.path.join(out, "tokenizer.json"))
-    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
-        json.dump({
-            "add_bos_token": True, "add_eos_token": False, "bos_token": mf.BOS, "eos_token": mf.EOS,
-            "pad_token": mf.PAD, "model_max_length": c["max_pos"], "legacy": True,
-            "tokenizer_class": "LlamaTokenizerFast", "chat_template": mf.CHAT_TEMPLATE,
-        }, f, indent=2, ensure_ascii=False)
-    mf.write_shards(out, disk)
-    save_file(tensors, os.path.join(out, "reference.safetensors"))
-    meta.update({
-        "case": name, "seed": s, "source": "transformers %s, torch %s, float32 on CPU" % (
-            __import__("transformers").__version__, torch.__version__),
-        "storage_dtype": c["dtype"],
-        "reference_weights": "the stored weights widened to float32 (hyper-connection, sink, position-bias and norm tensors stored in float32, tid2eid int32)",
-        "indexer": {"choices": gaps.choices, "min_topk_gap": gaps.smallest},
-        "tensors": "prompt_i: int64 token ids; logits_i: float32 [tokens, vocab] for the whole prompt; "
-                   "greedy_i: int64, 12 tokens greedily generated after prompt_i (no EOS stop)",
-    })
-    with open(os.path.join(out, "reference.json"), "w") as f:
-        json.dump(meta, f, indent=2, ensure_ascii=False)
-    from_hub_layout(out, tensors)
+    v32.write_case(mf, out, c, cfg, tok, disk, tensors, meta, name, s, gaps,
+                   "the stored weights widened to float32 (hyper-connection, sink, position-bias and norm tensors stored in float32, tid2eid int32)")
+    v32.from_hub_layout(out, tensors)
     print(name, "ok", json.dumps(meta["prompts"]), json.dumps(meta["indexer"]))
 
 
