@@ -400,6 +400,12 @@ fn bad_configs_fail_cleanly() {
             "sparse_attention",
         ),
         ("tiny-v4", "index_topk", "0", "index_topk"),
+        (
+            "tiny-v4",
+            "tie_word_embeddings",
+            "true",
+            "tie_word_embeddings",
+        ),
         ("tiny-v4", "o_groups", "3", "o_groups"),
         (
             "tiny-v4",

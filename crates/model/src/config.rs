@@ -298,7 +298,7 @@ fn token_ids(o: &Map<String, Value>, k: &str) -> Result<Vec<u32>> {
 impl V4Config {
     fn validate(&self, c: &ModelConfig) -> Result<()> {
         let heads = c.num_attention_heads;
-        for (name, v, most) in [
+        positive_at_most(&[
             ("head_dim", self.head_dim, 1 << 14),
             ("sliding_window", self.sliding_window, 1 << 24),
             ("o_groups", self.o_groups, 1 << 12),
@@ -318,14 +318,7 @@ impl V4Config {
                 self.compress_rate_hca,
                 1 << 16,
             ),
-        ] {
-            if v == 0 {
-                bail!("config.json: field `{name}` must be positive");
-            }
-            if v > most {
-                bail!("config.json: field `{name}` is {v}, more than the {most} whale allows");
-            }
-        }
+        ])?;
         let r = self.qk_rope_head_dim;
         if r == 0 || r > self.head_dim || !r.is_multiple_of(2) || r > self.index_head_dim {
             bail!(
@@ -410,11 +403,17 @@ fn indexer(o: &Map<String, Value>) -> Result<IndexerConfig> {
         index_head_dim: opt_usize(o, "index_head_dim")?.unwrap_or(128),
         index_topk: opt_usize(o, "index_topk")?.unwrap_or(2048),
     };
-    for (name, v, most) in [
+    positive_at_most(&[
         ("index_n_heads", i.index_n_heads, 1 << 12),
         ("index_head_dim", i.index_head_dim, 1 << 14),
         ("index_topk", i.index_topk, 1 << 26),
-    ] {
+    ])?;
+    Ok(i)
+}
+
+/// Each (field, value, bound): positive and at most the bound whale allows.
+fn positive_at_most(fields: &[(&str, usize, usize)]) -> Result<()> {
+    for &(name, v, most) in fields {
         if v == 0 {
             bail!("config.json: field `{name}` must be positive");
         }
@@ -422,7 +421,7 @@ fn indexer(o: &Map<String, Value>) -> Result<IndexerConfig> {
             bail!("config.json: field `{name}` is {v}, more than the {most} whale allows");
         }
     }
-    Ok(i)
+    Ok(())
 }
 
 /// What transformers' deepseek_v32 fixes that a V3 config may vary: refused when it differs,
@@ -597,7 +596,7 @@ impl ModelConfig {
         let v3 = model_type == ModelType::DeepseekV3 || v32;
         // transformers' DeepseekV32Config fills absent routing fields with V3.2's own values
         // (its V3 and V2 configs are only ever read with them present)
-        let v32_default = |usize_v3: usize, v32_v: usize| if v32 { v32_v } else { usize_v3 };
+        let v32_default = |other: usize, v32_value: usize| if v32 { v32_value } else { other };
 
         let moe = match opt_usize(o, "n_routed_experts")? {
             None | Some(0) => None,
@@ -917,7 +916,7 @@ impl ModelConfig {
         if opt_usize(o, "n_shared_experts")?.is_some_and(|k| k != 1) {
             bail!("config.json: deepseek_v4 has exactly one shared expert; `n_shared_experts` must be 1");
         }
-        for refused in ["attention_bias", "mlp_bias"] {
+        for refused in ["attention_bias", "mlp_bias", "tie_word_embeddings"] {
             if opt_bool(o, refused)? == Some(true) {
                 bail!("config.json: `{refused}: true` is not supported for deepseek_v4");
             }
@@ -981,7 +980,7 @@ impl ModelConfig {
             fp8_block: None,
             bos_token_id: token_ids(o, "bos_token_id")?.first().copied(),
             eos_token_ids: token_ids(o, "eos_token_id")?,
-            tie_word_embeddings: opt_bool(o, "tie_word_embeddings")?.unwrap_or(false),
+            tie_word_embeddings: false,
             rope_interleave: true,
             indexer: None,
             v4: Some(v4),
