@@ -354,9 +354,11 @@ impl V4Attn {
                 }
             }
             // the entries of the windows these tokens close
+            // the sequence's rows before this step, read once: by the entries that need earlier
+            // tokens, then (with the new rows) by attention; the new rows go in after
+            let chunks = kv.chunks(seg.seq, layer);
+            let old: Vec<&[f32]> = chunks.iter().flat_map(|c| c.chunks_exact(width)).collect();
             let entries = {
-                let chunks = kv.chunks(seg.seq, layer);
-                let old: Vec<&[f32]> = chunks.iter().flat_map(|c| c.chunks_exact(width)).collect();
                 let row_at = |j: usize| -> &[f32] {
                     if j < p0 {
                         old[j]
@@ -407,11 +409,12 @@ impl V4Attn {
                     row[r.index_entry..r.index_entry + ie.len()].copy_from_slice(&ie);
                 }
             }
-            kv.append(seg.seq, layer, &rows);
-
             // attention of each new token
-            let chunks = kv.chunks(seg.seq, layer);
-            let all: Vec<&[f32]> = chunks.iter().flat_map(|c| c.chunks_exact(width)).collect();
+            let all: Vec<&[f32]> = old
+                .iter()
+                .copied()
+                .chain(rows.chunks_exact(width))
+                .collect();
             let scale = (hd as f32).powf(-0.5);
             o[seg.start * h_n * hd..(seg.start + seg.len) * h_n * hd]
                 .par_chunks_mut(h_n * hd)
@@ -456,6 +459,7 @@ impl V4Attn {
                         self.rope.apply_inverse(&mut head[hd - dr..], p);
                     }
                 });
+            kv.append(seg.seq, layer, &rows);
         }
 
         // grouped output projection: group g's heads through its band of wo_a, then wo_b
