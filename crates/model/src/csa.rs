@@ -25,7 +25,7 @@ use crate::cache::KvStore;
 use crate::checkpoint::Checkpoint;
 use crate::config::{ModelConfig, V4Attention, V4Config, V4Row};
 use crate::dsa::{index_scores, top_positions};
-use crate::mla::{banded_products, Segment};
+use crate::mla::{banded_products, positions, Segment};
 use crate::rope::Rope;
 
 /// A compressor's projections (`compressor.*` or `indexer.compressor.*`): per token a raw kv and
@@ -269,13 +269,7 @@ impl V4Attn {
         let (h_n, hd, dr) = (self.heads, self.head_dim, self.rope_dim);
         let n: usize = segs.iter().map(|s| s.len).sum();
         let width = kv.shape().0;
-        let pos: Vec<usize> = segs
-            .iter()
-            .flat_map(|s| {
-                let p0 = kv.seq_len(s.seq);
-                p0..p0 + s.len
-            })
-            .collect();
+        let pos = positions(segs, kv);
 
         // every product that reads x, in one pass
         let q_lora = self.wq_a.rows;

@@ -41,6 +41,16 @@ pub struct Segment {
     pub len: usize,
 }
 
+/// Every token's position in its sequence, for the tokens of `segs` in batch order.
+pub fn positions(segs: &[Segment], kv: &dyn KvStore) -> Vec<usize> {
+    segs.iter()
+        .flat_map(|seg| {
+            let p0 = kv.seq_len(seg.seq);
+            p0..p0 + seg.len
+        })
+        .collect()
+}
+
 pub enum QueryProj {
     /// q_lora_rank set (V3): q = q_b_proj(RMSNorm(q_a_proj(x)))
     LowRank {
@@ -202,14 +212,7 @@ impl Mla {
             }
             QueryProj::Full { .. } => first_out,
         };
-        // every token's position in its sequence
-        let pos: Vec<usize> = segs
-            .iter()
-            .flat_map(|seg| {
-                let p0 = kv.seq_len(seg.seq);
-                p0..p0 + seg.len
-            })
-            .collect();
+        let pos = positions(segs, kv);
         let index = self
             .indexer
             .as_ref()

@@ -378,6 +378,16 @@ struct Spec {
     fp8: bool,
 }
 
+/// A norm weight of `n` values (near one) pushed to `v`.
+fn norm(v: &mut Vec<Spec>, name: String, n: usize) {
+    v.push(Spec {
+        name,
+        shape: vec![n],
+        init: Init::NearOne,
+        fp8: false,
+    })
+}
+
 /// Name and shape of every tensor of a checkpoint of `cfg` in hub naming (no FP8 scales), in
 /// the order synth writes them: what a trainer creates and saves.
 pub fn tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -402,14 +412,6 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
             shape: vec![rows, cols],
             init: Init::Uniform(1.0 / (cols as f32).sqrt()),
             fp8: quant && fp8,
-        })
-    };
-    let norm = |v: &mut Vec<Spec>, name: String, n: usize| {
-        v.push(Spec {
-            name,
-            shape: vec![n],
-            init: Init::NearOne,
-            fp8: false,
         })
     };
     let bias = |v: &mut Vec<Spec>, name: String, n: usize| {
@@ -579,14 +581,6 @@ fn v4_specs(c: &ModelConfig, v4: &crate::config::V4Config) -> Vec<Spec> {
             name,
             shape,
             init: Init::Uniform(std),
-            fp8: false,
-        })
-    };
-    let norm = |v: &mut Vec<Spec>, name: String, n: usize| {
-        v.push(Spec {
-            name,
-            shape: vec![n],
-            init: Init::NearOne,
             fp8: false,
         })
     };
