@@ -200,20 +200,25 @@ def from_hub_layout(out, tensors):
             assert err < 1e-5, (out, i, err)
 
 
-def main():
+def run(cases, make_case, gaps, default_seed):
+    """The command line of this tool and make_v4_fixtures.py: OUT_DIR [--seed N] [--cases a,b]
+    [--shared DIR]; each case's seed follows from its place in `cases`."""
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
-    ap.add_argument("--seed", type=int, default=3232)
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--seed", type=int, default=default_seed)
+    ap.add_argument("--cases", default=",".join(cases))
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--shared", default=os.path.join(here, "..", "..", "shared", "tools"))
     a = ap.parse_args()
     sys.path.insert(0, a.shared)
     import make_fixtures as mf
-    gaps = Gaps()
     gaps.install()
     for name in a.cases.split(","):
-        make_case(mf, gaps, a.out, name, a.seed + 101 * list(CASES).index(name))
+        make_case(mf, gaps, a.out, name, a.seed + 101 * list(cases).index(name))
+
+
+def main():
+    run(CASES, make_case, Gaps(), 3232)
 
 
 if __name__ == "__main__":

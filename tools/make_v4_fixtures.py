@@ -19,7 +19,6 @@ and the reference runs; make_v32_fixtures.py the case writer and the hub-layout 
 Needs: torch, transformers (5.23), safetensors, tokenizers, numpy.
 Usage: make_v4_fixtures.py OUT_DIR [--seed N] [--cases a,b] [--shared DIR]
 """
-import argparse
 import json
 import os
 import sys
@@ -289,19 +288,7 @@ def make_case(mf, gaps, root, name, seed):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("--seed", type=int, default=4040)
-    ap.add_argument("--cases", default=",".join(CASES))
-    here = os.path.dirname(os.path.abspath(__file__))
-    ap.add_argument("--shared", default=os.path.join(here, "..", "..", "shared", "tools"))
-    a = ap.parse_args()
-    sys.path.insert(0, a.shared)
-    import make_fixtures as mf
-    gaps = Gaps()
-    gaps.install()
-    for name in a.cases.split(","):
-        make_case(mf, gaps, a.out, name, a.seed + 101 * list(CASES).index(name))
+    v32.run(CASES, make_case, Gaps(), 4040)
 
 
 if __name__ == "__main__":
