@@ -35,8 +35,8 @@ pub struct BenchArgs {
     schema: Option<String>,
     #[command(flatten)]
     draft: crate::chat::DraftArgs,
-    /// also decode at these contexts (`1024,8192,32768,131072`): how a decode step's cost grows
-    /// with the context. The cache is filled by repeating the rows of a real prefill of
+    /// also decode one sequence at these contexts (`1024,8192,32768,131072`; batch 1 whatever
+    /// --batch says): how a decode step's cost grows with the context. The cache is filled by repeating the rows of a real prefill of
     /// --prompt-len tokens (what a step costs does not depend on the cached values), then
     /// --gen-len tokens are decoded
     #[arg(long, value_delimiter = ',')]
