@@ -191,8 +191,11 @@ def from_hub_layout(out, tensors):
     """The files as written load in transformers (its own renames, experts fused) and give the
     reference logits."""
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    model.eval()
+    model, info = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
+    left = {k: v for k, v in info.items() if v and k != "error_msgs"}
+    assert not [m for m in left.get("missing_keys", []) if "rotary" not in m] and not left.get("unexpected_keys"), left
+    # (a quantised checkpoint comes back dequantized to bf16, which holds its values exactly)
+    model.float().eval()
     with torch.no_grad():
         for i in range(4):
             ids = tensors[f"prompt_{i}"][None]

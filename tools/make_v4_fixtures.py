@@ -51,6 +51,19 @@ CASES = {
         index_heads=6, index_dim=24, index_topk=3,
         hc=2, sinkhorn=5, yarn=None, orig_ctx=None, max_pos=256, dtype="f32",
     ),
+    # the release's quantised form: FP8 (E4M3) linears with one E8M0 scale per 16x16 block (the
+    # release's blocks are 128x128; these shapes are smaller), routed experts in FP4 (E2M1, two
+    # per byte, low nibble first) with one E8M0 scale per 32 values of a row
+    "tiny-v4-fp8": dict(
+        vocab=384, hidden=64, layers=3, heads=4, head_dim=32, rope=8, q_lora=48,
+        o_groups=2, o_lora=32, window=6, csa=4, hca=8,
+        layer_types=["compressed_sparse_attention", "sliding_attention",
+                     "heavily_compressed_attention"],
+        mlp_types=["hash_moe", "moe", "moe"],
+        experts=8, topk=2, moe_inter=32, scale=1.5, limit=2.0,
+        index_heads=4, index_dim=16, index_topk=3,
+        hc=4, sinkhorn=20, yarn=4.0, orig_ctx=64, max_pos=256, dtype="fp8", block=16,
+    ),
 }
 
 # the same rule as V3.2's (make_v32_fixtures.MIN_GAP)
@@ -80,6 +93,12 @@ def hub_config(c):
         "num_nextn_predict_layers": 0, "bos_token_id": 0, "eos_token_id": 1,
         "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False,
         "torch_dtype": "bfloat16", "use_cache": True,
+        **({} if c["dtype"] != "fp8" else {
+            "expert_dtype": "fp4",
+            "quantization_config": {
+                "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                "scale_fmt": "ue8m0", "weight_block_size": [c["block"], c["block"]]},
+        }),
     }
 
 
@@ -152,11 +171,53 @@ def random_state(c, seed):
 F32 = ("hc_", "attn_sink", ".ape", "norm.weight", "gate.bias", "tid2eid")
 
 
+# E2M1's values by code (bit 3 the sign)
+FP4 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+
+
+def e8m0(amax, top):
+    """The power-of-two scale that brings `amax` within the format's largest value `top`."""
+    return torch.exp2(torch.ceil(torch.log2(torch.clamp(amax, min=1e-30) / top)))
+
+
+def fp8_blocks(w, b):
+    """E4M3 codes and one E8M0 scale per b x b block; the dequantized weight."""
+    r, cc = w.shape
+    blocks = w.reshape(r // b, b, cc // b, b)
+    scale = e8m0(blocks.abs().amax(dim=(1, 3)), 448.0)
+    codes = (blocks / scale[:, None, :, None]).reshape(r, cc).to(torch.float8_e4m3fn)
+    deq = (codes.float().reshape(r // b, b, cc // b, b) * scale[:, None, :, None]).reshape(r, cc)
+    return codes, scale.to(torch.float8_e8m0fnu), deq
+
+
+def fp4_rows(w):
+    """E2M1 codes packed two per int8 byte (even column in the low nibble) and one E8M0 scale
+    per 32 values of a row; the dequantized weight."""
+    r, cc = w.shape
+    groups = w.reshape(r, cc // 32, 32)
+    scale = e8m0(groups.abs().amax(dim=2), 6.0)
+    x = groups / scale[:, :, None]
+    code = (x[..., None] - FP4).abs().argmin(dim=-1).reshape(r, cc)
+    packed = (code[:, 0::2] | (code[:, 1::2] << 4)).to(torch.uint8).view(torch.int8)
+    deq = (FP4[code].reshape(r, cc // 32, 32) * scale[:, :, None]).reshape(r, cc)
+    return packed, scale.to(torch.float8_e8m0fnu), deq
+
+
+def unquantized(k):
+    """The linears the release keeps in bf16 beside its FP8 ones: embedding, head, router and the
+    indexer's head weights."""
+    return k in ("embed.weight", "head.weight") or k.endswith(("ffn.gate.weight", "weights_proj.weight"))
+
+
 def store(c, sd):
     disk, ref = {}, {}
     for k, w in sd.items():
         if w.dtype == torch.int32 or any(s in k for s in F32) or c["dtype"] == "f32":
             disk[k], ref[k] = w.contiguous(), w
+        elif c["dtype"] == "fp8" and w.dim() == 2 and not unquantized(k):
+            routed = ".experts." in k and "shared" not in k
+            codes, scale, deq = fp4_rows(w) if routed else fp8_blocks(w, c["block"])
+            disk[k], disk[k[: -len("weight")] + "scale"], ref[k] = codes.contiguous(), scale.contiguous(), deq
         else:
             b = w.to(torch.bfloat16).contiguous()
             disk[k], ref[k] = b, b.float()
@@ -221,7 +282,8 @@ def hf_names(c, ref):
 
 def hf_model(cfg, ref_hf):
     from transformers import AutoConfig, AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=torch.float32)
+    plain = {k: v for k, v in cfg.items() if k not in ("quantization_config", "expert_dtype")}
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**plain), dtype=torch.float32)
     missing, unexpected = model.load_state_dict(ref_hf, strict=False)
     missing = [m for m in missing if "rotary" not in m and "inv_freq" not in m]
     assert not missing and not unexpected, (missing, unexpected)
@@ -282,7 +344,7 @@ def make_case(mf, gaps, root, name, seed):
     else:
         raise SystemExit(f"{name}: no seed without indexer near-ties")
     v32.write_case(mf, out, c, cfg, tok, disk, tensors, meta, name, s, gaps,
-                   "the stored weights widened to float32 (hyper-connection, sink, position-bias and norm tensors stored in float32, tid2eid int32)")
+                   "the stored weights widened to float32 (hyper-connection, sink, position-bias and norm tensors stored in float32, tid2eid int32; FP8 and FP4 codes times their E8M0 scales)")
     v32.from_hub_layout(out, tensors)
     print(name, "ok", json.dumps(meta["prompts"]), json.dumps(meta["indexer"]))
 

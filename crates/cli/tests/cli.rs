@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const CASES: [&str; 12] = [
+const CASES: [&str; 13] = [
     "tiny-v3",
     "tiny-v2-lite",
     "tiny-v2-group",
@@ -19,6 +19,7 @@ const CASES: [&str; 12] = [
     "tiny-v4",
     "tiny-v32-b",
     "tiny-v4-b",
+    "tiny-v4-fp8",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -444,6 +445,8 @@ fn bad_configs_fail_cleanly() {
         ("tiny-v4", "layers.2.attn.compressor.wgate.weight"),
         ("tiny-v4", "layers.0.ffn.gate.tid2eid"),
         ("tiny-v4", "hc_head_fn"),
+        ("tiny-v4-fp8", "layers.0.attn.wq_a.scale"),
+        ("tiny-v4-fp8", "layers.1.ffn.experts.3.w2.scale"),
     ] {
         let d_tmp = copy_fixture(case, "nobias");
         let d = d_tmp.path();
@@ -470,6 +473,34 @@ fn bad_configs_fail_cleanly() {
         if edit == 1 {
             assert!(String::from_utf8_lossy(&o.stderr).contains("99"));
         }
+    }
+    // V4's quantised release: E8M0's NaN code as a scale (FP8 block and MXFP4 group), MXFP4
+    // scales of the wrong shape or dtype
+    for (tag, name) in [
+        ("nan8", "layers.2.attn.wo_b.scale"),
+        ("nan4", "layers.2.ffn.experts.5.w1.scale"),
+        ("shape4", "layers.0.ffn.experts.0.w3.scale"),
+        ("dtype4", "layers.0.ffn.experts.0.w3.scale"),
+    ] {
+        let d_tmp = copy_fixture("tiny-v4-fp8", tag);
+        let d = d_tmp.path();
+        edit_shard(d, name, |t| {
+            let e = t.get_mut(name).unwrap();
+            match tag {
+                "shape4" => e.1 = vec![e.1[0] / 2, e.1[1] * 2],
+                "dtype4" => e.0 = Dtype::I8,
+                _ => e.2[1] = 0xff,
+            }
+        });
+        let o = logits_of(d, "0,1");
+        assert_clean_error(&o, name);
+        let want = match tag {
+            "nan8" => "non-finite",
+            "nan4" => "NaN",
+            "shape4" => "shape",
+            _ => "F8_E8M0",
+        };
+        assert!(String::from_utf8_lossy(&o.stderr).contains(want), "{tag}");
     }
     let d_tmp = copy_fixture("tiny-v3", "cfg-json");
     let d = d_tmp.path();
@@ -556,7 +587,7 @@ fn json_of(o: &Output) -> serde_json::Value {
 /// `compress_ratios` with the MTP module's entry) is read for accounting: `inspect` and `cost`
 /// answer from it, loading weights under it is refused with the reason.
 #[test]
-fn v4_flash_as_released_is_accounted_and_its_quantised_weights_refused() {
+fn v4_flash_as_released_is_accounted() {
     let d_tmp = tmp("v4cfg");
     let d = d_tmp.path();
     let o = whale(&[
@@ -614,11 +645,11 @@ fn v4_flash_as_released_is_accounted_and_its_quantised_weights_refused() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(c["v4"], true);
-    // with a weight file it is a checkpoint: its loading is refused with the reason
+    // with a weight file it is a checkpoint, loaded as such: here one missing all but a tensor
     let mut t = Tensors::new();
     t.insert("norm.weight".into(), (Dtype::F32, vec![1], vec![0; 4]));
     write_tensors(&d.join("model.safetensors"), &t);
-    assert_clean_error(&logits_of(d, "0,1"), "FP8");
+    assert_clean_error(&logits_of(d, "0,1"), "missing");
 }
 
 #[test]

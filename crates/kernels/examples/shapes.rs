@@ -3,7 +3,7 @@
 //! copies (default 64, 3 repeats): many large ones read from memory, a few small ones over many
 //! repeats from cache; PER_CALL of them per `matmul_batch` (default all), as a MoE layer's experts
 //! are one call each; FORMATS a comma list such as int8,int4 (default all; `fp8` for float8_e4m3fn
-//! in 128x128 blocks as the released V3 stores it). Prints the read bandwidth probe, then GMAC/s and GB/s of weights per format.
+//! in 128x128 blocks as the released V3 stores it, `mxfp4` for V4's routed experts). Prints the read bandwidth probe, then GMAC/s and GB/s of weights per format.
 
 use std::time::Instant;
 use whale_kernels::{fp8, matmul_batch, Buf, Format, Matrix, Product, WeightData};
@@ -32,7 +32,7 @@ fn main() {
     // an argument with letters is the list of formats to time (default all)
     let formats: Vec<String> = match args.iter().find(|s| s.parse::<usize>().is_err()) {
         Some(f) => f.split(',').map(String::from).collect(),
-        None => ["f32", "bf16", "bf16-fast", "fp8", "int8", "int4"]
+        None => ["f32", "bf16", "bf16-fast", "fp8", "mxfp4", "int8", "int4"]
             .map(String::from)
             .to_vec(),
     };
@@ -64,11 +64,11 @@ fn main() {
     for fmt in &formats {
         let f = Format::parse(fmt);
         assert!(
-            f.is_some() || fmt == "fp8",
-            "formats: f32, bf16, bf16-fast, f16, fp8, int8, int4"
+            f.is_some() || fmt == "fp8" || fmt == "mxfp4",
+            "formats: f32, bf16, bf16-fast, f16, fp8, mxfp4, int8, int4"
         );
         let proto = Matrix::from_f32(rows, cols, base.clone());
-        let fp8 = f.is_none().then(|| to_fp8_blocks(cols, &base));
+        let fp8 = (fmt == "fp8").then(|| to_fp8_blocks(cols, &base));
         // packed as the engine packs weights at load (WHALE_NO_ARENA=1: each in its own Vec)
         let arena = whale_kernels::arena::Arena::default();
         let pack = std::env::var_os("WHALE_NO_ARENA").is_none();
@@ -86,7 +86,17 @@ fn main() {
                             block_cols: FP8_BLOCK,
                         },
                     },
-                    (None, None) => unreachable!("checked above"),
+                    // codes of any value, scales near 1: the kernel's cost does not depend on them
+                    (None, None) => Matrix {
+                        rows,
+                        cols,
+                        data: WeightData::Fp4 {
+                            codes: Buf::owned(
+                                (0..rows * cols / 2).map(|i| (i * 97 % 256) as u8).collect(),
+                            ),
+                            scales: Buf::owned(vec![126u8; rows * cols / 32]),
+                        },
+                    },
                 };
                 if pack {
                     m.packed_into(&arena)

@@ -1,6 +1,6 @@
 //! CPU kernels for whale. Nothing here knows about DeepSeek or any model: these are
 //! products of f32 activations with weight matrices stored in the formats that real
-//! checkpoints ship (f32, f16, bf16, float8_e4m3fn with block scales), plus the small
+//! checkpoints ship (f32, f16, bf16, float8_e4m3fn with block scales, MXFP4), plus the small
 //! elementwise operations a transformer needs.
 //!
 //! Hand-written rather than taken from a tensor crate because the formats we must read
@@ -11,6 +11,7 @@ pub mod arena;
 pub mod attention;
 pub mod bdot;
 pub mod buf;
+pub mod fp4;
 pub mod fp8;
 pub mod guided;
 pub mod matrix;

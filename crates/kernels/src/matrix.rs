@@ -28,6 +28,12 @@ pub enum WeightData {
         block_rows: usize,
         block_cols: usize,
     },
+    /// MXFP4 (see `fp4`): packed E2M1 codes, `cols / 2` bytes a row, and one E8M0 scale per
+    /// 32 values of a row (`cols` a multiple of 32)
+    Fp4 {
+        codes: Buf<u8>,
+        scales: Buf<u8>,
+    },
     /// int8 in blocks of 32 per row with an f16 scale each (see `quant`)
     Q8_0 {
         qs: Buf<i8>,
@@ -92,6 +98,7 @@ impl Matrix {
             WeightData::F32(_) => 4 * n,
             WeightData::F16(_) | WeightData::BF16(_) | WeightData::BF16Fast(_) => 2 * n,
             WeightData::Fp8Block { scale_inv, .. } => n + 4 * scale_inv.len(),
+            WeightData::Fp4 { .. } => n / 2 + n / crate::fp4::GROUP,
             WeightData::Q8_0 { scales, .. } => n + 2 * scales.len(),
             WeightData::Q4_0 { scales, .. } => n / 2 + 2 * scales.len(),
         }
@@ -103,20 +110,21 @@ impl Matrix {
             WeightData::F32(b) => bytemuck::cast_slice(b.as_slice()),
             WeightData::F16(b) => bytemuck::cast_slice(b.as_slice()),
             WeightData::BF16(b) | WeightData::BF16Fast(b) => bytemuck::cast_slice(b.as_slice()),
-            WeightData::Fp8Block { codes, .. } => codes.as_slice(),
+            WeightData::Fp8Block { codes, .. } | WeightData::Fp4 { codes, .. } => codes.as_slice(),
             WeightData::Q8_0 { qs, .. } => bytemuck::cast_slice(qs.as_slice()),
             WeightData::Q4_0 { qs, .. } => qs.as_slice(),
         }
     }
 
-    /// The format as a conversion target names it (None for FP8 blocks, which are load-only).
+    /// The format as a conversion target names it (None for FP8 blocks and MXFP4, which are
+    /// load-only).
     pub fn format(&self) -> Option<Format> {
         match &self.data {
             WeightData::F32(_) => Some(Format::F32),
             WeightData::F16(_) => Some(Format::F16),
             WeightData::BF16(_) => Some(Format::Bf16),
             WeightData::BF16Fast(_) => Some(Format::Bf16Fast),
-            WeightData::Fp8Block { .. } => None,
+            WeightData::Fp8Block { .. } | WeightData::Fp4 { .. } => None,
             WeightData::Q8_0 { .. } => Some(Format::Q8_0),
             WeightData::Q4_0 { .. } => Some(Format::Q4_0),
         }
@@ -129,6 +137,7 @@ impl Matrix {
             WeightData::BF16(_) => "bf16",
             WeightData::BF16Fast(_) => "bf16-fast",
             WeightData::Fp8Block { .. } => "fp8-e4m3-block",
+            WeightData::Fp4 { .. } => "mxfp4",
             WeightData::Q8_0 { .. } => "q8_0",
             WeightData::Q4_0 { .. } => "q4_0",
         }
@@ -187,6 +196,15 @@ impl Matrix {
                         *o = table[code as usize] * s;
                     }
                 }
+                &buf[..c]
+            }
+            WeightData::Fp4 { codes, scales } => {
+                let g = crate::fp4::GROUP;
+                crate::fp4::decode_row(
+                    &codes.as_slice()[r * c / 2..(r + 1) * c / 2],
+                    &scales.as_slice()[r * c / g..(r + 1) * c / g],
+                    &mut buf[..c],
+                );
                 &buf[..c]
             }
             WeightData::Q8_0 { qs, scales } => {
@@ -268,6 +286,10 @@ impl Matrix {
             },
             WeightData::Q4_0 { qs, scales } => WeightData::Q4_0 {
                 qs: qs.packed_into(arena),
+                scales: scales.packed_into(arena),
+            },
+            WeightData::Fp4 { codes, scales } => WeightData::Fp4 {
+                codes: codes.packed_into(arena),
                 scales: scales.packed_into(arena),
             },
             WeightData::Fp8Block {
@@ -399,7 +421,10 @@ impl Matrix {
     fn reads_in_place(&self) -> bool {
         matches!(
             self.data,
-            WeightData::F32(_) | WeightData::BF16(_) | WeightData::Fp8Block { .. }
+            WeightData::F32(_)
+                | WeightData::BF16(_)
+                | WeightData::Fp8Block { .. }
+                | WeightData::Fp4 { .. }
         )
     }
 
@@ -427,6 +452,17 @@ impl Matrix {
                         &scale_inv[(r0 + i) / block_rows * col_blocks..][..col_blocks]
                     }),
                     block: *block_cols,
+                }
+            }
+            WeightData::Fp4 { codes, scales } => {
+                let g = crate::fp4::GROUP;
+                Rows::Fp4 {
+                    codes: std::array::from_fn(|i| {
+                        &codes.as_slice()[(r0 + i) * c / 2..(r0 + i + 1) * c / 2]
+                    }),
+                    scales: std::array::from_fn(|i| {
+                        &scales.as_slice()[(r0 + i) * c / g..(r0 + i + 1) * c / g]
+                    }),
                 }
             }
             _ => unreachable!("reads_in_place lists the formats matched here"),
@@ -994,6 +1030,41 @@ mod tests {
                     } else {
                         assert_eq!(a.to_bits(), b.to_bits(), "{k}x{bc} t={t}: {a} vs {b}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mxfp4_products_read_in_place_equal_the_decoded_matrix() {
+        // every code in every nibble, scales from 2^-9 to 2^3; 1, 3 and 6 tokens
+        for (n, k) in [(9usize, 64usize), (5, 96), (17, 32)] {
+            let codes: Vec<u8> = (0..n * k / 2).map(|i| (i * 53 % 256) as u8).collect();
+            let scales: Vec<u8> = (0..n * k / 32).map(|i| 118 + (i % 13) as u8).collect();
+            let m = Matrix {
+                rows: n,
+                cols: k,
+                data: WeightData::Fp4 {
+                    codes: Buf::owned(codes.clone()),
+                    scales: Buf::owned(scales.clone()),
+                },
+            };
+            let decoded = m.to_f32();
+            for (j, v) in decoded.iter().enumerate() {
+                let (r, c) = (j / k, j % k);
+                let code = codes[(r * k + c) / 2] >> (4 * (c % 2)) & 15;
+                let want =
+                    crate::fp4::E2M1[code as usize] * crate::fp4::e8m0(scales[(r * k + c) / 32]);
+                assert_eq!(v.to_bits(), want.to_bits());
+            }
+            let dense = Matrix::from_f32(n, k, decoded);
+            for t in [1usize, 3, 6] {
+                let x = pseudo(t * k, 9 + t as u32);
+                let (mut y, mut want) = (vec![0f32; t * n], vec![0f32; t * n]);
+                matmul(&x, t, &m, &mut y);
+                matmul(&x, t, &dense, &mut want);
+                for (a, b) in y.iter().zip(&want) {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{n}x{k} t={t}: {a} vs {b}");
                 }
             }
         }

@@ -97,6 +97,11 @@ pub enum Rows<'a, const R: usize> {
         scales: [&'a [f32]; R],
         block: usize,
     },
+    /// MXFP4 (see `fp4`): `k / 2` bytes of packed E2M1 codes and `k / 32` E8M0 scales per row
+    Fp4 {
+        codes: [&'a [u8]; R],
+        scales: [&'a [u8]; R],
+    },
 }
 
 /// out[r][t] = dot(w[r], x[t]) for `R` weight rows and `T` (1 to 4) activation rows of length
@@ -168,6 +173,30 @@ pub fn dot_rxt<const R: usize, const T: usize>(w: Rows<R>, x: [&[f32]; T]) -> [[
                 }),
             }
         }
+        Rows::Fp4 { codes, scales } => {
+            use crate::fp4::GROUP;
+            assert!(k.is_multiple_of(GROUP));
+            for (c, s) in codes.iter().zip(&scales) {
+                assert!(c.len() == k / 2 && s.len() == k / GROUP);
+            }
+            match isa() {
+                // SAFETY: feature detected; rows hold k / 2 bytes and k / 32 scales.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { x86::dot_rxt_fp4_avx512(codes, scales, x) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe {
+                    let rows = std::array::from_fn(|r| x86::Fp4Row {
+                        codes: codes[r],
+                        scales: scales[r],
+                    });
+                    x86::dot_rxt_avx2(rows, GROUP, x)
+                },
+                _ => std::array::from_fn(|r| {
+                    std::array::from_fn(|t| portable::dot_fp4(codes[r], scales[r], x[t]))
+                }),
+            }
+        }
     }
 }
 
@@ -227,6 +256,18 @@ mod portable {
             s += w(j) * xj;
         }
         s
+    }
+
+    /// The order of `portable::dot_f32` over the decoded row.
+    pub fn dot_fp4(codes: &[u8], scales: &[u8], x: &[f32]) -> f32 {
+        let w = |j: usize| crate::fp4::value(codes, scales, j);
+        let mut acc = [0f32; 8];
+        for j in (0..x.len()).step_by(8) {
+            for i in 0..8 {
+                acc[i] += w(j + i) * x[j + i];
+            }
+        }
+        (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
     }
 
     #[inline]
@@ -345,6 +386,62 @@ pub(crate) mod x86 {
         out
     }
 
+    /// `dot_rxt` for MXFP4 rows (k a multiple of 32). Sixteen codes at a time: their 8 bytes
+    /// each doubled, widened to 32-bit lanes and shifted right by 0 or 4, so each lane's low
+    /// nibble is one code, which picks its value from a 16-entry table (`vpermps` reads only the
+    /// index's low four bits) already multiplied by the group's scale. Values times a power-of-two
+    /// scale are exact, so a cell sums what the f32 tile sums over the decoded row, in its order.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // constant indices once unrolled
+    pub unsafe fn dot_rxt_fp4_avx512<const R: usize, const T: usize>(
+        w: [&[u8]; R],
+        scales: [&[u8]; R],
+        x: [&[f32]; T],
+    ) -> [[f32; T]; R] {
+        use crate::fp4::{e8m0, E2M1, GROUP};
+        let k = x[0].len();
+        let lut = _mm512_loadu_ps(E2M1.as_ptr());
+        let shift = _mm512_set_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let mut xv = [[_mm512_setzero_ps(); T]; 2];
+        for b in 0..k / GROUP {
+            let i = b * GROUP;
+            for half in 0..2 {
+                for t in 0..T {
+                    xv[half][t] = _mm512_loadu_ps(x[t].as_ptr().add(i + 16 * half));
+                }
+            }
+            for r in 0..R {
+                // the next R rows into L2, as the other tiles do
+                _mm_prefetch::<_MM_HINT_T1>(
+                    w[r].as_ptr().wrapping_add(i / 2 + R * k / 2) as *const i8
+                );
+                let scaled = _mm512_mul_ps(lut, _mm512_set1_ps(e8m0(scales[r][b])));
+                let bytes = _mm_loadu_si128(w[r].as_ptr().add(i / 2) as *const __m128i);
+                for (half, pairs) in [
+                    _mm_unpacklo_epi8(bytes, bytes),
+                    _mm_unpackhi_epi8(bytes, bytes),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let idx = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(pairs), shift);
+                    let wv = _mm512_permutexvar_ps(idx, scaled);
+                    for t in 0..T {
+                        acc[r][t] = _mm512_fmadd_ps(wv, xv[half][t], acc[r][t]);
+                    }
+                }
+            }
+        }
+        let mut out = [[0f32; T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+        out
+    }
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len();
@@ -446,6 +543,43 @@ pub(crate) mod x86 {
         pub codes: &'a [u8],
         pub scales: &'a [f32],
         pub block: usize,
+    }
+
+    /// MXFP4 codes (two per byte) with one E8M0 scale per 32 values (see `fp4`).
+    #[derive(Clone, Copy)]
+    pub struct Fp4Row<'a> {
+        pub codes: &'a [u8],
+        pub scales: &'a [u8],
+    }
+
+    impl Row8 for Fp4Row<'_> {
+        const LINE: usize = 128;
+        #[inline(always)]
+        unsafe fn prefetch(self, j: usize) {
+            _mm_prefetch::<_MM_HINT_T1>(self.codes.as_ptr().wrapping_add(j / 2) as *const i8);
+        }
+        /// Four bytes doubled and widened to eight lanes, shifted by 0 or 4 to each lane's code;
+        /// its low three bits pick the magnitude from an eight-entry table, bit 3 is the sign.
+        #[inline(always)]
+        unsafe fn load(self, i: usize, scale: __m256) -> __m256 {
+            let four = (self.codes.as_ptr().add(i / 2) as *const i32).read_unaligned();
+            let b = _mm_cvtsi32_si128(four);
+            let lanes = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+            let code = _mm256_and_si256(
+                _mm256_srlv_epi32(lanes, _mm256_set_epi32(4, 0, 4, 0, 4, 0, 4, 0)),
+                _mm256_set1_epi32(15),
+            );
+            let mag = _mm256_permutevar8x32_ps(_mm256_loadu_ps(crate::fp4::E2M1.as_ptr()), code);
+            let sign = _mm256_and_si256(_mm256_slli_epi32(code, 28), _mm256_set1_epi32(i32::MIN));
+            _mm256_mul_ps(_mm256_or_ps(mag, _mm256_castsi256_ps(sign)), scale)
+        }
+        fn block_scale(self, b: usize) -> f32 {
+            crate::fp4::e8m0(self.scales[b])
+        }
+        #[inline(always)]
+        fn tail(self, j: usize) -> f32 {
+            crate::fp4::value(self.codes, self.scales, j)
+        }
     }
 
     impl Row8 for F32Row<'_> {

@@ -1,6 +1,8 @@
 //! A checkpoint directory in the Hugging Face layout: `config.json`, one `model.safetensors` or
 //! shards listed in `model.safetensors.index.json`, all memory-mapped. Tensors are handed out
-//! in their stored format (f32, f16, bf16, or float8_e4m3fn with `weight_scale_inv` blocks).
+//! in their stored format: f32, f16, bf16, float8_e4m3fn with block scales (V3's f32
+//! `weight_scale_inv`, V4's E8M0 `scale`), or V4's MXFP4 experts (int8-packed E2M1 codes with
+//! E8M0 `scale`s per 32 values).
 
 use anyhow::{anyhow, bail, Context, Result};
 use half::{bf16, f16};
@@ -69,6 +71,11 @@ fn read_whale_quant(path: &Path) -> Result<Option<Format>> {
             ),
         },
     }
+}
+
+/// DeepSeek-V4's name for the scales of weight `name`: `<module>.weight` -> `<module>.scale`.
+fn v4_scale_name(name: &str) -> String {
+    format!("{}.scale", name.strip_suffix(".weight").unwrap_or(name))
 }
 
 /// MemAvailable of /proc/meminfo in bytes, where there is one.
@@ -257,6 +264,12 @@ impl Checkpoint {
                 .iter()
                 .map(|v| v.to_f32())
                 .collect(),
+            // (E8M0's NaN code comes out as +inf, which the scale checks refuse)
+            Dtype::F8_E8M0 => Buf::<u8>::shared(owner, e.start, n)
+                .as_slice()
+                .iter()
+                .map(|&b| whale_kernels::fp4::e8m0(b))
+                .collect(),
             d => bail!(
                 "tensor {name} in {} has dtype {d:?}; expected F32, BF16 or F16",
                 self.file_of(e).display()
@@ -441,12 +454,70 @@ impl Checkpoint {
         }
     }
 
-    /// A 2-D weight [rows, cols] kept in its stored format. FP8 weights come with their
-    /// `<name>_scale_inv` block multipliers.
+    /// The block scales of a quantised weight `name`, where the checkpoint has them: V3's
+    /// `<name>_scale_inv` or V4's `<module>.scale`.
+    fn scale_of(&self, name: &str) -> Option<(String, &TensorEntry)> {
+        [format!("{name}_scale_inv"), v4_scale_name(name)]
+            .into_iter()
+            .find_map(|s| self.tensors.get(&s).map(|e| (s, e)))
+    }
+
+    /// A V4 MXFP4 weight: `name` holds [rows, cols / 2] bytes of E2M1 code pairs (I8 or U8),
+    /// its scales [rows, cols / 32] E8M0 bytes.
+    fn fp4_matrix(
+        &self,
+        name: &str,
+        e: &TensorEntry,
+        (scale_name, se): (String, &TensorEntry),
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix> {
+        use whale_kernels::fp4::{is_nan_e8m0, GROUP};
+        if !cols.is_multiple_of(GROUP) {
+            bail!("tensor {name} is MXFP4, whose rows are whole groups of {GROUP} values; its {cols} columns are not");
+        }
+        self.check_shape(name, e, &[rows, cols / 2])?;
+        if !matches!(se.dtype, Dtype::F8_E8M0 | Dtype::U8) {
+            bail!(
+                "tensor {scale_name} (the MXFP4 scales of {name}) has dtype {:?}; expected F8_E8M0",
+                se.dtype
+            );
+        }
+        self.check_shape(&scale_name, se, &[rows, cols / GROUP])?;
+        let scales: Buf<u8> =
+            Buf::shared(self.files[se.file].1.clone(), se.start, rows * cols / GROUP);
+        if scales.as_slice().iter().any(|&b| is_nan_e8m0(b)) {
+            bail!(
+                "tensor {scale_name} in {} holds E8M0's NaN code (0xFF): the file is damaged",
+                self.file_of(se).display()
+            );
+        }
+        let codes = Buf::shared(self.files[e.file].1.clone(), e.start, rows * cols / 2);
+        Ok(Matrix {
+            rows,
+            cols,
+            data: WeightData::Fp4 { codes, scales },
+        })
+    }
+
+    /// A 2-D weight [rows, cols] kept in its stored format. FP8 and MXFP4 weights come with
+    /// their block scales (`scale_of`).
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
         let e = self.get(name)?;
         if let (Some(q), Dtype::I8 | Dtype::U8) = (self.whale_quant, e.dtype) {
             return self.whale_block_matrix(name, e, q, rows, cols);
+        }
+        if matches!(e.dtype, Dtype::I8 | Dtype::U8) {
+            let scale = self.scale_of(name).ok_or_else(|| {
+                anyhow!(
+                    "tensor {name} holds {:?} codes (MXFP4 pairs) but its E8M0 scales {} are \
+                     missing from the checkpoint in {}",
+                    e.dtype,
+                    v4_scale_name(name),
+                    self.dir.display()
+                )
+            })?;
+            return self.fp4_matrix(name, e, scale, rows, cols);
         }
         self.check_shape(name, e, &[rows, cols])?;
         let owner = self.files[e.file].1.clone();
@@ -457,9 +528,13 @@ impl Checkpoint {
             Dtype::BF16 => WeightData::BF16(Buf::shared(owner, e.start, n)),
             Dtype::F8_E4M3 => {
                 let [br, bc] = self.config.fp8_block.unwrap_or([128, 128]);
-                let scale_name = format!("{name}_scale_inv");
-                let se = self.get(&scale_name).with_context(|| {
-                    format!("{name} is float8_e4m3fn and needs its block scales {scale_name}")
+                let (scale_name, se) = self.scale_of(name).ok_or_else(|| {
+                    anyhow!(
+                        "{name} is float8_e4m3fn and needs its block scales {name}_scale_inv \
+                         (or, as DeepSeek-V4 names them, {}); the checkpoint in {} has neither",
+                        v4_scale_name(name),
+                        self.dir.display()
+                    )
                 })?;
                 self.check_shape(&scale_name, se, &[rows.div_ceil(br), cols.div_ceil(bc)])?;
                 let scale_inv = self.to_f32_vec(&scale_name, se)?;
@@ -486,7 +561,8 @@ impl Checkpoint {
                 }
             }
             d => bail!(
-                "tensor {name} in {} has dtype {d:?}; supported: F32, F16, BF16, F8_E4M3",
+                "tensor {name} in {} has dtype {d:?}; supported: F32, F16, BF16, F8_E4M3, and \
+                 I8 MXFP4 codes with their E8M0 scales",
                 self.file_of(e).display()
             ),
         };

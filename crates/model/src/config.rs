@@ -227,10 +227,46 @@ pub struct V4Config {
     /// with YaRN when configured (attention_factor 1 unless given)
     pub compress_rope_theta: f64,
     pub compress_yarn: Option<Yarn>,
-    /// the released FP8 weights (`quantization_config`), and FP4 routed experts
-    /// (`expert_dtype: fp4`): accounted for, not loaded yet
+    /// the released FP8 weights (`quantization_config`), and MXFP4 routed experts
+    /// (`expert_dtype: fp4`): what `whale inspect` and `cost` count their bytes as (the loader
+    /// reads each tensor's format from its dtype)
     pub quantized: bool,
     pub expert_fp4: bool,
+}
+
+/// The FP8 block shape of `quantization_config` (quant_method fp8; 128x128 where unsaid), or None
+/// for a checkpoint without one.
+fn fp8_block(o: &Map<String, Value>) -> Result<Option<[usize; 2]>> {
+    let Some(q) = field(o, "quantization_config") else {
+        return Ok(None);
+    };
+    let q = q
+        .as_object()
+        .ok_or_else(|| anyhow!("config.json: `quantization_config` must be an object"))?;
+    match opt_str(q, "quant_method")? {
+        Some("fp8") => {}
+        Some(other) => bail!(
+            "config.json: unsupported quantization_config.quant_method `{other}` (supported: fp8)"
+        ),
+        None => bail!("config.json: quantization_config.quant_method is missing"),
+    }
+    if let Some(f) = opt_str(q, "fmt")?.filter(|f| *f != "e4m3") {
+        bail!("config.json: unsupported quantization_config.fmt `{f}` (supported: e4m3)");
+    }
+    if let Some(a) = opt_str(q, "activation_scheme")?.filter(|a| *a != "dynamic") {
+        bail!("config.json: unsupported quantization_config.activation_scheme `{a}` (supported: dynamic)");
+    }
+    Ok(Some(match field(q, "weight_block_size") {
+        None => [128, 128],
+        Some(Value::Array(a))
+            if a.len() == 2 && a.iter().all(|x| x.as_u64().is_some_and(|n| n > 0)) =>
+        {
+            [a[0].as_u64().unwrap() as usize, a[1].as_u64().unwrap() as usize]
+        }
+        Some(v) => bail!(
+            "config.json: quantization_config.weight_block_size must be two positive integers, got {v}"
+        ),
+    }))
 }
 
 fn field<'a>(o: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
@@ -657,31 +693,7 @@ impl ModelConfig {
 
         let (rope_theta, yarn, llama3) = rope(o)?;
 
-        let fp8_block = match field(o, "quantization_config") {
-            None => None,
-            Some(q) => {
-                let q = q.as_object().ok_or_else(|| {
-                    anyhow!("config.json: `quantization_config` must be an object")
-                })?;
-                match opt_str(q, "quant_method")? {
-                    Some("fp8") => {}
-                    Some(other) => bail!(
-                        "config.json: unsupported quantization_config.quant_method `{other}` (supported: fp8)"
-                    ),
-                    None => bail!("config.json: quantization_config.quant_method is missing"),
-                }
-                let b = match field(q, "weight_block_size") {
-                    None => [128, 128],
-                    Some(Value::Array(a)) if a.len() == 2 && a.iter().all(|x| x.as_u64().is_some_and(|n| n > 0)) => {
-                        [a[0].as_u64().unwrap() as usize, a[1].as_u64().unwrap() as usize]
-                    }
-                    Some(v) => bail!(
-                        "config.json: quantization_config.weight_block_size must be two positive integers, got {v}"
-                    ),
-                };
-                Some(b)
-            }
-        };
+        let fp8_block = fp8_block(o)?;
 
         let q_lora_rank = match opt_usize(o, "q_lora_rank")? {
             Some(0) | None => None,
@@ -890,18 +902,8 @@ impl ModelConfig {
         if opt_str(o, "topk_method")?.is_some_and(|m| m != "noaux_tc") {
             bail!("config.json: deepseek_v4 routes by the biased scores (noaux_tc); `topk_method` says otherwise");
         }
-        // the release: FP8 (E4M3, 128x128 blocks, E8M0 scales) and FP4 experts; read for
-        // accounting, refused when weights are loaded
-        let quantized = match field(o, "quantization_config") {
-            None => false,
-            Some(q) => {
-                let m = q.get("quant_method").and_then(|m| m.as_str());
-                if m != Some("fp8") {
-                    bail!("config.json: unsupported quantization_config.quant_method {m:?} for deepseek_v4 (supported: fp8)");
-                }
-                true
-            }
-        };
+        // the release: FP8 (E4M3, 128x128 blocks, E8M0 scales) and MXFP4 routed experts
+        let fp8_block = fp8_block(o)?;
         let expert_fp4 = match opt_str(o, "expert_dtype")?.or(field(o, "quantization_config")
             .and_then(|q| q.get("expert_dtype"))
             .and_then(|e| e.as_str()))
@@ -941,7 +943,7 @@ impl ModelConfig {
             swiglu_limit: opt_f64(o, "swiglu_limit")?.unwrap_or(10.0),
             compress_rope_theta: compress_theta,
             compress_yarn,
-            quantized,
+            quantized: fp8_block.is_some(),
             expert_fp4,
         };
         let cfg = ModelConfig {
@@ -977,7 +979,7 @@ impl ModelConfig {
             max_position_embeddings: get("max_position_embeddings", 1 << 20)?,
             rms_norm_eps: opt_f64(o, "rms_norm_eps")?.unwrap_or(1e-6),
             num_nextn_predict_layers: get("num_nextn_predict_layers", 1)?,
-            fp8_block: None,
+            fp8_block,
             bos_token_id: token_ids(o, "bos_token_id")?.first().copied(),
             eos_token_ids: token_ids(o, "eos_token_id")?,
             tie_word_embeddings: false,

@@ -267,13 +267,6 @@ impl Model {
     fn load_v4(ck: &Checkpoint) -> Result<Self> {
         let cfg = ck.config.clone();
         let v4 = cfg.v4.as_ref().expect("a V4 config");
-        if v4.quantized {
-            bail!(
-                "{}: DeepSeek-V4's quantised release (FP8 weights with E8M0 block scales{}) does not load yet; a bf16 checkpoint does",
-                ck.dir.display(),
-                if v4.expert_fp4 { ", FP4 experts" } else { "" }
-            );
-        }
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load_v4(ck, i))

@@ -7,8 +7,8 @@
 //! `<name>_whale_scale` [rows, cols / 32]; config.json carries
 //! `"whale_quantization": {"format": "q8_0" | "q4_0", "block_size": 32, "scale_dtype": "F16"}`.
 //! Everything else — including linear weights whose rows 32 does not divide, with their FP8
-//! `weight_scale_inv` and `quantization_config` — is copied byte for byte, so loading the result
-//! gives exactly what converting the source at load (`--dtype`) gives.
+//! `weight_scale_inv` (V4: `scale`) and `quantization_config` — is copied byte for byte, so
+//! loading the result gives exactly what converting the source at load (`--dtype`) gives.
 
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::TensorView;
@@ -20,7 +20,7 @@ use crate::checkpoint::Checkpoint;
 
 /// Weights the model loads through `Checkpoint::linear` (and so quantises).
 pub fn is_linear(name: &str) -> bool {
-    const SUFFIXES: [&str; 14] = [
+    const SUFFIXES: &[&str] = &[
         "q_a_proj.weight",
         "q_b_proj.weight",
         "q_proj.weight",
@@ -36,6 +36,18 @@ pub fn is_linear(name: &str) -> bool {
         // V3.2's indexer (its weights_proj stays as stored)
         "indexer.wq_b.weight",
         "indexer.wk.weight",
+        // V4 under its released names (`head.weight` is also lm_head's suffix)
+        "head.weight",
+        "attn.wq_a.weight",
+        "attn.wq_b.weight",
+        "attn.wkv.weight",
+        "attn.wo_a.weight",
+        "attn.wo_b.weight",
+        "compressor.wkv.weight",
+        "compressor.wgate.weight",
+        ".w1.weight",
+        ".w2.weight",
+        ".w3.weight",
     ];
     SUFFIXES.iter().any(|s| name.ends_with(s))
 }
@@ -57,17 +69,26 @@ pub fn save_quantized(ck: &Checkpoint, format: Format, out: &Path) -> Result<()>
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut tensors: Vec<(String, Out)> = Vec::new();
-    let mut converted = std::collections::HashSet::new();
-    // names are sorted, so a weight comes before its `_scale_inv`
+    // [rows, cols] of a linear weight as the model multiplies it (V4's MXFP4 experts store two
+    // values a byte); the block formats take rows 32 divides
+    let shape = |name: &str| {
+        let e = ck.entry(name)?;
+        let packed = matches!(e.dtype, Dtype::I8 | Dtype::U8);
+        (is_linear(name) && e.shape.len() == 2)
+            .then(|| (e.shape[0], e.shape[1] * if packed { 2 } else { 1 }))
+            .filter(|(_, cols)| cols.is_multiple_of(32))
+    };
     for name in ck.tensor_names() {
         let e = ck.entry(name).expect("listed");
-        if let Some(base) = name.strip_suffix("_scale_inv") {
-            if converted.contains(base) {
-                continue; // folded into its quantised weight
-            }
+        // the block scales of a weight quantised here are folded into it
+        let base = name
+            .strip_suffix("_scale_inv")
+            .map(str::to_string)
+            .or_else(|| name.strip_suffix(".scale").map(|m| format!("{m}.weight")));
+        if base.is_some_and(|b| shape(&b).is_some()) {
+            continue;
         }
-        let quantised = if is_linear(name) && e.shape.len() == 2 {
-            let (rows, cols) = (e.shape[0], e.shape[1]);
+        let quantised = if let Some((rows, cols)) = shape(name) {
             match ck.matrix(name, rows, cols)?.convert(format).map(|q| q.data) {
                 Some(WeightData::Q8_0 { qs, scales }) => Some((
                     Out::Owned(
@@ -94,7 +115,6 @@ pub fn save_quantized(ck: &Checkpoint, format: Format, out: &Path) -> Result<()>
                     format!("{name}_whale_scale"),
                     Out::Owned(Dtype::F16, vec![rows, cols / 32], scales),
                 ));
-                converted.insert(name.to_string());
             }
             None => tensors.push((
                 name.into(),

@@ -6,7 +6,7 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
 use whale_model::{AttentionForm, Checkpoint, Logits, Model};
 
-const CASES: [&str; 12] = [
+const CASES: [&str; 13] = [
     "tiny-v3",
     "tiny-v2-lite",
     "tiny-v2-group",
@@ -19,6 +19,7 @@ const CASES: [&str; 12] = [
     "tiny-v4",
     "tiny-v32-b",
     "tiny-v4-b",
+    "tiny-v4-fp8",
 ];
 
 fn fixture(name: &str) -> PathBuf {
