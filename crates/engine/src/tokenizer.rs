@@ -343,6 +343,12 @@ impl ChatTokenizer {
         })
     }
 
+    /// The conversation format the release ships as code, where the checkpoint has no
+    /// template and one is known for its model type.
+    pub fn native_format(&self) -> Option<crate::native_chat::NativeFormat> {
+        self.native.filter(|_| self.chat_template.is_none())
+    }
+
     pub fn has_chat_template(&self) -> bool {
         self.chat_template.is_some() || self.native.is_some()
     }
@@ -415,7 +421,7 @@ impl ChatTokenizer {
                 // the encoders have no switch for the generation prompt: a conversation ending
                 // on a user turn always opens the assistant's
                 let thinking = extra.get("thinking").and_then(|t| t.as_bool()) != Some(false);
-                return f.render(messages, thinking);
+                return f.render(messages, thinking, extra.get("tools"));
             }
             bail!("tokenizer_config.json has no chat_template");
         };

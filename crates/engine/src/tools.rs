@@ -6,11 +6,15 @@
 //! `NAME<｜tool▁sep｜>ARGS`, and Kimi-K2 writes the call's id, `functions.NAME:IDX`, then
 //! `<|tool_call_argument_begin|>ARGS` inside its own section markers.
 //!
+//! DeepSeek-V3.2 and V4 ship no template: their calls are DSML (see `native_chat`), each
+//! argument a `<｜DSML｜parameter>` element, turned into the JSON object the API returns.
+//!
 //! The parser reads the answer as it streams. A call is released once its end marker arrives
 //! and it has been checked (a known function, arguments that are a JSON object); anything else
 //! in the calls block is handed back as plain text. Markers split across chunks are held back.
 
 use crate::grammar::json_options;
+use crate::native_chat::NativeFormat;
 use crate::reasoning::partial_tag_suffix;
 use crate::tokenizer::{ChatTokenizer, Message};
 use serde_json::{json, Value};
@@ -34,6 +38,23 @@ pub const DEEPSEEK: Markers = Markers {
     inner: &["<｜tool▁sep｜>"],
 };
 
+/// V3.2's DSML call blocks (V4's name the block `tool_calls`; see `CallFormat::dsml`).
+pub const DSML_V32: Markers = Markers {
+    calls_begin: "<｜DSML｜function_calls>",
+    calls_end: "</｜DSML｜function_calls>",
+    call_begin: "<｜DSML｜invoke",
+    call_end: "</｜DSML｜invoke>",
+    inner: &[],
+};
+
+pub const DSML_V4: Markers = Markers {
+    calls_begin: "<｜DSML｜tool_calls>",
+    calls_end: "</｜DSML｜tool_calls>",
+    call_begin: "<｜DSML｜invoke",
+    call_end: "</｜DSML｜invoke>",
+    inner: &[],
+};
+
 pub const KIMI: Markers = Markers {
     calls_begin: "<|tool_calls_section_begin|>",
     calls_end: "<|tool_calls_section_end|>",
@@ -42,11 +63,22 @@ pub const KIMI: Markers = Markers {
     inner: &["<|tool_call_argument_begin|>"],
 };
 
+/// How a call's arguments are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Args {
+    /// a JSON object
+    Json,
+    /// DSML `<｜DSML｜parameter name="K" string="true|false">V</｜DSML｜parameter>` elements, one
+    /// per line: a string as it is, any other value as JSON
+    Dsml,
+}
+
 /// How the template writes calls: `calls_begin open (call_begin prefix NAME [:IDX] middle ARGS
 /// suffix call_end) (sep ...)* close calls_end`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallFormat {
     pub markers: Markers,
+    pub args: Args,
     /// the call is named by its id, `prefix NAME:IDX` (Kimi-K2's `functions.NAME:IDX`): the
     /// parsed call keeps that id, so the conversation sent back renders as the model wrote it
     pub indexed: bool,
@@ -66,6 +98,9 @@ impl CallFormat {
     /// in a known family's markers (a template without tool support) or the vocabulary lacks
     /// them.
     pub fn learn(tok: &ChatTokenizer) -> Option<CallFormat> {
+        if let Some(f) = tok.native_format() {
+            return Some(Self::dsml(f));
+        }
         [DEEPSEEK, KIMI]
             .into_iter()
             .find_map(|m| Self::learn_with(tok, m))
@@ -121,6 +156,7 @@ impl CallFormat {
         let second = first_end + two[first_end..].find(call_begin)?;
         Some(CallFormat {
             markers,
+            args: Args::Json,
             indexed,
             open: one[..b].to_string(),
             prefix: inner[..n].to_string(),
@@ -129,6 +165,25 @@ impl CallFormat {
             sep: two[first_end..second].to_string(),
             close: one[e + call_end.len()..].to_string(),
         })
+    }
+
+    /// The DSML calls of V3.2's or V4's own format: `\n\n<｜DSML｜{block}>\n` then
+    /// `<｜DSML｜invoke name="NAME">\nPARAMS\n</｜DSML｜invoke>` per call, one a line.
+    pub fn dsml(f: NativeFormat) -> CallFormat {
+        CallFormat {
+            markers: match f {
+                NativeFormat::V32 => DSML_V32,
+                NativeFormat::V4 => DSML_V4,
+            },
+            args: Args::Dsml,
+            indexed: false,
+            open: "\n".into(),
+            prefix: " name=\"".into(),
+            middle: "\">".into(),
+            suffix: String::new(),
+            sep: "\n".into(),
+            close: "\n".into(),
+        }
     }
 
     /// A call's text between its markers split into (name, id where the format names calls by
@@ -222,7 +277,10 @@ impl ToolParser {
         loop {
             if !self.in_calls {
                 if let Some(i) = self.buf.find(calls_begin) {
-                    let before = self.drain(i);
+                    let mut before = self.drain(i);
+                    if self.format.args == Args::Dsml {
+                        before.truncate(before.trim_end().len());
+                    }
                     if !before.is_empty() {
                         out.push(ToolOut::Content(before));
                     }
@@ -230,7 +288,12 @@ impl ToolParser {
                     self.in_calls = true;
                     continue;
                 }
-                let keep = partial_tag_suffix(&self.buf, calls_begin);
+                let mut keep = partial_tag_suffix(&self.buf, calls_begin);
+                if self.format.args == Args::Dsml {
+                    // the blank line DSML writes before a calls block is not content
+                    let body = &self.buf[..self.buf.len() - keep];
+                    keep += body.len() - body.trim_end().len();
+                }
                 let emit = self.drain(self.buf.len() - keep);
                 if !emit.is_empty() {
                     out.push(ToolOut::Content(emit));
@@ -282,6 +345,20 @@ impl ToolParser {
         if !self.names.iter().any(|n| n == name) {
             return None;
         }
+        if self.format.args == Args::Dsml {
+            // the JSON object the API returns is whale's, written whole when the call is
+            let arguments = crate::pyjson::dumps(
+                &Value::Object(dsml_params(args)?),
+                &crate::pyjson::Options::default(),
+            );
+            self.made += 1;
+            return Some(ToolCall {
+                name: name.to_string(),
+                id,
+                fragments: vec![arguments.clone()],
+                arguments,
+            });
+        }
         if !serde_json::from_str::<Value>(args).ok()?.is_object() {
             return None;
         }
@@ -323,6 +400,31 @@ impl ToolParser {
     }
 }
 
+/// DSML parameter elements as a JSON object: `string="true"` values as the text they are,
+/// `string="false"` ones parsed as JSON; None where the text is not such elements (or names
+/// one twice).
+fn dsml_params(s: &str) -> Option<serde_json::Map<String, Value>> {
+    const OPEN: &str = "<｜DSML｜parameter name=\"";
+    const CLOSE: &str = "</｜DSML｜parameter>";
+    let mut out = serde_json::Map::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let (name, r) = rest.strip_prefix(OPEN)?.split_once('"')?;
+        let (is_str, r) = r.strip_prefix(" string=\"")?.split_once("\">")?;
+        let (value, r) = r.split_once(CLOSE)?;
+        let v = match is_str {
+            "true" => Value::String(value.to_string()),
+            "false" => serde_json::from_str(value.trim()).ok()?,
+            _ => return None,
+        };
+        if out.insert(name.to_string(), v).is_some() {
+            return None;
+        }
+        rest = r.trim_start();
+    }
+    Some(out)
+}
+
 /// A Lark grammar (llguidance's dialect) for an answer that is tool calls in `format`, each of
 /// one of `tools` (`(name, parameters schema)`): one call, or one or more when `many`. With
 /// `text_first`, any text comes first and the calls are optional (`tool_choice: auto` with
@@ -334,6 +436,9 @@ pub fn calls_grammar(
     text_first: bool,
     tok: &ChatTokenizer,
 ) -> Option<String> {
+    if format.args == Args::Dsml {
+        return (!text_first).then(|| dsml_grammar(format, tools, many));
+    }
     let m = &format.markers;
     let id = |m: &str| tok.token_id(m).map(|i| format!("<[{i}]>"));
     let lit = |s: &str| serde_json::to_string(s).expect("a string serialises");
@@ -417,6 +522,96 @@ pub fn calls_grammar(
     Some(g.replace(" \"\"", ""))
 }
 
+/// `calls_grammar` for DSML calls (no text before them): the blank line and the block the
+/// encoders write, each call's parameters in its schema's order (required ones always, the
+/// others optional), string properties as one of their `enum` or as text without `<` (at most
+/// `maxLength` characters), the rest as JSON under their schemas; a tool without listed
+/// properties takes any parameters.
+fn dsml_grammar(format: &CallFormat, tools: &[(String, Value)], many: bool) -> String {
+    let lit = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    let m = &format.markers;
+    let param = |name: &str, schema: &Value| {
+        let open = lit(&format!("<｜DSML｜parameter name=\"{name}\" string="));
+        let close = lit("</｜DSML｜parameter>\n");
+        if schema.get("type").and_then(|t| t.as_str()) == Some("string") {
+            // an enum's values, else text of at most maxLength characters
+            let value = match schema.get("enum").and_then(|e| e.as_array()) {
+                Some(vals) if vals.iter().all(|v| v.is_string()) => format!(
+                    "({})",
+                    vals.iter()
+                        .map(|v| lit(v.as_str().expect("checked")))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                ),
+                _ => match schema.get("maxLength").and_then(|n| n.as_u64()) {
+                    Some(n) => format!("/[^<]{{0,{n}}}/"),
+                    None => "/[^<]*/".into(),
+                },
+            };
+            format!("{open} \"\\\"true\\\">\" {value} {close}")
+        } else {
+            format!(
+                "{open} \"\\\"false\\\">\" %json {} {close}",
+                json_options(schema.clone())
+            )
+        }
+    };
+    let mut rules = vec![format!(
+        "any_param: {} /[A-Za-z0-9_.-]+/ {} (\"true\\\">\" /[^<]*/ | \"false\\\">\" %json {{}}) {}",
+        lit("<｜DSML｜parameter name=\""),
+        lit("\" string=\""),
+        lit("</｜DSML｜parameter>\n"),
+    )];
+    let mut alts = Vec::new();
+    for (k, (name, schema)) in tools.iter().enumerate() {
+        let props = schema.get("properties").and_then(|p| p.as_object());
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(|r| r.as_array())
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let params = match props {
+            None => "any_param*".to_string(),
+            Some(p) if p.is_empty() => String::new(),
+            Some(p) => p
+                .iter()
+                .map(|(pn, ps)| {
+                    let one = format!("({})", param(pn, ps));
+                    if required.contains(&pn.as_str()) {
+                        one
+                    } else {
+                        format!("{one}?")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        // no parameters at all: the empty line the encoders write between the tags
+        let params = if params.is_empty() { lit("\n") } else { params };
+        rules.push(format!(
+            "call_{k}: {} {params} {}",
+            lit(&format!(
+                "{}{}{name}{}\n",
+                m.call_begin, format.prefix, format.middle
+            )),
+            lit(m.call_end),
+        ));
+        alts.push(format!("call_{k}"));
+    }
+    let calls = if many { "call (\"\\n\" call)*" } else { "call" };
+    let mut g = format!(
+        "start: {} {calls} {}\ncall: {}\n",
+        lit(&format!("\n\n{}\n", m.calls_begin)),
+        lit(&format!("\n{}", m.calls_end)),
+        alts.join(" | ")
+    );
+    for r in rules {
+        g.push_str(&r);
+        g.push('\n');
+    }
+    g
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +619,7 @@ mod tests {
     fn v3() -> CallFormat {
         CallFormat {
             markers: DEEPSEEK,
+            args: Args::Json,
             indexed: false,
             open: String::new(),
             prefix: "function<｜tool▁sep｜>".into(),
@@ -437,6 +633,7 @@ mod tests {
     fn v31() -> CallFormat {
         CallFormat {
             markers: DEEPSEEK,
+            args: Args::Json,
             indexed: false,
             open: String::new(),
             prefix: String::new(),
@@ -512,6 +709,7 @@ mod tests {
     fn kimi() -> CallFormat {
         CallFormat {
             markers: KIMI,
+            args: Args::Json,
             indexed: true,
             open: String::new(),
             prefix: "functions.".into(),
@@ -569,6 +767,62 @@ mod tests {
         }
         // plain text that only looks like the start of a marker is released at the end
         assert_eq!(run(&v3(), &["a <｜tool"]).0, "a <｜tool");
+    }
+
+    /// The DSML blocks V3.2 and V4 write (as `native_chat` renders them; testdata/encodings has
+    /// the released encoders' text): arguments come back as the JSON object they stand for.
+    #[test]
+    fn dsml_calls_parse_at_every_cut() {
+        for f in [NativeFormat::V32, NativeFormat::V4] {
+            let b = f.calls_block();
+            let s = format!(
+                "Checking both.\n\n<｜DSML｜{b}>\n<｜DSML｜invoke name=\"get_weather\">\n<｜DSML｜parameter name=\"city\" string=\"true\">São \"Paulo\" <b></｜DSML｜parameter>\n</｜DSML｜invoke>\n<｜DSML｜invoke name=\"add\">\n<｜DSML｜parameter name=\"a\" string=\"false\">1.5</｜DSML｜parameter>\n<｜DSML｜parameter name=\"b\" string=\"false\">[true, {{\"x\": null}}]</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜{b}>"
+            );
+            let (text, calls) = every_cut(&CallFormat::dsml(f), &s);
+            assert_eq!(text, "Checking both.", "{f:?}");
+            assert_eq!(
+                calls,
+                [
+                    (
+                        "get_weather".into(),
+                        "{\"city\": \"São \\\"Paulo\\\" <b>\"}".into()
+                    ),
+                    (
+                        "add".into(),
+                        "{\"a\": 1.5, \"b\": [true, {\"x\": null}]}".into()
+                    )
+                ]
+            );
+            // a call with no parameters
+            let s = format!(
+                "<｜DSML｜{b}>\n<｜DSML｜invoke name=\"add\">\n\n</｜DSML｜invoke>\n</｜DSML｜{b}>"
+            );
+            assert_eq!(
+                every_cut(&CallFormat::dsml(f), &s).1,
+                [("add".into(), "{}".into())]
+            );
+            // not JSON where string="false", a name given twice, an unknown tool, the other
+            // release's block: text; so is a blank line not followed by calls
+            for bad in [
+                format!("<｜DSML｜{b}>\n<｜DSML｜invoke name=\"add\">\n<｜DSML｜parameter name=\"a\" string=\"false\">one</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜{b}>"),
+                format!("<｜DSML｜{b}>\n<｜DSML｜invoke name=\"add\">\n<｜DSML｜parameter name=\"a\" string=\"true\">1</｜DSML｜parameter>\n<｜DSML｜parameter name=\"a\" string=\"true\">2</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜{b}>"),
+                format!("<｜DSML｜{b}>\n<｜DSML｜invoke name=\"launch\">\n</｜DSML｜invoke>\n</｜DSML｜{b}>"),
+            ] {
+                let (text, calls) = every_cut(&CallFormat::dsml(f), &bad);
+                assert!(calls.is_empty() && !text.is_empty(), "{bad}");
+            }
+            let other = if f == NativeFormat::V32 {
+                "tool_calls"
+            } else {
+                "function_calls"
+            };
+            let s = format!("<｜DSML｜{other}>\n<｜DSML｜invoke name=\"add\">\n\n</｜DSML｜invoke>\n</｜DSML｜{other}>");
+            assert_eq!(every_cut(&CallFormat::dsml(f), &s), (s.clone(), vec![]));
+            assert_eq!(
+                run(&CallFormat::dsml(f), &["so\n\n", "done"]).0,
+                "so\n\ndone"
+            );
+        }
     }
 
     #[test]

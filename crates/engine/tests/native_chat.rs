@@ -15,17 +15,7 @@ fn data(name: &str) -> Value {
 }
 
 fn messages(v: &Value) -> Vec<Message> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let mut msg = Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap());
-            if let Some(r) = m.get("reasoning_content") {
-                msg.extra.insert("reasoning_content".into(), r.clone());
-            }
-            msg
-        })
-        .collect()
+    serde_json::from_value(v.clone()).unwrap()
 }
 
 #[test]
@@ -36,10 +26,16 @@ fn both_formats_render_as_the_released_encoders_do() {
     ] {
         let d = data(file);
         let cases = d["cases"].as_array().unwrap();
-        assert_eq!(cases.len(), 12);
+        assert_eq!(cases.len(), 24);
+        assert_eq!(
+            cases.iter().filter(|c| c.get("tools").is_some()).count(),
+            12
+        );
         for c in cases {
             let thinking = c["thinking_mode"] == "thinking";
-            let got = format.render(&messages(&c["messages"]), thinking).unwrap();
+            let got = format
+                .render(&messages(&c["messages"]), thinking, c.get("tools"))
+                .unwrap();
             assert_eq!(
                 got,
                 c["text"].as_str().unwrap(),
@@ -52,7 +48,8 @@ fn both_formats_render_as_the_released_encoders_do() {
 }
 
 /// A V3.2 checkpoint without a chat template renders through its format, `thinking: false`
-/// picking chat mode; what the format cannot say yet is refused, not dropped.
+/// picking chat mode, the request's tools offered through it; what the format cannot say is
+/// refused, not dropped.
 #[test]
 fn a_checkpoint_without_a_template_takes_its_release_format() {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/fixtures/tiny-v32");
@@ -69,18 +66,37 @@ fn a_checkpoint_without_a_template_takes_its_release_format() {
     assert!(tok.has_chat_template());
     let d = data("dsv32.json");
     for c in d["cases"].as_array().unwrap() {
-        let extra = json!({"thinking": c["thinking_mode"] == "thinking"});
+        let mut extra = json!({"thinking": c["thinking_mode"] == "thinking"});
+        if let Some(t) = c.get("tools") {
+            extra["tools"] = t.clone();
+        }
         let r = tok
             .render_chat(&messages(&c["messages"]), true, &extra)
             .unwrap();
         assert_eq!(r.plain(), c["text"].as_str().unwrap(), "{}", c["name"]);
     }
+    // a result with no call before it, arguments that are not an object, V4's task turns
+    let err = tok
+        .render_chat(
+            &[Message::new("user", "hi"), Message::new("tool", "3")],
+            true,
+            &json!({}),
+        )
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("tool call"), "{err:#}");
     let mut call = Message::new("assistant", "");
-    call.extra.insert("tool_calls".into(), json!([]));
+    call.extra.insert(
+        "tool_calls".into(),
+        json!([{"type": "function", "function": {"name": "f", "arguments": "[1]"}}]),
+    );
     let err = tok
         .render_chat(&[Message::new("user", "hi"), call], true, &json!({}))
         .unwrap_err();
-    assert!(format!("{err:#}").contains("tool calls"), "{err:#}");
+    assert!(format!("{err:#}").contains("not a JSON object"), "{err:#}");
+    let mut task = Message::new("user", "hi");
+    task.extra.insert("task".into(), json!("query"));
+    let err = tok.render_chat(&[task], true, &json!({})).unwrap_err();
+    assert!(format!("{err:#}").contains("task"), "{err:#}");
     let err = tok
         .render_chat(&[Message::new("developer", "hi")], true, &json!({}))
         .unwrap_err();

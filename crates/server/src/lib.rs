@@ -603,6 +603,12 @@ async fn constrain(
                 .collect();
             let many = t.parallel && !matches!(t.choice, ToolChoice::Named(_));
             let text_first = t.choice == ToolChoice::Auto;
+            if text_first && format.args == whale_engine::tools::Args::Dsml {
+                return Err(ApiError::invalid(
+                    "tools",
+                    "`strict` tools under `tool_choice: auto` are not supported for DSML calls (DeepSeek-V3.2 and V4's own format): use `tool_choice: required` or a named function",
+                ));
+            }
             let g = calls_grammar(format, &specs, many, text_first, &st.tokenizer).ok_or_else(
                 || {
                     ApiError::invalid(
