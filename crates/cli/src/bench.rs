@@ -468,7 +468,7 @@ pub fn measure_with(
                 .collect()
         })
         .collect();
-    let d = c.hidden_size;
+    let d = model.hidden_width();
     let mut caches: Vec<LatentCache> = (0..batch)
         .map(|_| model.new_cache(prompt_len + gen_len))
         .collect();

@@ -100,7 +100,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
                 ck.has(&format!(
                     "model.layers.{}.eh_proj.weight",
                     c.num_hidden_layers + k
-                ))
+                )) || ck.has(&format!("mtp.{k}.e_proj.weight"))
             })
         })
         .count();

@@ -258,7 +258,7 @@ impl Engine {
             return Ok((out, FinishReason::Length, stats));
         }
         let mut cache = m.new_cache(prompt.len() + budget + 2);
-        let (d, v) = (m.config.hidden_size, m.config.vocab_size);
+        let (d, v) = (m.hidden_width(), m.config.vocab_size);
         let h = m.forward_hidden(prompt, &mut cache, AttentionForm::Plain)?;
         let mut next = argmax(&m.logits(&h[h.len() - d..]));
         // the drafter sees (h_i, x_{i+1}) for every prompt position

@@ -206,6 +206,111 @@ fn mtp_speculative_decoding_gives_exactly_the_greedy_tokens() {
     assert!(err.to_string().contains("MTP"), "{err}");
 }
 
+/// tiny-v4 with an MTP module as V4 releases name one (`mtp.0.*`): its block the last layer's
+/// tensors (compressed sparse attention, score-routed experts), its own `hc_head` the model's,
+/// `e_proj` / `h_proj` and the norms made up.
+fn v4_with_mtp() -> tempfile::TempDir {
+    use safetensors::{serialize_to_file, tensor::TensorView, Dtype, SafeTensors};
+    let src = fixture("tiny-v4");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let index_path = tmp.path().join("model.safetensors.index.json");
+    let mut index: Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    let shards: std::collections::BTreeSet<String> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let mut out: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for shard in &shards {
+        let bytes = std::fs::read(src.join(shard)).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        for (name, t) in st.tensors() {
+            let renamed = if let Some(rest) = name.strip_prefix("layers.3.") {
+                format!("mtp.0.{rest}")
+            } else if name.starts_with("hc_head_") {
+                format!("mtp.0.{name}")
+            } else {
+                continue;
+            };
+            out.push((renamed, t.dtype(), t.shape().to_vec(), t.data().to_vec()));
+        }
+    }
+    let d = 64;
+    let f32s = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let wave = |n: usize, k: f32| f32s((0..n).map(|i| 0.2 * ((i as f32) * k).sin()).collect());
+    for (name, k) in [("e_proj", 0.37f32), ("h_proj", 0.73)] {
+        out.push((
+            format!("mtp.0.{name}.weight"),
+            Dtype::F32,
+            vec![d, d],
+            wave(d * d, k),
+        ));
+    }
+    for name in ["enorm", "hnorm", "norm"] {
+        out.push((
+            format!("mtp.0.{name}.weight"),
+            Dtype::F32,
+            vec![d],
+            f32s(vec![1.0; d]),
+        ));
+    }
+    let views: Vec<(String, TensorView)> = out
+        .iter()
+        .map(|(n, dt, s, b)| (n.clone(), TensorView::new(*dt, s.clone(), b).unwrap()))
+        .collect();
+    serialize_to_file(views, None, &tmp.path().join("model-mtp.safetensors")).unwrap();
+    for (n, ..) in &out {
+        index["weight_map"][n] = Value::from("model-mtp.safetensors");
+    }
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let cfg_path = tmp.path().join("config.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["num_nextn_predict_layers"] = 1.into();
+    cfg["layer_types"]
+        .as_array_mut()
+        .unwrap()
+        .push("compressed_sparse_attention".into());
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    tmp
+}
+
+#[test]
+fn v4_mtp_modules_draft_without_changing_the_greedy_tokens() {
+    let dir = v4_with_mtp();
+    let engine = Engine::load(dir.path(), false).unwrap();
+    assert_eq!(engine.model.mtp.len(), 1);
+    let p = GenerateParams {
+        max_tokens: 20,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut drafted = 0;
+    // the long prompt spans several of the module's compressed blocks
+    for prompt in [vec![0u32, 3], (5..60).collect::<Vec<u32>>()] {
+        let (plain, _, _, _) = engine.generate_ids(&prompt, &p, |_| Ok(true)).unwrap();
+        let (spec, _, stats) = engine
+            .generate_ids_speculative(&prompt, &p, |_| Ok(true))
+            .unwrap();
+        assert_eq!(spec, plain, "{prompt:?}");
+        drafted += stats.drafted;
+    }
+    assert!(drafted > 0);
+    // the main model is what it was without the module
+    let base = Engine::load(&fixture("tiny-v4"), false).unwrap();
+    let prompt: Vec<u32> = (5..60).collect();
+    assert_eq!(
+        base.generate_ids(&prompt, &p, |_| Ok(true)).unwrap().0,
+        engine.generate_ids(&prompt, &p, |_| Ok(true)).unwrap().0
+    );
+}
+
 /// Knows the greedy continuation and drafts it, except on every `wrong_every`-th call.
 struct Oracle {
     truth: Vec<u32>,

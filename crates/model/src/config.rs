@@ -209,6 +209,9 @@ pub struct V4Config {
     pub head_dim: usize,
     pub qk_rope_head_dim: usize,
     pub layer_types: Vec<V4Attention>,
+    /// each MTP module's attention: the entries of `compress_ratios` / `layer_types` after the
+    /// main layers' (sliding where the config names none)
+    pub mtp_layer_types: Vec<V4Attention>,
     pub compress_rate_csa: usize,
     pub compress_rate_hca: usize,
     /// per layer: routed by `tid2eid` (hash_moe) rather than by score (moe)
@@ -386,9 +389,18 @@ impl V4Config {
     pub fn cache_width(&self) -> usize {
         self.layer_types
             .iter()
+            .chain(&self.mtp_layer_types)
             .map(|&k| self.row_layout(k).width)
             .max()
             .unwrap_or(self.head_dim)
+    }
+
+    /// The attention of MTP module `k`.
+    pub fn mtp_layer_type(&self, k: usize) -> V4Attention {
+        self.mtp_layer_types
+            .get(k)
+            .copied()
+            .unwrap_or(V4Attention::Sliding)
     }
 
     pub fn row_layout(&self, kind: V4Attention) -> V4Row {
@@ -825,6 +837,7 @@ impl ModelConfig {
                 layer_types.len()
             );
         }
+        let mtp_layer_types = layer_types[n..].to_vec();
         let layer_types = layer_types[..n].to_vec();
         let hash_layers: Vec<bool> = match field(o, "mlp_layer_types") {
             Some(v) => {
@@ -928,6 +941,7 @@ impl ModelConfig {
             head_dim,
             qk_rope_head_dim: rope_dim,
             layer_types,
+            mtp_layer_types,
             compress_rate_csa: rates.0,
             compress_rate_hca: rates.1,
             hash_layers,

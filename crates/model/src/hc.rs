@@ -132,18 +132,20 @@ pub struct HyperHead {
 }
 
 impl HyperHead {
+    /// `{p}hc_head_*`: the model's (`p` empty) or an MTP module's (`mtp.{k}.`).
     pub fn load(
         ck: &Checkpoint,
+        p: &str,
         hidden: usize,
         v: &crate::config::V4Config,
         norm_eps: f64,
     ) -> Result<Self> {
         let hc = v.hc_mult;
-        let f = ck.matrix("hc_head_fn", hc, hc * hidden)?;
+        let f = ck.matrix(&format!("{p}hc_head_fn"), hc, hc * hidden)?;
         Ok(HyperHead {
             hc_fn: Matrix::from_f32(hc, hc * hidden, f.to_f32()),
-            hc_base: ck.vector("hc_head_base", hc)?,
-            hc_scale: ck.vector("hc_head_scale", 1)?[0],
+            hc_base: ck.vector(&format!("{p}hc_head_base"), hc)?,
+            hc_scale: ck.vector(&format!("{p}hc_head_scale"), 1)?[0],
             eps: v.hc_eps as f32,
             norm_eps: norm_eps as f32,
         })

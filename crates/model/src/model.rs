@@ -10,7 +10,7 @@ use whale_kernels::Matrix;
 
 use crate::cache::{KvStore, LatentCache};
 use crate::checkpoint::Checkpoint;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, V4Attention};
 use crate::csa::V4Attn;
 use crate::gqa::Gqa;
 use crate::hc::{HyperConnection, HyperHead};
@@ -107,27 +107,21 @@ impl DecoderLayer {
     }
 
     /// A V4 decoder layer under the released names (`layers.{i}.attn.*`, `.ffn.*`, `.hc_*`).
-    fn load_v4(ck: &Checkpoint, i: usize) -> Result<Self> {
+    /// A V4 block under `p` (`layers.{i}.`, or an MTP module's `mtp.{k}.`).
+    fn load_v4(ck: &Checkpoint, p: &str, kind: V4Attention, hash: bool) -> Result<Self> {
         let cfg = &ck.config;
         let v = cfg.v4.as_ref().expect("a V4 config");
-        let p = format!("layers.{i}.");
         let d = cfg.hidden_size;
         let eps = cfg.rms_norm_eps;
         Ok(DecoderLayer {
             input_layernorm: ck.vector(&format!("{p}attn_norm.weight"), d)?,
-            self_attn: Attention::V4(V4Attn::load(
-                ck,
-                &format!("{p}attn."),
-                cfg,
-                v,
-                v.layer_types[i],
-            )?),
+            self_attn: Attention::V4(V4Attn::load(ck, &format!("{p}attn."), cfg, v, kind)?),
             post_attention_layernorm: ck.vector(&format!("{p}ffn_norm.weight"), d)?,
             mlp: Ffn::Moe(Moe::load_v4(
                 ck,
                 &format!("{p}ffn."),
                 cfg,
-                v.hash_layers[i],
+                hash,
                 v.swiglu_limit,
             )?),
             hc: Some([
@@ -182,15 +176,27 @@ impl DecoderLayer {
     }
 }
 
-/// One multi-token-prediction module (`model.layers.{num_hidden_layers + k}.*`).
+/// One multi-token-prediction module (`model.layers.{num_hidden_layers + k}.*`; V4:
+/// `mtp.{k}.*`).
 pub struct MtpLayer {
     pub enorm: Vec<f32>,
     pub hnorm: Vec<f32>,
-    pub eh_proj: Matrix,
+    pub proj: MtpProj,
     pub layer: DecoderLayer,
     pub shared_head_norm: Vec<f32>,
     /// `shared_head.head`; a copy of `lm_head` in released checkpoints, used when present
     pub shared_head: Option<Matrix>,
+    /// V4: the module's own collapse of its output streams (`mtp.{k}.hc_head_*`)
+    pub hc_head: Option<HyperHead>,
+}
+
+/// How an MTP module joins the embedding of the next token with the main model's state.
+pub enum MtpProj {
+    /// V3: eh_proj([enorm(embedding); hnorm(final-normed hidden)]) [hidden, 2 hidden]
+    Concat(Matrix),
+    /// V4: h_proj(hnorm(stream)) + e_proj(enorm(embedding)), for each of the main model's
+    /// hyper-connection streams before its `hc_head`
+    Split { e_proj: Matrix, h_proj: Matrix },
 }
 
 pub struct Model {
@@ -240,7 +246,7 @@ impl Model {
             mtp.push(MtpLayer {
                 enorm: ck.vector(&format!("{p}enorm.weight"), d)?,
                 hnorm: ck.vector(&format!("{p}hnorm.weight"), d)?,
-                eh_proj: ck.linear(&format!("{p}eh_proj.weight"), d, 2 * d)?,
+                proj: MtpProj::Concat(ck.linear(&format!("{p}eh_proj.weight"), d, 2 * d)?),
                 layer: DecoderLayer::load(ck, i, cfg.moe.is_some(), scale)?,
                 shared_head_norm: ck.vector(&format!("{p}shared_head.norm.weight"), d)?,
                 shared_head: if ck.has(&head_name) {
@@ -248,6 +254,7 @@ impl Model {
                 } else {
                     None
                 },
+                hc_head: None,
             });
         }
         Ok(Model {
@@ -263,21 +270,49 @@ impl Model {
     }
 
     /// DeepSeek-V4 under the released names (`embed.weight`, `layers.*`, `norm.weight`,
-    /// `head.weight`, `hc_head_*`); its MTP modules (`mtp.*`) are not loaded.
+    /// `head.weight`, `hc_head_*`, MTP modules `mtp.{k}.*`).
     fn load_v4(ck: &Checkpoint) -> Result<Self> {
         let cfg = ck.config.clone();
         let v4 = cfg.v4.as_ref().expect("a V4 config");
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load_v4(ck, i))
+            .map(|i| {
+                let p = format!("layers.{i}.");
+                DecoderLayer::load_v4(ck, &p, v4.layer_types[i], v4.hash_layers[i])
+            })
             .collect::<Result<Vec<_>>>()?;
+        let mut mtp = Vec::new();
+        for k in 0..cfg.num_nextn_predict_layers {
+            let p = format!("mtp.{k}.");
+            if !ck.has(&format!("{p}e_proj.weight")) {
+                break; // a checkpoint without its MTP modules
+            }
+            let head_name = format!("{p}head.weight");
+            mtp.push(MtpLayer {
+                enorm: ck.vector(&format!("{p}enorm.weight"), d)?,
+                hnorm: ck.vector(&format!("{p}hnorm.weight"), d)?,
+                proj: MtpProj::Split {
+                    e_proj: ck.linear(&format!("{p}e_proj.weight"), d, d)?,
+                    h_proj: ck.linear(&format!("{p}h_proj.weight"), d, d)?,
+                },
+                // the module is routed by score, not by hash
+                layer: DecoderLayer::load_v4(ck, &p, v4.mtp_layer_type(k), false)?,
+                shared_head_norm: ck.vector(&format!("{p}norm.weight"), d)?,
+                shared_head: if ck.has(&head_name) {
+                    Some(ck.linear(&head_name, v, d)?)
+                } else {
+                    None
+                },
+                hc_head: Some(HyperHead::load(ck, &p, d, v4, cfg.rms_norm_eps)?),
+            });
+        }
         Ok(Model {
             embed_tokens: ck.matrix("embed.weight", v, d)?,
             layers,
             norm: ck.vector("norm.weight", d)?,
             lm_head: ck.linear("head.weight", v, d)?,
-            mtp: Vec::new(),
-            hc_head: Some(HyperHead::load(ck, d, v4, cfg.rms_norm_eps)?),
+            mtp,
+            hc_head: Some(HyperHead::load(ck, "", d, v4, cfg.rms_norm_eps)?),
             rope: Rope::new(&cfg),
             config: cfg,
         })
@@ -354,14 +389,17 @@ impl Model {
         for s in &segs {
             kv.commit(s.seq, s.len);
         }
-        Ok(match &self.hc_head {
-            Some(head) => head.collapse(&h, start),
-            None => h,
-        })
+        Ok(h)
+    }
+
+    /// Values per token of the hidden rows `forward_batch` returns: the hidden size, or V4's
+    /// `hc_mult` streams of it (the state before `hc_head`, which MTP reads).
+    pub fn hidden_width(&self) -> usize {
+        self.config.hidden_size * self.config.v4.as_ref().map_or(1, |v| v.hc_mult)
     }
 
     /// Runs `tokens` (positions `cache.len()..`) through the model, appending to the cache.
-    /// Returns the final hidden states [n, hidden] before the final norm.
+    /// Returns the final hidden states [n, hidden_width] before the final norm.
     pub fn forward_hidden(
         &self,
         tokens: &[u32],
@@ -371,10 +409,17 @@ impl Model {
         self.forward_batch(&[tokens], cache, form)
     }
 
-    /// Logits [rows, vocab] for hidden states [rows, hidden].
+    /// Logits [rows, vocab] for hidden states [rows, hidden_width].
     pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
-        let d = self.config.hidden_size;
-        let n = hidden.len() / d;
+        let n = hidden.len() / self.hidden_width();
+        let collapsed;
+        let hidden = match &self.hc_head {
+            Some(head) => {
+                collapsed = head.collapse(hidden, n);
+                &collapsed
+            }
+            None => hidden,
+        };
         let mut x = vec![0f32; hidden.len()];
         rms_norm(hidden, &self.norm, self.config.rms_norm_eps as f32, &mut x);
         let mut out = vec![0f32; n * self.config.vocab_size];
@@ -388,10 +433,12 @@ impl Model {
     }
 
     /// Multi-token prediction with the first MTP module (spec §4.3): row i combines the main
-    /// model's final-normed hidden state at some position p_i with the embedding of the token
-    /// at p_i + 1, as eh_proj([enorm(embedding); hnorm(hidden)]), runs the module's decoder layer
-    /// at MTP positions `cache.len()..`, and returns logits [n, vocab] for the token at p_i + 2.
-    /// `hidden` holds pre-norm rows as `forward_hidden` returns them.
+    /// model's state at some position p_i with the embedding of the token at p_i + 1, runs the
+    /// module's decoder layer at MTP positions `cache.len()..`, and returns logits [n, vocab] for
+    /// the token at p_i + 2. `hidden` holds rows as `forward_batch` returns them. V3 joins
+    /// eh_proj([enorm(embedding); hnorm(final-normed hidden)]); V4 adds e_proj(enorm(embedding))
+    /// to h_proj(hnorm(stream)) for each hyper-connection stream, and collapses the module's
+    /// output streams with its own `hc_head` before its norm and the head.
     pub fn mtp_logits(
         &self,
         hidden: &[f32],
@@ -401,37 +448,56 @@ impl Model {
         let Some(m) = self.mtp.first() else {
             bail!("this checkpoint has no MTP module (num_nextn_predict_layers is 0 or its tensors are absent)");
         };
-        let d = self.config.hidden_size;
+        let (d, w) = (self.config.hidden_size, self.hidden_width());
         let n = next_tokens.len();
-        if hidden.len() != n * d {
+        if hidden.len() != n * w {
             bail!(
                 "mtp_logits: {} hidden rows for {n} tokens",
-                hidden.len() / d
+                hidden.len() / w
             );
         }
         self.check_tokens(next_tokens, cache.len())?;
         let eps = self.config.rms_norm_eps as f32;
-        let mut normed = vec![0f32; n * d];
-        rms_norm(hidden, &self.norm, eps, &mut normed);
-        let mut x = vec![0f32; n * 2 * d];
-        let (mut e, mut buf) = (vec![0f32; d], vec![0f32; d]);
+        let mut e = vec![0f32; n * d];
+        let mut buf = vec![0f32; d];
         for (i, &t) in next_tokens.iter().enumerate() {
-            rms_norm(
-                self.embed_tokens.row(t as usize, &mut buf),
-                &m.enorm,
-                eps,
-                &mut e,
-            );
-            x[i * 2 * d..i * 2 * d + d].copy_from_slice(&e);
-            rms_norm(
-                &normed[i * d..(i + 1) * d],
-                &m.hnorm,
-                eps,
-                &mut x[i * 2 * d + d..(i + 1) * 2 * d],
-            );
+            let row = self.embed_tokens.row(t as usize, &mut buf);
+            rms_norm(row, &m.enorm, eps, &mut e[i * d..(i + 1) * d]);
         }
-        let mut h = vec![0f32; n * d];
-        matmul(&x, n, &m.eh_proj, &mut h);
+        let mut h = match &m.proj {
+            MtpProj::Concat(eh_proj) => {
+                let mut normed = vec![0f32; n * d];
+                rms_norm(hidden, &self.norm, eps, &mut normed);
+                let mut x = vec![0f32; n * 2 * d];
+                for i in 0..n {
+                    x[i * 2 * d..i * 2 * d + d].copy_from_slice(&e[i * d..(i + 1) * d]);
+                    rms_norm(
+                        &normed[i * d..(i + 1) * d],
+                        &m.hnorm,
+                        eps,
+                        &mut x[i * 2 * d + d..(i + 1) * 2 * d],
+                    );
+                }
+                let mut h = vec![0f32; n * d];
+                matmul(&x, n, eh_proj, &mut h);
+                h
+            }
+            MtpProj::Split { e_proj, h_proj } => {
+                let streams = w / d;
+                let mut normed = vec![0f32; n * w];
+                rms_norm(hidden, &m.hnorm, eps, &mut normed);
+                let mut h = vec![0f32; n * w];
+                matmul(&normed, n * streams, h_proj, &mut h);
+                let mut pe = vec![0f32; n * d];
+                matmul(&e, n, e_proj, &mut pe);
+                for (row, p) in h.chunks_exact_mut(w).zip(pe.chunks_exact(d)) {
+                    for s in row.chunks_exact_mut(d) {
+                        s.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+                    }
+                }
+                h
+            }
+        };
         let seg = [Segment {
             seq: 0,
             start: 0,
@@ -448,6 +514,9 @@ impl Model {
             AttentionForm::Absorbed,
         );
         cache.commit(n);
+        if let Some(head) = &m.hc_head {
+            h = head.collapse(&h, n);
+        }
         let mut y = vec![0f32; n * d];
         rms_norm(&h, &m.shared_head_norm, eps, &mut y);
         let head = m.shared_head.as_ref().unwrap_or(&self.lm_head);
@@ -465,7 +534,7 @@ impl Model {
         which: Logits,
     ) -> Result<Vec<f32>> {
         let h = self.forward_hidden(tokens, cache, form)?;
-        let d = self.config.hidden_size;
+        let d = self.hidden_width();
         Ok(match which {
             Logits::All => self.logits(&h),
             Logits::Last => self.logits(&h[h.len() - d..]),
@@ -514,7 +583,13 @@ impl Model {
             .iter()
             .map(|m| {
                 let head = m.shared_head.as_ref().map_or(0, |h| h.stored_bytes());
-                m.layer.stored_bytes(None) + (m.eh_proj.stored_bytes() + head) as f64
+                let proj = match &m.proj {
+                    MtpProj::Concat(eh) => eh.stored_bytes(),
+                    MtpProj::Split { e_proj, h_proj } => {
+                        e_proj.stored_bytes() + h_proj.stored_bytes()
+                    }
+                };
+                m.layer.stored_bytes(None) + (proj + head) as f64
             })
             .sum();
         self.embed_tokens.stored_bytes() + self.lm_head.stored_bytes() + (layers + mtp) as usize

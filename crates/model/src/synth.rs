@@ -556,7 +556,7 @@ fn tensor_specs(c: &ModelConfig) -> Vec<Spec> {
 }
 
 /// DeepSeek-V4's tensors under the released names (`embed.weight`, `layers.{i}.attn.*`,
-/// `.ffn.*`, `.hc_*`, `hc_head_*`, `head.weight`); MTP modules are not written.
+/// `.ffn.*`, `.hc_*`, `hc_head_*`, `head.weight`, MTP modules `mtp.{k}.*`).
 fn v4_specs(c: &ModelConfig, v4: &crate::config::V4Config) -> Vec<Spec> {
     use crate::config::V4Attention;
     let mut v = Vec::new();
@@ -591,35 +591,34 @@ fn v4_specs(c: &ModelConfig, v4: &crate::config::V4Config) -> Vec<Spec> {
     };
     let mix = (2 + hc) * hc;
     small(&mut v, "embed.weight".into(), vec![c.vocab_size, d], 1.0);
-    for i in 0..c.num_hidden_layers {
-        let p = format!("layers.{i}.");
-        norm(&mut v, format!("{p}attn_norm.weight"), d);
-        norm(&mut v, format!("{p}ffn_norm.weight"), d);
+    // one block under `p`: a main layer's or an MTP module's
+    let block = |v: &mut Vec<Spec>, p: &str, kind: V4Attention, hash: bool| {
+        norm(v, format!("{p}attn_norm.weight"), d);
+        norm(v, format!("{p}ffn_norm.weight"), d);
         for hcn in ["hc_attn", "hc_ffn"] {
-            small(&mut v, format!("{p}{hcn}_fn"), vec![mix, hc * d], 0.02);
-            small(&mut v, format!("{p}{hcn}_base"), vec![mix], 0.1);
-            norm(&mut v, format!("{p}{hcn}_scale"), 3);
+            small(v, format!("{p}{hcn}_fn"), vec![mix, hc * d], 0.02);
+            small(v, format!("{p}{hcn}_base"), vec![mix], 0.1);
+            norm(v, format!("{p}{hcn}_scale"), 3);
         }
         let a = format!("{p}attn.");
-        lin(&mut v, format!("{a}wq_a.weight"), q, d);
-        norm(&mut v, format!("{a}q_norm.weight"), q);
-        lin(&mut v, format!("{a}wq_b.weight"), h * hd, q);
-        lin(&mut v, format!("{a}wkv.weight"), hd, d);
-        norm(&mut v, format!("{a}kv_norm.weight"), hd);
+        lin(v, format!("{a}wq_a.weight"), q, d);
+        norm(v, format!("{a}q_norm.weight"), q);
+        lin(v, format!("{a}wq_b.weight"), h * hd, q);
+        lin(v, format!("{a}wkv.weight"), hd, d);
+        norm(v, format!("{a}kv_norm.weight"), hd);
         lin(
-            &mut v,
+            v,
             format!("{a}wo_a.weight"),
             v4.o_groups * v4.o_lora_rank,
             h * hd / v4.o_groups,
         );
         lin(
-            &mut v,
+            v,
             format!("{a}wo_b.weight"),
             d,
             v4.o_groups * v4.o_lora_rank,
         );
-        small(&mut v, format!("{a}attn_sink"), vec![h], 0.5);
-        let kind = v4.layer_types[i];
+        small(v, format!("{a}attn_sink"), vec![h], 0.5);
         let rate = v4.compress_rate(kind);
         let compressor = |v: &mut Vec<Spec>, p: String, dim: usize, raw: usize| {
             lin(v, format!("{p}wkv.weight"), raw, d);
@@ -629,19 +628,19 @@ fn v4_specs(c: &ModelConfig, v4: &crate::config::V4Config) -> Vec<Spec> {
         };
         match kind {
             V4Attention::Sliding => {}
-            V4Attention::Hca => compressor(&mut v, format!("{a}compressor."), hd, hd),
+            V4Attention::Hca => compressor(v, format!("{a}compressor."), hd, hd),
             V4Attention::Csa => {
-                compressor(&mut v, format!("{a}compressor."), hd, 2 * hd);
+                compressor(v, format!("{a}compressor."), hd, 2 * hd);
                 let di = v4.index_head_dim;
-                compressor(&mut v, format!("{a}indexer.compressor."), di, 2 * di);
+                compressor(v, format!("{a}indexer.compressor."), di, 2 * di);
                 lin(
-                    &mut v,
+                    v,
                     format!("{a}indexer.wq_b.weight"),
                     v4.index_n_heads * di,
                     q,
                 );
                 lin(
-                    &mut v,
+                    v,
                     format!("{a}indexer.weights_proj.weight"),
                     v4.index_n_heads,
                     d,
@@ -649,8 +648,8 @@ fn v4_specs(c: &ModelConfig, v4: &crate::config::V4Config) -> Vec<Spec> {
             }
         }
         let f = format!("{p}ffn.");
-        lin(&mut v, format!("{f}gate.weight"), m.n_routed_experts, d);
-        if v4.hash_layers[i] {
+        lin(v, format!("{f}gate.weight"), m.n_routed_experts, d);
+        if hash {
             v.push(Spec {
                 name: format!("{f}gate.tid2eid"),
                 shape: vec![c.vocab_size, m.num_experts_per_tok],
@@ -658,23 +657,41 @@ fn v4_specs(c: &ModelConfig, v4: &crate::config::V4Config) -> Vec<Spec> {
                 fp8: false,
             });
         } else {
-            small(
-                &mut v,
-                format!("{f}gate.bias"),
-                vec![m.n_routed_experts],
-                0.01,
-            );
+            small(v, format!("{f}gate.bias"), vec![m.n_routed_experts], 0.01);
         }
         for e in 0..m.n_routed_experts {
-            mlp(&mut v, &format!("{f}experts.{e}."));
+            mlp(v, &format!("{f}experts.{e}."));
         }
-        mlp(&mut v, &format!("{f}shared_experts."));
+        mlp(v, &format!("{f}shared_experts."));
+    };
+    for i in 0..c.num_hidden_layers {
+        block(
+            &mut v,
+            &format!("layers.{i}."),
+            v4.layer_types[i],
+            v4.hash_layers[i],
+        );
     }
+    let hc_head = |v: &mut Vec<Spec>, p: &str| {
+        small(v, format!("{p}hc_head_fn"), vec![hc, hc * d], 0.02);
+        small(v, format!("{p}hc_head_base"), vec![hc], 0.1);
+        norm(v, format!("{p}hc_head_scale"), 1);
+    };
     norm(&mut v, "norm.weight".into(), d);
-    small(&mut v, "hc_head_fn".into(), vec![hc, hc * d], 0.02);
-    small(&mut v, "hc_head_base".into(), vec![hc], 0.1);
-    norm(&mut v, "hc_head_scale".into(), 1);
+    hc_head(&mut v, "");
     lin(&mut v, "head.weight".into(), c.vocab_size, d);
+    // the MTP modules: a score-routed block joined to the main streams by e_proj / h_proj,
+    // with their own hc_head and norm (the main model's head serves them)
+    for k in 0..c.num_nextn_predict_layers {
+        let p = format!("mtp.{k}.");
+        block(&mut v, &p, v4.mtp_layer_type(k), false);
+        norm(&mut v, format!("{p}enorm.weight"), d);
+        norm(&mut v, format!("{p}hnorm.weight"), d);
+        lin(&mut v, format!("{p}e_proj.weight"), d, d);
+        lin(&mut v, format!("{p}h_proj.weight"), d, d);
+        norm(&mut v, format!("{p}norm.weight"), d);
+        hc_head(&mut v, &p);
+    }
     v
 }
 

@@ -34,7 +34,7 @@ fn step(
     for (s, t) in seqs.iter_mut().zip(toks) {
         assert!(pool.reserve(s, t.len()));
     }
-    let d = m.config.hidden_size;
+    let d = m.hidden_width();
     let new: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
     let mut batch = PagedBatch::new(pool, seqs.iter_mut().collect(), new.clone());
     let h = m

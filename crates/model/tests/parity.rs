@@ -202,7 +202,7 @@ fn a_batch_gives_each_sequence_exactly_its_own_results() {
         let model = load(name);
         let r = reference(name);
         let v = model.config.vocab_size;
-        let d = model.config.hidden_size;
+        let d = model.hidden_width();
         // alone: prefill, then 3 greedy steps each
         let mut alone = Vec::new();
         for p in &r.prompts {

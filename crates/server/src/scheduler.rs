@@ -542,7 +542,7 @@ impl Engine {
             return;
         }
         self.metrics.prefill_tokens.add(prefilled as u64);
-        let d = self.model.config.hidden_size;
+        let d = self.model.hidden_width();
         let h = match self.forward(running, &feeds) {
             Ok(h) => h,
             Err(e) => {
@@ -617,7 +617,7 @@ impl Engine {
     /// The logprobs of the prompt tokens this step's prefill rows predict, for the sequences
     /// that want them; sent once the whole prompt is done.
     fn prompt_logprobs(&mut self, running: &mut [Seq], feeds: &[Vec<u32>], h: &[f32]) {
-        let d = self.model.config.hidden_size;
+        let d = self.model.hidden_width();
         let mut row = 0;
         for (s, f) in running.iter_mut().zip(feeds) {
             let first_row = row;
