@@ -109,10 +109,13 @@ TOOL_CASES = {
 
 
 def with_tools(messages, tools):
-    """The request's tools on a system message of their own, first: how vLLM and SGLang hand an
-    OpenAI request to these encoders (whale does the same)."""
+    """The request's tools on the conversation's first message where it is a system message
+    (as DeepSeek's own V3.2 test conversation carries them), else on an empty system message put
+    first (as vLLM hands them to these encoders); whale does the same."""
     if not tools:
         return messages
+    if messages and messages[0]["role"] == "system":
+        return [dict(messages[0], tools=tools)] + messages[1:]
     return [{"role": "system", "tools": tools}] + messages
 
 

@@ -4,8 +4,9 @@
 //! `drop_thinking=True`, in "thinking" or "chat" mode (tests: testdata/encodings, made from the
 //! released encoders by tools/encoding_references.py).
 //!
-//! Tools are DSML: the request's tool definitions go into a system message put first (as vLLM
-//! and SGLang hand them to the encoders), an assistant's calls are `<｜DSML｜invoke>` blocks
+//! Tools are DSML: the request's tool definitions go on the conversation's system message when
+//! it opens with one (as DeepSeek's own V3.2 test conversation carries them), else on an empty
+//! one put first (as vLLM hands them to the encoders); an assistant's calls are `<｜DSML｜invoke>` blocks
 //! inside `function_calls` (V3.2) or `tool_calls` (V4), and results come back as
 //! `<function_results>` after the calls (V3.2) or as `<tool_result>` blocks merged into the next
 //! user turn (V4). V4's task and reminder turns, `developer` messages and per-message
@@ -164,9 +165,9 @@ impl NativeFormat {
                 .collect::<Result<_>>()?,
             Some(v) => bail!("{name}: `tools` must be an array, got {v}"),
         };
-        // the tools ride on a system message of their own, first
+        // the tools ride on the opening system message, one made for them where there is none
         let mut turns: Vec<Message> = Vec::with_capacity(messages.len() + 1);
-        if !functions.is_empty() {
+        if !functions.is_empty() && messages.first().is_none_or(|m| m.role != "system") {
             let mut sys = Message::new("system", "");
             sys.content = None;
             turns.push(sys);

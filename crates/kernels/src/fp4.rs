@@ -49,6 +49,20 @@ pub fn decode_row(codes: &[u8], scales: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Activations in the order the AVX-512 MXFP4 kernel multiplies them (`simd::dot_fp4_lanes`):
+/// within each group of 32, the even columns then the odd ones, so the 16 code bytes of a group
+/// widened one to a lane give the even codes in their low nibbles and the odd ones above.
+pub fn to_lanes(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (o, g) in out.chunks_exact_mut(GROUP).zip(x.chunks_exact(GROUP)) {
+        for i in 0..GROUP / 2 {
+            o[i] = g[2 * i];
+            o[GROUP / 2 + i] = g[2 * i + 1];
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -581,24 +581,29 @@ impl<'a> Product<'a> {
 }
 
 /// Activations converted once for the kernels a weight format needs: int8 blocks for Q8_0/Q4_0
-/// (laid out for AVX-512 VNNI, or in order for AVX2), bf16 for bf16-fast weights.
+/// (laid out for AVX-512 VNNI, or in order for AVX2), bf16 for bf16-fast weights, MXFP4's lane
+/// order on AVX-512.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Converted {
     Int(qdot::Layout),
     Int8,
     Bf16,
+    Fp4Lanes,
 }
 
 enum Acts {
     Int(Vec<QAct>),
     Int8(Vec<I8Act>),
     Bf16(Vec<u16>),
+    Fp4(Vec<f32>),
 }
 
 impl Converted {
     fn of(w: &Matrix) -> Option<Self> {
         match &w.data {
             WeightData::BF16Fast(_) => Some(Converted::Bf16),
+            #[cfg(target_arch = "x86_64")]
+            WeightData::Fp4 { .. } if simd::fp4_lanes_available() => Some(Converted::Fp4Lanes),
             _ => w.qrows().and_then(|q| {
                 if qdot::available() {
                     Some(Converted::Int(q.layout))
@@ -616,6 +621,7 @@ impl Converted {
             }
             Converted::Int8 => Acts::Int8(x.chunks_exact(k).map(I8Act::new).collect()),
             Converted::Bf16 => Acts::Bf16(bdot::round(x)),
+            Converted::Fp4Lanes => Acts::Fp4(crate::fp4::to_lanes(x)),
         }
     }
 }
@@ -790,6 +796,10 @@ fn band_product(
                 .expect("int activations go with block weights");
             qdot_avx2::rows_times_tokens(q, rows, a, chunk)
         }
+        #[cfg(target_arch = "x86_64")]
+        (Some(Acts::Fp4(a)), WeightData::Fp4 { codes, scales }) => {
+            fp4_rows_times_tokens(codes, scales, inp.w.cols, rows, a, inp.n_tok, chunk)
+        }
         (Some(Acts::Bf16(a)), WeightData::BF16Fast(b)) => bdot::rows_times_tokens(
             bytemuck::cast_slice(b.as_slice()),
             inp.w.cols,
@@ -816,6 +826,59 @@ fn band_product(
             }
         }
         _ => rows_times_tokens(inp.w, inp.x, inp.n_tok, rows, chunk, bufs),
+    }
+}
+
+/// MXFP4 rows `rows` times `n_tok` activation rows in `fp4::to_lanes` order, into `chunk`: one
+/// token's dots in row order, or several W-row-major (`chunk[i * n_tok + t]`). Rows go two at a
+/// time (two FMA chains) and tokens up to four a tile; every cell sums alike in any tile.
+#[cfg(target_arch = "x86_64")]
+fn fp4_rows_times_tokens(
+    codes: &Buf<u8>,
+    scales: &Buf<u8>,
+    k: usize,
+    rows: std::ops::Range<usize>,
+    x: &[f32],
+    n_tok: usize,
+    chunk: &mut [f32],
+) {
+    let g = crate::fp4::GROUP;
+    let (codes, scales) = (codes.as_slice(), scales.as_slice());
+    let c = |r: usize| &codes[r * k / 2..(r + 1) * k / 2];
+    let s = |r: usize| &scales[r * k / g..(r + 1) * k / g];
+    let tok = |t: usize| &x[t * k..(t + 1) * k];
+    let mut r = rows.start;
+    while r < rows.end {
+        let pair = r + 2 <= rows.end;
+        let mut t = 0;
+        while t < n_tok {
+            let m = (n_tok - t).min(4);
+            macro_rules! tile {
+                ($rr:literal, $m:literal) => {{
+                    let out = simd::dot_fp4_lanes::<$rr, $m>(
+                        std::array::from_fn(|i| c(r + i)),
+                        std::array::from_fn(|i| s(r + i)),
+                        std::array::from_fn(|j| tok(t + j)),
+                    );
+                    for (i, row) in out.iter().enumerate() {
+                        let at = (r + i - rows.start) * n_tok + t;
+                        chunk[at..at + $m].copy_from_slice(row);
+                    }
+                }};
+            }
+            match (pair, m) {
+                (true, 1) => tile!(2, 1),
+                (true, 2) => tile!(2, 2),
+                (true, 3) => tile!(2, 3),
+                (true, _) => tile!(2, 4),
+                (false, 1) => tile!(1, 1),
+                (false, 2) => tile!(1, 2),
+                (false, 3) => tile!(1, 3),
+                (false, _) => tile!(1, 4),
+            }
+            t += m;
+        }
+        r += if pair { 2 } else { 1 };
     }
 }
 
@@ -1037,10 +1100,17 @@ mod tests {
 
     #[test]
     fn mxfp4_products_read_in_place_equal_the_decoded_matrix() {
-        // every code in every nibble, scales from 2^-9 to 2^3; 1, 3 and 6 tokens
+        // every code in every nibble; 1, 3 and 6 tokens
         for (n, k) in [(9usize, 64usize), (5, 96), (17, 32)] {
             let codes: Vec<u8> = (0..n * k / 2).map(|i| (i * 53 % 256) as u8).collect();
-            let scales: Vec<u8> = (0..n * k / 32).map(|i| 118 + (i % 13) as u8).collect();
+            // scales from 2^-9 to 2^3, and the extremes the exponent trick leaves to a multiply
+            let scales: Vec<u8> = (0..n * k / 32)
+                .map(|i| match i % 17 {
+                    15 => 2,
+                    16 => 1,
+                    j => 118 + j as u8,
+                })
+                .collect();
             let m = Matrix {
                 rows: n,
                 cols: k,
@@ -1064,7 +1134,22 @@ mod tests {
                 matmul(&x, t, &m, &mut y);
                 matmul(&x, t, &dense, &mut want);
                 for (a, b) in y.iter().zip(&want) {
-                    assert_eq!(a.to_bits(), b.to_bits(), "{n}x{k} t={t}: {a} vs {b}");
+                    // AVX-512 sums the same exact products in another lane order than the f32
+                    // tile; elsewhere the in-order tiles give the decoded matrix's very bits
+                    if simd::fp4_lanes_available() {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                            "{n}x{k} t={t}: {a} vs {b}"
+                        );
+                    } else {
+                        assert_eq!(a.to_bits(), b.to_bits(), "{n}x{k} t={t}: {a} vs {b}");
+                    }
+                }
+                // each token gets the same bits alone as in the batch
+                for j in 0..t {
+                    let mut alone = vec![0f32; n];
+                    matmul(&x[j * k..(j + 1) * k], 1, &m, &mut alone);
+                    assert_eq!(alone, y[j * n..(j + 1) * n], "{n}x{k} t={t} token {j}");
                 }
             }
         }

@@ -200,6 +200,31 @@ pub fn dot_rxt<const R: usize, const T: usize>(w: Rows<R>, x: [&[f32]; T]) -> [[
     }
 }
 
+/// Whether `dot_fp4_lanes` runs here (AVX-512); elsewhere MXFP4 rows go through `dot_rxt`.
+pub fn fp4_lanes_available() -> bool {
+    isa() == Isa::Avx512
+}
+
+/// out[r][t] = dot(w[r], x[t]) for MXFP4 rows whose activations `x` are in `fp4::to_lanes` order
+/// (AVX-512 only: see `fp4_lanes_available`). Each cell sums its groups in order in one 16-lane
+/// accumulator: the same bits in any tile.
+#[cfg(target_arch = "x86_64")]
+pub fn dot_fp4_lanes<const R: usize, const T: usize>(
+    codes: [&[u8]; R],
+    scales: [&[u8]; R],
+    x: [&[f32]; T],
+) -> [[f32; T]; R] {
+    use crate::fp4::GROUP;
+    let k = x[0].len();
+    assert!(fp4_lanes_available() && k.is_multiple_of(GROUP));
+    assert!(x.iter().all(|r| r.len() == k));
+    for (c, s) in codes.iter().zip(&scales) {
+        assert!(c.len() == k / 2 && s.len() == k / GROUP);
+    }
+    // SAFETY: AVX-512 checked above; rows hold k / 2 bytes and k / 32 scales.
+    unsafe { x86::dot_fp4_lanes_avx512(codes, scales, x) }
+}
+
 mod portable {
     use super::{f16, QK};
 
@@ -430,6 +455,82 @@ pub(crate) mod x86 {
                     for t in 0..T {
                         acc[r][t] = _mm512_fmadd_ps(wv, xv[half][t], acc[r][t]);
                     }
+                }
+            }
+        }
+        let mut out = [[0f32; T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            }
+        }
+        out
+    }
+
+    /// `dot_fp4_lanes`: a group's 16 code bytes widened one to a lane (`vpmovzxbd`), so each
+    /// lane's low nibble is an even column's code and the next four bits the odd one's (the
+    /// table lookup reads only an index's low four bits, so one shift serves). The group's scale
+    /// is a power of two: added to the table's exponent fields (its zeros masked out), exact
+    /// where the scaled values stay normal floats; a multiply at the extremes, where they need
+    /// not. The scales of 16 groups are turned into exponent increments at a time.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // constant indices once unrolled
+    pub unsafe fn dot_fp4_lanes_avx512<const R: usize, const T: usize>(
+        w: [&[u8]; R],
+        scales: [&[u8]; R],
+        x: [&[f32]; T],
+    ) -> [[f32; T]; R] {
+        use crate::fp4::{e8m0, E2M1, GROUP};
+        let k = x[0].len();
+        let groups = k / GROUP;
+        let lut = _mm512_loadu_ps(E2M1.as_ptr());
+        let lut_bits = _mm512_castps_si512(lut);
+        // the entries that are zeros keep their bits
+        const NONZERO: __mmask16 = !((1 << 0) | (1 << 8));
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let mut inc = [[0i32; 16]; R];
+        for g in 0..groups {
+            if g % 16 == 0 {
+                // exponent increments (e - 127) << 23 of the next 16 groups, 0 past the end
+                for r in 0..R {
+                    let n = (groups - g).min(16);
+                    let mut e = [127u8; 16];
+                    e[..n].copy_from_slice(&scales[r][g..g + n]);
+                    let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(e.as_ptr() as *const __m128i));
+                    let v = _mm512_slli_epi32(_mm512_sub_epi32(v, _mm512_set1_epi32(127)), 23);
+                    _mm512_storeu_si512(inc[r].as_mut_ptr() as *mut __m512i, v);
+                }
+            }
+            let i = g * GROUP;
+            let mut xv = [[_mm512_setzero_ps(); T]; 2];
+            for t in 0..T {
+                xv[0][t] = _mm512_loadu_ps(x[t].as_ptr().add(i));
+                xv[1][t] = _mm512_loadu_ps(x[t].as_ptr().add(i + 16));
+            }
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T1>(
+                    w[r].as_ptr().wrapping_add(i / 2 + R * k / 2) as *const i8
+                );
+                let e = scales[r][g];
+                // 0.5 * 2^(e-127) stays normal for e >= 3; 6 * 2^(e-127) finite for e <= 252
+                let scaled = if (3..=252).contains(&e) {
+                    _mm512_castsi512_ps(_mm512_mask_add_epi32(
+                        lut_bits,
+                        NONZERO,
+                        lut_bits,
+                        _mm512_set1_epi32(inc[r][g % 16]),
+                    ))
+                } else {
+                    _mm512_mul_ps(lut, _mm512_set1_ps(e8m0(e)))
+                };
+                let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                    w[r].as_ptr().add(i / 2) as *const __m128i
+                ));
+                let even = _mm512_permutexvar_ps(bytes, scaled);
+                let odd = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), scaled);
+                for t in 0..T {
+                    acc[r][t] = _mm512_fmadd_ps(even, xv[0][t], acc[r][t]);
+                    acc[r][t] = _mm512_fmadd_ps(odd, xv[1][t], acc[r][t]);
                 }
             }
         }

@@ -7,9 +7,10 @@ use whale_model::{AttentionForm, Checkpoint, Logits, Model};
 
 /// V3's latent rows, V3.2's with the indexer keys after them (index_topk 8: the longer prompts
 /// here attend to chosen rows), and V4's window keys, compressor inputs and compressed entries
-/// (window 8, CSA every 4 tokens with index_topk 4, HCA every 8).
+/// (window 8, CSA every 4 tokens with index_topk 4, HCA every 8), the latter also as released
+/// (FP8 blocks, MXFP4 experts: their products give a token the same bits alone and batched).
 fn models() -> Vec<Model> {
-    ["tiny-v3", "tiny-v32", "tiny-v4"]
+    ["tiny-v3", "tiny-v32", "tiny-v4", "tiny-v4-fp8"]
         .iter()
         .map(|name| {
             let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
