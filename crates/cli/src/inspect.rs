@@ -12,7 +12,7 @@ use whale_model::{Checkpoint, ModelConfig};
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// checkpoint directory
+    /// checkpoint directory, or a GGUF file
     dir: PathBuf,
     /// print JSON instead of a table
     #[arg(long)]
@@ -64,7 +64,77 @@ fn human(n: u64) -> String {
     }
 }
 
+/// `whale inspect FILE.gguf`: the architecture, the tensors by ggml type, and the bytes a
+/// decode step reads (every weight but the embedding, of which one row; of expert tensors the
+/// share `expert_used_count / expert_count`).
+fn inspect_gguf(a: &InspectArgs) -> Result<()> {
+    use whale_model::gguf::Gguf;
+    let g = Gguf::open(&a.dir)?;
+    let arch = g.string("general.architecture")?.to_string();
+    let (used, experts) = match (
+        g.uint(&format!("{arch}.expert_used_count")),
+        g.uint(&format!("{arch}.expert_count")),
+    ) {
+        (Ok(u), Ok(e)) if e > 0 && u <= e => (u as f64, e as f64),
+        _ => (1.0, 1.0),
+    };
+    let mut step = 0f64;
+    for (name, t) in &g.tensors {
+        step += if name.starts_with("token_embd.") {
+            t.len as f64 / t.shape.first().copied().unwrap_or(1).max(1) as f64
+        } else if name.contains("_exps.") {
+            t.len as f64 * used / experts
+        } else {
+            t.len as f64
+        };
+    }
+    let types = g.by_type();
+    if a.json {
+        let by: Vec<serde_json::Value> = types
+            .iter()
+            .map(|(t, n, b)| json!({"type": t.name(), "tensors": n, "bytes": b}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "file": a.dir.display().to_string(), "parts": g.paths.len(),
+                "architecture": arch, "name": g.string("general.name").ok(),
+                "tensors": g.tensors.len(), "bytes": g.total_bytes(),
+                "by_type": by, "decode_step_bytes": step.round() as u64,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "file             {} ({} part(s))",
+        a.dir.display(),
+        g.paths.len()
+    );
+    println!(
+        "architecture     {arch}{}",
+        g.string("general.name")
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "tensors          {} ({:.3} GB)",
+        g.tensors.len(),
+        g.total_bytes() as f64 / 1e9
+    );
+    for (t, n, b) in &types {
+        println!("  {:<14} {n} tensors, {:.3} GB", t.name(), *b as f64 / 1e9);
+    }
+    println!(
+        "decode step      {:.3} GB of weights read a token",
+        step / 1e9
+    );
+    Ok(())
+}
+
 pub fn inspect(a: InspectArgs) -> Result<()> {
+    if whale_model::gguf::is_gguf(&a.dir) {
+        return inspect_gguf(&a);
+    }
     // a directory with config.json alone (`whale synth --config-only`, or a released config
     // whose weights are too big to have here) is accounted from the config
     let has_weights = ["model.safetensors", "model.safetensors.index.json"]

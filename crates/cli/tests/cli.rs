@@ -1212,3 +1212,53 @@ fn run_and_chat_take_a_draft_model_with_the_same_text() {
     let o = whale(&["run", "--model", main, "--prompt", "x", "--draft-model", d]);
     assert_clean_error(&o, "greedy");
 }
+
+/// `whale inspect FILE.gguf`: tensors by ggml type and the bytes a decode step reads (the
+/// embedding's one row, the active share of the experts); a damaged file is a one-line error.
+#[test]
+fn inspect_reads_gguf_files() {
+    use whale_kernels::ggml::GgmlType;
+    use whale_model::gguf::{write, Meta};
+    let d_tmp = tmp("gguf");
+    let p = d_tmp.path().join("m.gguf");
+    let q4k = vec![0u8; 4 * 144]; // 4 Q4_K blocks: 1024 values
+    let q8 = vec![0u8; 8 * 34]; // 8 Q8_0 blocks: 256 values
+    let f32s = vec![0u8; 16 * 4];
+    write(
+        &p,
+        &[
+            ("general.architecture", Meta::Str("deepseek2".into())),
+            ("deepseek2.expert_count", Meta::U32(4)),
+            ("deepseek2.expert_used_count", Meta::U32(1)),
+        ],
+        &[
+            (
+                "blk.0.ffn_up_exps.weight",
+                GgmlType::Q4_K,
+                vec![4, 1, 256],
+                &q4k,
+            ),
+            ("blk.0.attn_q.weight", GgmlType::Q8_0, vec![8, 32], &q8),
+            ("token_embd.weight", GgmlType::F32, vec![4, 4], &f32s),
+        ],
+    )
+    .unwrap();
+    let o = whale(&["inspect", p.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["architecture"], "deepseek2");
+    assert_eq!(v["tensors"], 3);
+    assert_eq!(v["bytes"], 4 * 144 + 8 * 34 + 64);
+    // a quarter of the experts, all of attn_q, one of the embedding's four rows
+    assert_eq!(v["decode_step_bytes"], 144 + 8 * 34 + 16);
+    let types: Vec<&str> = v["by_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["F32", "Q8_0", "Q4_K"]);
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
+    assert_clean_error(&whale(&["inspect", p.to_str().unwrap()]), "past the end");
+}

@@ -13,6 +13,7 @@ pub mod bdot;
 pub mod buf;
 pub mod fp4;
 pub mod fp8;
+pub mod ggml;
 pub mod guided;
 pub mod matrix;
 pub mod ops;

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod csa;
 pub mod dsa;
+pub mod gguf;
 pub mod gqa;
 pub mod hc;
 pub mod mla;

@@ -1,0 +1,162 @@
+//! GGUF files as llama.cpp writes them: ggml's block formats decoded bit for bit as the `gguf`
+//! Python package decodes them (testdata/ggml, made by tools/make_ggml_references.py).
+
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+use whale_kernels::ggml::{dequantize, GgmlType};
+
+fn data(name: &str) -> Vec<u8> {
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../testdata/ggml")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_format_decodes_to_the_gguf_packages_bits() {
+    let bytes = data("dequantize.safetensors");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    for t in GgmlType::ALL {
+        let blocks = st.tensor(&format!("{}.blocks", t.name())).unwrap();
+        let want: Vec<f32> = st
+            .tensor(&format!("{}.values", t.name()))
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(want.len() >= 300, "{}", t.name());
+        let mut got = vec![0f32; want.len()];
+        dequantize(t, blocks.data(), &mut got);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{} value {i}: {g} vs {w}",
+                t.name()
+            );
+        }
+    }
+}
+
+mod file {
+    use super::*;
+    use proptest::prelude::*;
+    use whale_model::gguf::{write, Gguf, Meta};
+
+    /// A small GGUF: metadata of each kind, a Q4_K, a Q8_0 and an F16 tensor from the
+    /// reference blocks.
+    fn sample(dir: &std::path::Path) -> std::path::PathBuf {
+        let bytes = data("dequantize.safetensors");
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let q4k = st.tensor("Q4_K.blocks").unwrap().data().to_vec(); // 12 blocks
+        let q8 = st.tensor("Q8_0.blocks").unwrap().data().to_vec();
+        let f16 = st.tensor("F16.blocks").unwrap().data().to_vec();
+        let p = dir.join("m.gguf");
+        write(
+            &p,
+            &[
+                ("general.architecture", Meta::Str("llama".into())),
+                ("general.name", Meta::Str("tiny".into())),
+                ("llama.block_count", Meta::U32(2)),
+                ("llama.rope.freq_base", Meta::F32(10000.0)),
+                (
+                    "tokenizer.ggml.tokens",
+                    Meta::Strs(vec!["a".into(), "b".into()]),
+                ),
+            ],
+            &[
+                ("blk.0.ffn_down.weight", GgmlType::Q4_K, vec![3, 1024], &q4k),
+                ("blk.0.attn_q.weight", GgmlType::Q8_0, vec![4, 96], &q8),
+                (
+                    "token_embd.weight",
+                    GgmlType::F16,
+                    vec![10, 30],
+                    &f16[..600],
+                ),
+            ],
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn tensors_and_metadata_come_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Gguf::open(&sample(dir.path())).unwrap();
+        assert_eq!(g.string("general.architecture").unwrap(), "llama");
+        assert_eq!(g.uint("llama.block_count").unwrap(), 2);
+        assert_eq!(g.float("llama.rope.freq_base").unwrap(), 10000.0);
+        let t = g.tensor("blk.0.ffn_down.weight").unwrap();
+        assert_eq!(
+            (t.ty, t.shape.clone(), t.len),
+            (GgmlType::Q4_K, vec![3, 1024], 12 * 144)
+        );
+        let bytes = data("dequantize.safetensors");
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(
+            g.bytes("blk.0.ffn_down.weight").unwrap(),
+            st.tensor("Q4_K.blocks").unwrap().data()
+        );
+        assert_eq!(g.tensor("token_embd.weight").unwrap().shape, vec![10, 30]);
+        // typed reads name the key
+        let e = g.uint("general.name").unwrap_err().to_string();
+        assert!(e.contains("general.name") && e.contains("integer"), "{e}");
+        let e = g.string("llama.context_length").unwrap_err().to_string();
+        assert!(
+            e.contains("llama.context_length") && e.contains("missing"),
+            "{e}"
+        );
+        assert_eq!(g.by_type().len(), 3);
+    }
+
+    #[test]
+    fn damaged_files_are_one_line_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = sample(dir.path());
+        let good = std::fs::read(&p).unwrap();
+        let err = |bytes: &[u8]| {
+            let q = dir.path().join("bad.gguf");
+            std::fs::write(&q, bytes).unwrap();
+            let e = format!("{:#}", Gguf::open(&q).err().expect("refused"));
+            assert_eq!(e.lines().count(), 1, "{e}");
+            e
+        };
+        // the data cut short: the last tensor runs past the end
+        let e = err(&good[..good.len() - 700]);
+        assert!(e.contains("past the end"), "{e}");
+        // not GGUF, an unknown version
+        assert!(err(b"GGML\x03\x00\x00\x00").contains("GGUF"));
+        let mut v = good.clone();
+        v[4] = 9;
+        assert!(err(&v).contains("version"));
+        // a ggml type whale does not read (IQ2_XXS is 16)
+        // (the type follows the name, the dimension count and two u64 dimensions)
+        let name = b"blk.0.ffn_down.weight";
+        let at = good.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 16;
+        assert_eq!(good[at..at + 4], 12u32.to_le_bytes());
+        let mut t = good.clone();
+        t[at..at + 4].copy_from_slice(&16u32.to_le_bytes());
+        assert!(err(&t).contains("16"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// The header reader never panics on damaged bytes.
+        #[test]
+        fn damaged_headers_never_panic(flips in proptest::collection::vec((0usize..400, any::<u8>()), 1..6), cut in 0usize..2000) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut bytes = std::fs::read(sample(dir.path())).unwrap();
+            for (i, b) in flips {
+                let i = i % bytes.len();
+                bytes[i] = b;
+            }
+            bytes.truncate(bytes.len().saturating_sub(cut));
+            let q = dir.path().join("f.gguf");
+            std::fs::write(&q, &bytes).unwrap();
+            let _ = Gguf::open(&q);
+        }
+    }
+}
