@@ -97,6 +97,18 @@ TOOL_CASES = {
         {"role": "tool", "tool_call_id": "w", "content": "sunny"},
         {"role": "user", "content": "Also, is that warm?"},
     ], [WEATHER]),
+    # a repeated call id ranks by its last call (V4 sorts results by a dict of ids); an empty id
+    # falls back to the function's
+    "repeated-and-empty-ids": ([
+        {"role": "user", "content": "Three lookups."},
+        {"role": "assistant", "content": "", "reasoning_content": "Go.",
+         "tool_calls": [call("a", "add", {"a": 1, "b": 1}), call("b", "add", {"a": 2, "b": 2}),
+                        call("a", "add", {"a": 3, "b": 3}),
+                        {"id": "", "type": "function", "function": {"id": "c", "name": "add", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "R0"},
+        {"role": "tool", "tool_call_id": "a", "content": "R1"},
+        {"role": "tool", "tool_call_id": "b", "content": "R2"},
+    ], [ADD]),
     "history-without-tools": ([
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": "", "reasoning_content": "Call it.",

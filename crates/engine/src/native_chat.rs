@@ -335,7 +335,7 @@ fn v32(messages: &[Message], thinking: bool, tools: Option<&str>) -> Result<Stri
             _ => {
                 let calls = tool_calls(m);
                 if think_after(i, false) {
-                    if !m.extra.contains_key("reasoning_content") && calls.is_empty() {
+                    if reasoning(m).is_empty() && calls.is_empty() {
                         bail!("{name}: in thinking mode an assistant message after the last user message needs `reasoning_content` or `tool_calls`");
                     }
                     out.push_str(reasoning(m));
@@ -398,20 +398,24 @@ fn v4_turns(messages: &[Message]) -> Vec<Turn<'_>> {
     for t in &mut turns {
         match t {
             Turn::Assistant(m) if !tool_calls(m).is_empty() => {
+                // `tc.get("id") or tc["function"].get("id", "")`
+                fn id(v: Option<&Value>) -> Option<&str> {
+                    v.and_then(|i| i.as_str()).filter(|i| !i.is_empty())
+                }
                 order = tool_calls(m)
                     .iter()
                     .map(|c| {
-                        c.get("id")
-                            .or_else(|| c.get("function").and_then(|f| f.get("id")))
-                            .and_then(|i| i.as_str())
+                        id(c.get("id"))
+                            .or_else(|| id(c.get("function").and_then(|f| f.get("id"))))
                             .unwrap_or("")
                     })
                     .collect();
             }
             Turn::User(parts) => {
+                // a dict of id -> position: a repeated id ranks by its last call
                 let rank = |id: &str| {
                     (!id.is_empty())
-                        .then(|| order.iter().position(|o| *o == id))
+                        .then(|| order.iter().rposition(|o| *o == id))
                         .flatten()
                         .unwrap_or(0)
                 };

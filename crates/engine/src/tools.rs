@@ -241,6 +241,8 @@ pub struct ToolParser {
     drained: usize,
     /// stream positions where pushed chunks ended (where the arguments may be cut)
     cuts: Vec<usize>,
+    /// DSML: the whitespace before a calls block, given back if the block is no call
+    held: String,
 }
 
 impl ToolParser {
@@ -255,6 +257,7 @@ impl ToolParser {
             buf: String::new(),
             drained: 0,
             cuts: Vec::new(),
+            held: String::new(),
         }
     }
 
@@ -279,7 +282,7 @@ impl ToolParser {
                 if let Some(i) = self.buf.find(calls_begin) {
                     let mut before = self.drain(i);
                     if self.format.args == Args::Dsml {
-                        before.truncate(before.trim_end().len());
+                        self.held = before.split_off(before.trim_end().len());
                     }
                     if !before.is_empty() {
                         out.push(ToolOut::Content(before));
@@ -317,9 +320,10 @@ impl ToolParser {
                 let end = lead + e;
                 let call = self.check(start, end);
                 let raw = self.drain(end + call_end.len());
+                let held = std::mem::take(&mut self.held);
                 out.push(match call {
                     Some(c) => ToolOut::Call(c),
-                    None => ToolOut::Content(raw.trim_start().to_string()),
+                    None => ToolOut::Content(format!("{held}{}", raw.trim_start())),
                 });
                 continue;
             }
@@ -330,7 +334,8 @@ impl ToolParser {
             let rest = std::mem::take(&mut self.buf);
             self.drained += rest.len();
             self.in_calls = false;
-            out.push(ToolOut::Content(format!("{calls_begin}{rest}")));
+            let held = std::mem::take(&mut self.held);
+            out.push(ToolOut::Content(format!("{held}{calls_begin}{rest}")));
             return out;
         }
     }
@@ -387,7 +392,11 @@ impl ToolParser {
     pub fn finish(&mut self) -> Vec<ToolOut> {
         let rest = std::mem::take(&mut self.buf);
         let text = if self.in_calls {
-            format!("{}{rest}", self.format.markers.calls_begin)
+            format!(
+                "{}{}{rest}",
+                std::mem::take(&mut self.held),
+                self.format.markers.calls_begin
+            )
         } else {
             rest
         };
@@ -570,24 +579,30 @@ fn dsml_grammar(format: &CallFormat, tools: &[(String, Value)], many: bool) -> S
             .and_then(|r| r.as_array())
             .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
-        let params = match props {
-            None => "any_param*".to_string(),
-            Some(p) if p.is_empty() => String::new(),
-            Some(p) => p
-                .iter()
-                .map(|(pn, ps)| {
-                    let one = format!("({})", param(pn, ps));
-                    if required.contains(&pn.as_str()) {
-                        one
-                    } else {
-                        format!("{one}?")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
+        let (params, may_be_empty) = match props {
+            None => ("any_param+".to_string(), true),
+            Some(p) if p.is_empty() => (String::new(), true),
+            Some(p) => (
+                p.iter()
+                    .map(|(pn, ps)| {
+                        let one = format!("({})", param(pn, ps));
+                        if required.contains(&pn.as_str()) {
+                            one
+                        } else {
+                            format!("{one}?")
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                !p.keys().any(|k| required.contains(&k.as_str())),
+            ),
         };
         // no parameters at all: the empty line the encoders write between the tags
-        let params = if params.is_empty() { lit("\n") } else { params };
+        let params = match (params.is_empty(), may_be_empty) {
+            (true, _) => lit("\n"),
+            (false, true) => format!("(({params}) | {})", lit("\n")),
+            (false, false) => params,
+        };
         rules.push(format!(
             "call_{k}: {} {params} {}",
             lit(&format!(
@@ -822,6 +837,11 @@ mod tests {
                 run(&CallFormat::dsml(f), &["so\n\n", "done"]).0,
                 "so\n\ndone"
             );
+            // the blank line before a block that is no call stays in the text
+            let s = format!("x\n\n<｜DSML｜{b}>junk");
+            assert_eq!(every_cut(&CallFormat::dsml(f), &s), (s.clone(), vec![]));
+            let s = format!("x\n\n<｜DSML｜{b}>\n<｜DSML｜invoke name=\"add\">");
+            assert_eq!(every_cut(&CallFormat::dsml(f), &s), (s.clone(), vec![]));
         }
     }
 

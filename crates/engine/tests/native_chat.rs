@@ -26,10 +26,10 @@ fn both_formats_render_as_the_released_encoders_do() {
     ] {
         let d = data(file);
         let cases = d["cases"].as_array().unwrap();
-        assert_eq!(cases.len(), 24);
+        assert_eq!(cases.len(), 26);
         assert_eq!(
             cases.iter().filter(|c| c.get("tools").is_some()).count(),
-            12
+            14
         );
         for c in cases {
             let thinking = c["thinking_mode"] == "thinking";
@@ -93,6 +93,13 @@ fn a_checkpoint_without_a_template_takes_its_release_format() {
         .render_chat(&[Message::new("user", "hi"), call], true, &json!({}))
         .unwrap_err();
     assert!(format!("{err:#}").contains("not a JSON object"), "{err:#}");
+    // thinking mode: an answer after the last user turn with no reasoning and no calls
+    let mut answer = Message::new("assistant", "4");
+    answer.extra.insert("reasoning_content".into(), json!(""));
+    let err = tok
+        .render_chat(&[Message::new("user", "2+2"), answer], true, &json!({}))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("reasoning_content"), "{err:#}");
     let mut task = Message::new("user", "hi");
     task.extra.insert("task".into(), json!("query"));
     let err = tok.render_chat(&[task], true, &json!({})).unwrap_err();

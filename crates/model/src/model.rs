@@ -412,6 +412,9 @@ impl Model {
     /// Logits [rows, vocab] for hidden states [rows, hidden_width].
     pub fn logits(&self, hidden: &[f32]) -> Vec<f32> {
         let n = hidden.len() / self.hidden_width();
+        if n == 0 {
+            return Vec::new();
+        }
         let collapsed;
         let hidden = match &self.hc_head {
             Some(head) => {

@@ -48,6 +48,9 @@ pub fn is_linear(name: &str) -> bool {
         ".w1.weight",
         ".w2.weight",
         ".w3.weight",
+        // V4's MTP modules join the streams through these
+        "e_proj.weight",
+        "h_proj.weight",
     ];
     SUFFIXES.iter().any(|s| name.ends_with(s))
 }
