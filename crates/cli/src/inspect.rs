@@ -439,14 +439,37 @@ pub struct QuantizeArgs {
     #[arg(long)]
     model: PathBuf,
     /// int8 (q8_0) or int4 (q4_0)
-    #[arg(long)]
-    dtype: String,
+    #[arg(long, required_unless_present = "to_gguf")]
+    dtype: Option<String>,
+    /// write a GGUF file (`--out FILE.gguf`) with the linear layers in this ggml type: F32, F16,
+    /// BF16 or Q8_0 (qwen2, qwen3 and llama models)
+    #[arg(long, conflicts_with = "dtype")]
+    to_gguf: Option<String>,
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn quantize(a: QuantizeArgs) -> Result<()> {
-    let format = match whale_model::parse_dtype(&a.dtype)? {
+    if let Some(fmt) = &a.to_gguf {
+        use whale_kernels::ggml::GgmlType;
+        let ty = GgmlType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(fmt))
+            .ok_or_else(|| {
+                anyhow::anyhow!("--to-gguf: unknown ggml type `{fmt}` (F32, F16, BF16, Q8_0)")
+            })?;
+        let ck = Checkpoint::open(&a.model)?;
+        whale_model::gguf::export(&ck, &a.out, ty)
+            .map_err(|e| anyhow::anyhow!("--to-gguf: {e:#}"))?;
+        eprintln!(
+            "wrote {}; load it with --model {}",
+            a.out.display(),
+            a.out.display()
+        );
+        return Ok(());
+    }
+    let dtype = a.dtype.as_deref().expect("required without --to-gguf");
+    let format = match whale_model::parse_dtype(dtype)? {
         Some(f @ (whale_model::Format::Q8_0 | whale_model::Format::Q4_0)) => f,
         _ => bail!("--dtype: whale quantize writes int8 or int4"),
     };

@@ -1262,3 +1262,57 @@ fn inspect_reads_gguf_files() {
     std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
     assert_clean_error(&whale(&["inspect", p.to_str().unwrap()]), "past the end");
 }
+
+/// `whale quantize --to-gguf` writes a GGUF that `--model FILE.gguf` runs: F32 gives the
+/// checkpoint's logits exactly; an architecture GGUF export does not write is refused.
+#[test]
+fn quantize_to_gguf_round_trips_through_logits() {
+    let d_tmp = tmp("togguf");
+    let d = d_tmp.path();
+    let file = d.join("m.gguf");
+    let src = fixture("tiny-qwen2");
+    let o = whale(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--to-gguf",
+        "f32",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = |model: &Path, out: &Path| {
+        let o = whale(&[
+            "logits",
+            "--model",
+            model.to_str().unwrap(),
+            "--ids",
+            "0,5,7,9,11",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out).unwrap()
+    };
+    assert_eq!(run(&src, &d.join("a.st")), run(&file, &d.join("b.st")));
+    let o = whale(&[
+        "quantize",
+        "--model",
+        fixture("tiny-v3").to_str().unwrap(),
+        "--to-gguf",
+        "q8_0",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, "deepseek_v3");
+    let o = whale(&[
+        "quantize",
+        "--model",
+        src.to_str().unwrap(),
+        "--to-gguf",
+        "iq2_xxs",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, "iq2_xxs");
+}

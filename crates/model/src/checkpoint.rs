@@ -46,8 +46,9 @@ pub struct Checkpoint {
     /// `whale_quantization.format`), whose int8/uint8 linear weights carry `<name>_whale_scale`.
     pub whale_quant: Option<Format>,
     files: Vec<(PathBuf, ByteOwner)>,
-    /// the same mappings, for dropping pages whole tensors no longer need
-    maps: Vec<Arc<MappedFile>>,
+    /// the same mappings, for dropping pages whole tensors no longer need (None: bytes made
+    /// at load, a GGUF tensor repacked)
+    maps: Vec<Option<Arc<MappedFile>>>,
     /// Whether linear weights used as stored are copied into `arena` (2 MiB pages: bf16 decode
     /// +8% on the test model) rather than read in place from the file's 4 KiB page-cache
     /// pages. On by default where the files fit well inside the memory available; converted
@@ -102,6 +103,9 @@ fn map_file(path: &Path) -> Result<Arc<MappedFile>> {
 
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Self> {
+        if crate::gguf::is_gguf(dir) {
+            return Self::open_gguf(dir);
+        }
         if !dir.is_dir() {
             bail!("model directory {} does not exist", dir.display());
         }
@@ -188,9 +192,9 @@ impl Checkpoint {
                 }
             }
             files.push((path, owner));
-            maps.push(map);
+            maps.push(Some(map));
         }
-        let file_bytes: usize = maps.iter().map(|m| m.0.len()).sum();
+        let file_bytes: usize = maps.iter().flatten().map(|m| m.0.len()).sum();
         // a model that does not fit is read from its files whichever way; leave room for the
         // cache and everything else
         let pack = available_memory().is_some_and(|a| file_bytes <= a / 4 * 3);
@@ -207,8 +211,191 @@ impl Checkpoint {
         })
     }
 
+    /// A GGUF file of a dense decoder (qwen2, qwen3, llama) under the hub's names. F32, F16 and
+    /// BF16 tensors are read in place from the file; Q8_0 and Q4_0 are the blocks whale's own
+    /// kernels take, repacked (scales apart from the codes); the other ggml types are widened
+    /// to f32 at load until kernels of their own read them in place. A `llama` file's q and k
+    /// rows are put back in the hub's order.
+    fn open_gguf(path: &Path) -> Result<Self> {
+        use crate::gguf::{hub_name, llama_permuted_row, Gguf};
+        use whale_kernels::ggml::{dequantize, GgmlType};
+        let g = Gguf::open(path)?;
+        let config = ModelConfig::from_json(&g.hub_config()?)
+            .with_context(|| format!("{}: the model its metadata describes", path.display()))?;
+        let permute = g.architecture()? == "llama";
+        let gqa = config.gqa.as_ref().expect("a dense decoder");
+        let (heads, kv_heads) = (config.num_attention_heads, gqa.num_key_value_heads);
+        let mut files: Vec<(PathBuf, ByteOwner)> = Vec::new();
+        let mut maps = Vec::new();
+        for p in &g.paths {
+            let map = map_file(p)?;
+            files.push((p.clone(), map.clone()));
+            maps.push(Some(map));
+        }
+        let mut tensors = BTreeMap::new();
+        let mut widened = 0usize;
+        let mut own = |files: &mut Vec<(PathBuf, ByteOwner)>, bytes: Vec<u8>| {
+            files.push((path.to_path_buf(), Arc::new(bytes)));
+            maps.push(None);
+            files.len() - 1
+        };
+        for (name, t) in &g.tensors {
+            let hub = hub_name(name).ok_or_else(|| {
+                anyhow!(
+                    "{}: tensor {name} is not one whale knows in a dense decoder",
+                    path.display()
+                )
+            })?;
+            let bytes = &g.bytes(name)?;
+            let (rows, cols) = match t.shape[..] {
+                [n] => (1, n),
+                [r, c] => (r, c),
+                _ => bail!("{}: tensor {name} has shape {:?}", path.display(), t.shape),
+            };
+            // row r of the stored tensor is row `order(r)` of the hub's
+            let heads_here = if hub.ends_with("q_proj.weight") || hub.ends_with("q_proj.bias") {
+                Some(heads)
+            } else if hub.ends_with("k_proj.weight") || hub.ends_with("k_proj.bias") {
+                Some(kv_heads)
+            } else {
+                None
+            };
+            // rows as the permutation counts them (a bias: its values)
+            let prows = if t.shape.len() == 1 { cols } else { rows };
+            let reorder = permute && heads_here.is_some();
+            let unpermute = |bytes: &[u8], row_bytes: usize| -> Vec<u8> {
+                let h = heads_here.expect("q or k");
+                let mut out = vec![0u8; bytes.len()];
+                for r in 0..prows {
+                    let to = llama_permuted_row(r, prows, h);
+                    out[to * row_bytes..(to + 1) * row_bytes]
+                        .copy_from_slice(&bytes[r * row_bytes..(r + 1) * row_bytes]);
+                }
+                out
+            };
+            let shape = t.shape.clone();
+            let dtype = match t.ty {
+                GgmlType::F32 => Some(Dtype::F32),
+                GgmlType::F16 => Some(Dtype::F16),
+                GgmlType::BF16 => Some(Dtype::BF16),
+                _ => None,
+            };
+            if let Some(dtype) = dtype {
+                let (file, start) = if reorder {
+                    let row_bytes = bytes.len() / prows;
+                    (own(&mut files, unpermute(bytes, row_bytes)), 0)
+                } else {
+                    (t.file, t.start)
+                };
+                tensors.insert(
+                    hub,
+                    TensorEntry {
+                        file,
+                        dtype,
+                        shape,
+                        start,
+                        len: t.len,
+                    },
+                );
+                continue;
+            }
+            match t.ty {
+                GgmlType::Q8_0 | GgmlType::Q4_0 if t.shape.len() == 2 => {
+                    // whale's block layout: the codes, then the f16 scales apart
+                    let bytes = if reorder {
+                        unpermute(bytes, bytes.len() / rows)
+                    } else {
+                        bytes.to_vec()
+                    };
+                    let (ts, code_bytes) = if t.ty == GgmlType::Q8_0 {
+                        (34, 32)
+                    } else {
+                        (18, 16)
+                    };
+                    let (mut codes, mut scales) = (Vec::new(), Vec::new());
+                    for b in bytes.chunks_exact(ts) {
+                        scales.extend_from_slice(&b[..2]);
+                        codes.extend_from_slice(&b[2..2 + code_bytes]);
+                    }
+                    let (code_len, scale_len) = (codes.len(), scales.len());
+                    let (dtype, code_shape) = if t.ty == GgmlType::Q8_0 {
+                        (Dtype::I8, vec![rows, cols])
+                    } else {
+                        (Dtype::U8, vec![rows, cols / 2])
+                    };
+                    let cf = own(&mut files, codes);
+                    let sf = own(&mut files, scales);
+                    tensors.insert(
+                        format!("{hub}_whale_scale"),
+                        TensorEntry {
+                            file: sf,
+                            dtype: Dtype::F16,
+                            shape: vec![rows, cols / 32],
+                            start: 0,
+                            len: scale_len,
+                        },
+                    );
+                    tensors.insert(
+                        hub,
+                        TensorEntry {
+                            file: cf,
+                            dtype,
+                            shape: code_shape,
+                            start: 0,
+                            len: code_len,
+                        },
+                    );
+                }
+                ty => {
+                    let mut values = vec![0f32; rows * cols];
+                    dequantize(ty, bytes, &mut values);
+                    let mut raw: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
+                    if reorder {
+                        raw = unpermute(&raw, raw.len() / prows);
+                    }
+                    widened += 1;
+                    let len = raw.len();
+                    let file = own(&mut files, raw);
+                    tensors.insert(
+                        hub,
+                        TensorEntry {
+                            file,
+                            dtype: Dtype::F32,
+                            shape,
+                            start: 0,
+                            len,
+                        },
+                    );
+                }
+            }
+        }
+        if widened > 0 {
+            eprintln!(
+                "note: {widened} tensor(s) of {} are in ggml types whale has no kernels for yet; they are widened to f32 at load",
+                path.display()
+            );
+        }
+        Ok(Checkpoint {
+            dir: path.to_path_buf(),
+            config,
+            dtype: None,
+            // the repacked Q8_0 / Q4_0 blocks: codes apart, `<name>_whale_scale` beside them
+            whale_quant: Some(Format::Q8_0),
+            files,
+            maps,
+            tensors,
+            pack: false,
+            arena: Arena::default(),
+        })
+    }
+
     pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(|s| s.as_str())
+    }
+
+    /// Whether the weights come from a GGUF file.
+    pub fn is_gguf(&self) -> bool {
+        crate::gguf::is_gguf(&self.dir)
     }
 
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
@@ -297,6 +484,12 @@ impl Checkpoint {
         self.check_shape(&scale_name, se, &[rows, cols / QK])?;
         let scales =
             Buf::<half::f16>::shared(self.files[se.file].1.clone(), se.start, rows * cols / QK);
+        // a GGUF's Q8_0 and Q4_0 blocks share a checkpoint: the codes' dtype says which
+        let q = match (q, e.dtype) {
+            (Format::Q8_0 | Format::Q4_0, Dtype::I8) if self.is_gguf() => Format::Q8_0,
+            (Format::Q8_0 | Format::Q4_0, Dtype::U8) if self.is_gguf() => Format::Q4_0,
+            _ => q,
+        };
         let data = match (q, e.dtype) {
             (Format::Q8_0, Dtype::I8) => {
                 self.check_shape(name, e, &[rows, cols])?;
@@ -430,12 +623,12 @@ impl Checkpoint {
             // SAFETY: the mapping is read-only and file-backed; MADV_DONTNEED only discards
             // clean pages, which later reads fetch again from the file. Borrowed views of these
             // bytes (none remain for a converted tensor) would still read the same contents.
+            let Some(map) = &self.maps[file] else {
+                return;
+            };
             let _ = unsafe {
-                self.maps[file].0.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    len,
-                )
+                map.0
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
             };
         }
     }
@@ -446,9 +639,11 @@ impl Checkpoint {
     fn populate(&self, name: &str) {
         if let Some((file, start, len)) = self.pages(name) {
             #[cfg(target_os = "linux")]
-            let _ = self.maps[file]
-                .0
-                .advise_range(memmap2::Advice::PopulateRead, start, len);
+            if let Some(map) = &self.maps[file] {
+                let _ = map
+                    .0
+                    .advise_range(memmap2::Advice::PopulateRead, start, len);
+            }
             #[cfg(not(target_os = "linux"))]
             let _ = (file, start, len);
         }

@@ -243,6 +243,290 @@ impl Gguf {
     }
 }
 
+/// The dense decoders whale reads from GGUF, by `general.architecture` (R1's distills).
+const DENSE: [&str; 3] = ["qwen2", "qwen3", "llama"];
+
+/// llama.cpp's names of a block's tensors beside the hub's (`blk.N.` / `model.layers.N.`).
+const BLOCK_NAMES: [(&str, &str); 15] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_q.bias", "self_attn.q_proj.bias"),
+    ("attn_k.bias", "self_attn.k_proj.bias"),
+    ("attn_v.bias", "self_attn.v_proj.bias"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("attn_output.bias", "self_attn.o_proj.bias"),
+    ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+    ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
+
+const TOP_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// The hub name of a GGUF tensor of a dense decoder, where whale has one.
+pub fn hub_name(gguf: &str) -> Option<String> {
+    if let Some((_, h)) = TOP_NAMES.iter().find(|(g, _)| *g == gguf) {
+        return Some(h.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (i, leaf) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let (_, h) = BLOCK_NAMES.iter().find(|(g, _)| *g == leaf)?;
+    Some(format!("model.layers.{i}.{h}"))
+}
+
+/// The GGUF name of a hub tensor of a dense decoder.
+pub fn gguf_name(hub: &str) -> Option<String> {
+    if let Some((g, _)) = TOP_NAMES.iter().find(|(_, h)| *h == hub) {
+        return Some(g.to_string());
+    }
+    let rest = hub.strip_prefix("model.layers.")?;
+    let (i, leaf) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let (g, _) = BLOCK_NAMES.iter().find(|(_, h)| *h == leaf)?;
+    Some(format!("blk.{i}.{g}"))
+}
+
+/// llama.cpp stores a `llama` model's q and k rows permuted (its rope rotates adjacent pairs,
+/// the hub's rotates halves): row r of the file is row `permuted(r)` of the hub's weight, for
+/// `heads` heads of `rows / heads` rows.
+pub fn llama_permuted_row(r: usize, rows: usize, heads: usize) -> usize {
+    let per = rows / heads;
+    let (h, j) = (r / per, r % per);
+    // file (h, i, two) <- hub (h, two, i): j = 2 * i + two
+    h * per + (j % 2) * (per / 2) + j / 2
+}
+
+impl Gguf {
+    /// The architecture, checked to be one whale runs from GGUF.
+    pub fn architecture(&self) -> Result<&str> {
+        let arch = self.string("general.architecture")?;
+        if !DENSE.contains(&arch) {
+            bail!(
+                "{}: general.architecture `{arch}` is not one whale runs from GGUF yet (supported: {})",
+                self.paths[0].display(),
+                DENSE.join(", ")
+            );
+        }
+        Ok(arch)
+    }
+
+    /// The hub config.json of a dense decoder from its metadata (llama.cpp's keys), so the
+    /// config is checked as every other is.
+    pub fn hub_config(&self) -> Result<serde_json::Value> {
+        let arch = self.architecture()?;
+        let k = |key: &str| format!("{arch}.{key}");
+        let heads = self.uint(&k("attention.head_count"))?;
+        let hidden = self.uint(&k("embedding_length"))?;
+        let vocab = match self.uint(&k("vocab_size")) {
+            Ok(v) => v,
+            Err(_) => self.tensor("token_embd.weight")?.shape[0] as u64,
+        };
+        let mut c = serde_json::json!({
+            "model_type": arch,
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "intermediate_size": self.uint(&k("feed_forward_length"))?,
+            "num_hidden_layers": self.uint(&k("block_count"))?,
+            "num_attention_heads": heads,
+            "num_key_value_heads": if self.has(&k("attention.head_count_kv")) {
+                self.uint(&k("attention.head_count_kv"))?
+            } else {
+                heads
+            },
+            "max_position_embeddings": self.uint(&k("context_length"))?,
+            "rms_norm_eps": self.float(&k("attention.layer_norm_rms_epsilon"))?,
+            "rope_theta": if self.has(&k("rope.freq_base")) { self.float(&k("rope.freq_base"))? } else { 10000.0 },
+            "tie_word_embeddings": !self.tensors.contains_key("output.weight"),
+            "attention_bias": self.tensors.contains_key("blk.0.attn_q.bias"),
+        });
+        if self.has(&k("attention.key_length")) {
+            c["head_dim"] = self.uint(&k("attention.key_length"))?.into();
+        }
+        for (key, field) in [
+            ("tokenizer.ggml.bos_token_id", "bos_token_id"),
+            ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+        ] {
+            if self.has(key) {
+                c[field] = self.uint(key)?.into();
+            }
+        }
+        if self.tensors.contains_key("rope_freqs.weight") {
+            bail!(
+                "{}: rope_freqs.weight (llama3 rope scaling as llama.cpp stores it) is not read yet",
+                self.paths[0].display()
+            );
+        }
+        let scaling = k("rope.scaling.type");
+        if self.has(&scaling) {
+            match self.string(&scaling)? {
+                "none" => {}
+                "yarn" => {
+                    c["rope_scaling"] = serde_json::json!({
+                        "rope_type": "yarn",
+                        "factor": self.float(&k("rope.scaling.factor"))?,
+                        "original_max_position_embeddings":
+                            self.uint(&k("rope.scaling.original_context_length"))?,
+                    });
+                }
+                other => bail!(
+                    "{}: metadata key {scaling} is `{other}`; whale reads none and yarn",
+                    self.paths[0].display()
+                ),
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Writes a dense decoder's checkpoint as a GGUF file under llama.cpp's names and metadata
+/// keys: 2-D weights in `ty` (F32, F16, BF16 or Q8_0; the embedding too), norms and biases in
+/// F32, a `llama` model's q and k rows permuted as llama.cpp permutes them.
+pub fn export(ck: &crate::Checkpoint, out: &Path, ty: GgmlType) -> Result<()> {
+    let c = &ck.config;
+    let arch = c.model_type.as_str();
+    if !DENSE.contains(&arch) {
+        bail!("GGUF export writes qwen2, qwen3 and llama models; this one is {arch}");
+    }
+    if !matches!(
+        ty,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+    ) {
+        bail!(
+            "GGUF export writes F32, F16, BF16 or Q8_0, not {}",
+            ty.name()
+        );
+    }
+    if c.llama3.is_some() {
+        bail!(
+            "GGUF export of llama3 rope scaling (llama.cpp's rope_freqs tensor) is not written yet"
+        );
+    }
+    let g = c.gqa.as_ref().expect("a dense decoder");
+    let k = |key: &str| format!("{arch}.{key}");
+    let mut meta: Vec<(String, Meta)> = vec![
+        ("general.architecture".into(), Meta::Str(arch.into())),
+        (
+            k("context_length"),
+            Meta::U32(c.max_position_embeddings as u32),
+        ),
+        (k("embedding_length"), Meta::U32(c.hidden_size as u32)),
+        (k("block_count"), Meta::U32(c.num_hidden_layers as u32)),
+        (
+            k("feed_forward_length"),
+            Meta::U32(c.intermediate_size as u32),
+        ),
+        (
+            k("attention.head_count"),
+            Meta::U32(c.num_attention_heads as u32),
+        ),
+        (
+            k("attention.head_count_kv"),
+            Meta::U32(g.num_key_value_heads as u32),
+        ),
+        (k("attention.key_length"), Meta::U32(g.head_dim as u32)),
+        (k("attention.value_length"), Meta::U32(g.head_dim as u32)),
+        (k("rope.freq_base"), Meta::F32(c.rope_theta as f32)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            Meta::F32(c.rms_norm_eps as f32),
+        ),
+        (k("vocab_size"), Meta::U32(c.vocab_size as u32)),
+    ];
+    if let Some(y) = &c.yarn {
+        meta.push((k("rope.scaling.type"), Meta::Str("yarn".into())));
+        meta.push((k("rope.scaling.factor"), Meta::F32(y.factor as f32)));
+        meta.push((
+            k("rope.scaling.original_context_length"),
+            Meta::U32(y.original_max_position_embeddings as u32),
+        ));
+    }
+    if let Some(b) = c.bos_token_id {
+        meta.push(("tokenizer.ggml.bos_token_id".into(), Meta::U32(b)));
+    }
+    if let Some(&e) = c.eos_token_ids.first() {
+        meta.push(("tokenizer.ggml.eos_token_id".into(), Meta::U32(e)));
+    }
+    let mut tensors: Vec<(String, GgmlType, Vec<usize>, Vec<u8>)> = Vec::new();
+    for hub in ck.tensor_names() {
+        let Some(name) = gguf_name(hub) else {
+            bail!("tensor {hub} has no GGUF name whale writes");
+        };
+        if name == "output.weight" && c.tie_word_embeddings {
+            continue;
+        }
+        let e = ck.entry(hub).expect("listed");
+        let (rows, cols) = match e.shape[..] {
+            [n] => (1, n),
+            [r, c] => (r, c),
+            _ => bail!("tensor {hub} has shape {:?}", e.shape),
+        };
+        let mut values = if e.shape.len() == 1 {
+            ck.vector(hub, cols)?
+        } else {
+            ck.matrix(hub, rows, cols)?.to_f32()
+        };
+        let heads = if hub.contains("q_proj.") {
+            c.num_attention_heads
+        } else {
+            g.num_key_value_heads
+        };
+        if arch == "llama" && (hub.contains("q_proj.") || hub.contains("k_proj.")) {
+            let (n, w) = if e.shape.len() == 1 {
+                (cols, 1)
+            } else {
+                (rows, cols)
+            };
+            let src = values.clone();
+            for r in 0..n {
+                let from = llama_permuted_row(r, n, heads);
+                values[r * w..(r + 1) * w].copy_from_slice(&src[from * w..(from + 1) * w]);
+            }
+        }
+        let t = if e.shape.len() == 1 || (ty == GgmlType::Q8_0 && !cols.is_multiple_of(32)) {
+            GgmlType::F32
+        } else {
+            ty
+        };
+        let bytes: Vec<u8> = match t {
+            GgmlType::F32 => bytemuck::cast_slice(&values).to_vec(),
+            GgmlType::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            GgmlType::BF16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+            _ => {
+                let (mut qs, mut sc) = (Vec::new(), Vec::new());
+                whale_kernels::quant::quantize_q8_0(&values, &mut qs, &mut sc);
+                let mut out = Vec::with_capacity(qs.len() / 32 * 34);
+                for (q, s) in qs.chunks_exact(32).zip(&sc) {
+                    out.extend(s.to_le_bytes());
+                    out.extend(q.iter().map(|&v| v as u8));
+                }
+                out
+            }
+        };
+        tensors.push((name, t, e.shape.clone(), bytes));
+    }
+    let meta: Vec<(&str, Meta)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let tensors: Vec<(&str, GgmlType, Vec<usize>, &[u8])> = tensors
+        .iter()
+        .map(|(n, t, s, b)| (n.as_str(), *t, s.clone(), b.as_slice()))
+        .collect();
+    write(out, &meta, &tensors)
+}
+
 /// A metadata value to write (the types llama.cpp's keys use).
 #[derive(Clone, Debug)]
 pub enum Meta {
@@ -337,6 +621,15 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// llama.cpp's `permute`: reshape(heads, 2, rows / heads / 2) then swap the last two axes.
+    #[test]
+    fn llama_rows_are_permuted_as_llama_cpp_permutes_them() {
+        let file: Vec<usize> = (0..8).map(|r| llama_permuted_row(r, 8, 2)).collect();
+        assert_eq!(file, [0, 2, 1, 3, 4, 6, 5, 7]);
+        let file: Vec<usize> = (0..6).map(|r| llama_permuted_row(r, 6, 1)).collect();
+        assert_eq!(file, [0, 3, 1, 4, 2, 5]);
+    }
 
     #[test]
     fn split_names_list_every_part() {

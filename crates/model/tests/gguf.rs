@@ -160,3 +160,99 @@ mod file {
         }
     }
 }
+
+mod models {
+    use std::path::{Path, PathBuf};
+    use whale_kernels::ggml::GgmlType;
+    use whale_model::{gguf, AttentionForm, Checkpoint, Format, Logits, Model};
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../testdata/fixtures")
+            .join(name)
+    }
+
+    fn logits(ck: &Checkpoint) -> Vec<f32> {
+        let m = Model::load(ck).unwrap();
+        let ids: Vec<u32> = (3..40).collect();
+        let mut cache = m.new_cache(ids.len());
+        m.forward(&ids, &mut cache, AttentionForm::Plain, Logits::All)
+            .unwrap()
+    }
+
+    /// tiny-llama without its llama3 rope scaling (which llama.cpp keeps as a tensor of its own)
+    fn plain_llama(dir: &Path) -> PathBuf {
+        let out = dir.join("llama");
+        std::fs::create_dir_all(&out).unwrap();
+        for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), out.join(e.file_name())).unwrap();
+        }
+        let p = out.join("config.json");
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        c.as_object_mut().unwrap().remove("rope_scaling");
+        std::fs::write(&p, c.to_string()).unwrap();
+        out
+    }
+
+    /// A checkpoint written as GGUF by whale and read back computes what the checkpoint does:
+    /// the same bits from F32 / F16 / BF16 files (llama's q and k rows permuted as llama.cpp
+    /// permutes them, and put back), and from Q8_0 the very blocks `--dtype int8` makes.
+    #[test]
+    fn dense_checkpoints_round_trip_through_gguf() {
+        let tmp = tempfile::tempdir().unwrap();
+        let llama = plain_llama(tmp.path());
+        // (each in a type that holds its stored values exactly: tiny-llama is f16)
+        for (src, ty) in [
+            (fixture("tiny-qwen2"), GgmlType::BF16),
+            (fixture("tiny-qwen3"), GgmlType::F32),
+            (llama.clone(), GgmlType::F16),
+            (llama.clone(), GgmlType::F32),
+        ] {
+            let ck = Checkpoint::open(&src).unwrap();
+            let file = tmp.path().join(format!("m-{}.gguf", ty.name()));
+            gguf::export(&ck, &file, ty).unwrap();
+            let back = Checkpoint::open(&file).unwrap();
+            assert_eq!(back.config.model_type, ck.config.model_type);
+            let (a, b) = (logits(&ck), logits(&back));
+            let same = a
+                .iter()
+                .zip(&b)
+                .filter(|(x, y)| x.to_bits() == y.to_bits())
+                .count();
+            assert_eq!(
+                (a.len(), same),
+                (b.len(), a.len()),
+                "{} {}",
+                src.display(),
+                ty.name()
+            );
+        }
+        // Q8_0: the linear layers are the blocks whale's own int8 conversion makes
+        let src = fixture("tiny-qwen2");
+        let mut ck = Checkpoint::open(&src).unwrap();
+        let file = tmp.path().join("m-q8.gguf");
+        gguf::export(&ck, &file, GgmlType::Q8_0).unwrap();
+        let back = Model::load(&Checkpoint::open(&file).unwrap()).unwrap();
+        ck.dtype = Some(Format::Q8_0);
+        let converted = Model::load(&ck).unwrap();
+        for l in 0..back.layers.len() {
+            let (a, b) = (
+                back.layers[l].self_attn.o_proj(),
+                converted.layers[l].self_attn.o_proj(),
+            );
+            assert_eq!(a.format(), Some(Format::Q8_0));
+            assert_eq!(a.data_bytes(), b.data_bytes(), "layer {l}");
+        }
+        // llama3 scaling is refused on the way out, with the reason
+        let e = gguf::export(
+            &Checkpoint::open(&fixture("tiny-llama")).unwrap(),
+            &file,
+            GgmlType::F32,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("llama3"), "{e}");
+    }
+}
