@@ -219,9 +219,11 @@ impl Gguf {
         })
     }
 
+    /// A float; an f32 as its shortest decimal (llama.cpp writes `1e-6` as f32, the hub's
+    /// config says 1e-6).
     pub fn float(&self, key: &str) -> Result<f64> {
         match self.get(key)? {
-            Value::F32(x) => Ok(*x as f64),
+            Value::F32(x) => Ok(x.to_string().parse().expect("a float's own text")),
             Value::F64(x) => Ok(*x),
             v => Err(self.wrong(key, "a float", v)),
         }

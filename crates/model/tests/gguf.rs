@@ -181,7 +181,7 @@ mod models {
     }
 
     /// tiny-llama without its llama3 rope scaling (which llama.cpp keeps as a tensor of its own)
-    fn plain_llama(dir: &Path) -> PathBuf {
+    pub fn plain_llama(dir: &Path) -> PathBuf {
         let out = dir.join("llama");
         std::fs::create_dir_all(&out).unwrap();
         for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
@@ -254,5 +254,73 @@ mod models {
         .unwrap_err()
         .to_string();
         assert!(e.contains("llama3"), "{e}");
+    }
+}
+
+/// GGUF files written by llama.cpp's own converter (testdata/gguf, made by
+/// tools/make_gguf_references.py from the fixtures): F32 files give the checkpoint's logits bit
+/// for bit; the Q8_0 blocks llama.cpp writes are the very blocks whale's int8 conversion makes.
+mod llama_cpp_files {
+    use std::path::PathBuf;
+    use whale_model::{AttentionForm, Checkpoint, Format, Logits, Model};
+
+    fn data(path: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../testdata")
+            .join(path)
+    }
+
+    fn logits(m: &Model) -> Vec<f32> {
+        let ids: Vec<u32> = (3..60).collect();
+        let mut cache = m.new_cache(ids.len());
+        m.forward(&ids, &mut cache, AttentionForm::Plain, Logits::All)
+            .unwrap()
+    }
+
+    #[test]
+    fn llama_cpp_ggufs_compute_what_their_checkpoints_do() {
+        let tmp = tempfile::tempdir().unwrap();
+        // the llama case: tiny-llama without its llama3 rope scaling (llama.cpp's q and k rows
+        // are permuted; whale puts them back)
+        let plain = super::models::plain_llama(tmp.path());
+        for case in ["tiny-qwen2", "tiny-qwen3", "tiny-llama-plain"] {
+            let dir = if case == "tiny-llama-plain" {
+                plain.clone()
+            } else {
+                data(&format!("fixtures/{case}"))
+            };
+            let src = Checkpoint::open(&dir).unwrap();
+            let want = logits(&Model::load(&src).unwrap());
+            let f32 = Checkpoint::open(&data(&format!("gguf/{case}-F32.gguf"))).unwrap();
+            assert_eq!(f32.config, src.config, "{case}");
+            assert_eq!(logits(&Model::load(&f32).unwrap()), want, "{case}");
+            // Q8_0 where the rows are whole blocks (llama.cpp writes the rest in F16)
+            let q8 =
+                Model::load(&Checkpoint::open(&data(&format!("gguf/{case}-Q8_0.gguf"))).unwrap())
+                    .unwrap();
+            let mut conv = Checkpoint::open(&dir).unwrap();
+            conv.dtype = Some(Format::Q8_0);
+            let conv = Model::load(&conv).unwrap();
+            let mut blocks = 0;
+            for (a, b) in q8.layers.iter().zip(&conv.layers) {
+                let (a, b) = (a.self_attn.o_proj(), b.self_attn.o_proj());
+                if a.format() == Some(Format::Q8_0) {
+                    assert_eq!(a.data_bytes(), b.data_bytes(), "{case}");
+                    blocks += 1;
+                }
+            }
+            assert!(
+                case != "tiny-qwen2" || blocks == q8.layers.len(),
+                "{case}: {blocks}"
+            );
+            let got = logits(&q8);
+            assert!(got.iter().all(|v| v.is_finite()));
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            eprintln!("{case}: {blocks} Q8_0 o_proj matrices equal whale's; largest logit change {err:.4}");
+        }
     }
 }
