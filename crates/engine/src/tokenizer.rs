@@ -92,7 +92,23 @@ fn token_text(v: Option<&Value>) -> Option<String> {
 }
 
 impl ChatTokenizer {
+    /// A GGUF file's vocabulary and chat template (`tokenizer.ggml.*`, `tokenizer.chat_template`).
+    fn from_gguf(path: &Path) -> Result<Self> {
+        let g = whale_model::gguf::Gguf::open(path)?;
+        let (json, cfg) = g.hub_tokenizer()?;
+        let tok: tokenizers::Tokenizer = json.to_string().parse().map_err(|e| {
+            anyhow!(
+                "{}: its vocabulary does not make a tokenizer: {e}",
+                path.display()
+            )
+        })?;
+        Self::assemble(tok, cfg, None)
+    }
+
     pub fn load(dir: &Path) -> Result<Self> {
+        if whale_model::gguf::is_gguf(dir) {
+            return Self::from_gguf(dir);
+        }
         let path = dir.join("tokenizer.json");
         let tok = if path.exists() || !dir.join(crate::tiktoken::RANK_FILE).exists() {
             if !path.exists() {
@@ -118,6 +134,25 @@ impl ChatTokenizer {
         } else {
             Value::Null
         };
+        // (taken where the config has no template of its own)
+        let native = std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|c| {
+                c.get("model_type")
+                    .and_then(|m| m.as_str())
+                    .and_then(crate::native_chat::NativeFormat::for_model_type)
+            });
+        Self::assemble(tok, cfg, native)
+    }
+
+    /// The tokenizer with its tokenizer_config.json fields; `native`: the release's own
+    /// conversation format for a checkpoint without a template.
+    fn assemble(
+        tok: tokenizers::Tokenizer,
+        cfg: Value,
+        native: Option<crate::native_chat::NativeFormat>,
+    ) -> Result<Self> {
         let chat_template = match cfg.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
             // a list of named templates: take "default"
@@ -148,17 +183,7 @@ impl ChatTokenizer {
             .filter(|c| !c.is_empty())
             .collect();
         control_texts.sort_by_key(|c| std::cmp::Reverse(c.len()));
-        let native = match &chat_template {
-            Some(_) => None,
-            None => std::fs::read_to_string(dir.join("config.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|c| {
-                    c.get("model_type")
-                        .and_then(|m| m.as_str())
-                        .and_then(crate::native_chat::NativeFormat::for_model_type)
-                }),
-        };
+        let native = native.filter(|_| chat_template.is_none());
         Ok(ChatTokenizer {
             control_texts,
             max_token_bytes,

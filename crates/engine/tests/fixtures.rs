@@ -505,3 +505,64 @@ fn a_draft_model_gives_exactly_the_greedy_tokens() {
         .unwrap_err();
     assert!(err.to_string().contains("greedy"), "{err}");
 }
+
+/// A GGUF file's vocabulary and chat template (`tokenizer.ggml.*`) make the tokenizer the hub
+/// files make: in a file llama.cpp's converter wrote (testdata/gguf) and in one whale wrote.
+#[test]
+fn gguf_vocabularies_tokenize_and_render_as_the_hub_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = tmp.path().join("q.gguf");
+    let ck = whale_model::Checkpoint::open(&fixture("tiny-qwen2")).unwrap();
+    whale_model::gguf::export(&ck, &ours, whale_kernels::ggml::GgmlType::Q8_0).unwrap();
+    let llama_cpp = fixture("../gguf/tiny-qwen2-F32.gguf");
+    let hub = ChatTokenizer::load(&fixture("tiny-qwen2")).unwrap();
+    let msgs = vec![
+        Message::new("system", "Be brief."),
+        Message::new("user", "What is 2 + 2?"),
+        Message::new("assistant", "<think>\nsum</think>4"),
+        Message::new("user", "And 3 + 3?"),
+    ];
+    let (text, ids) = hub.encode_chat(&msgs, &Value::Null).unwrap();
+    assert!(text.contains("<｜Assistant｜>"), "{text}");
+    for file in [ours, llama_cpp] {
+        let g = ChatTokenizer::load(&file).unwrap();
+        for s in [
+            "The quick brown fox, 12345 + 678!",
+            "naïve café — 深度求索\n\n  indented",
+            "<｜User｜>hi<｜Assistant｜><think>\nok</think>",
+        ] {
+            assert_eq!(
+                g.encode(s).unwrap(),
+                hub.encode(s).unwrap(),
+                "{} {s:?}",
+                file.display()
+            );
+        }
+        let (t, i) = g.encode_chat(&msgs, &Value::Null).unwrap();
+        assert_eq!(
+            (t.as_str(), &i),
+            (text.as_str(), &ids),
+            "{}",
+            file.display()
+        );
+    }
+    // vocabularies it does not read yet are refused by their key
+    use whale_model::gguf::{write, Meta};
+    for (model, pre, key) in [
+        ("llama", "default", "tokenizer.ggml.model"),
+        ("gpt2", "qwen2", "tokenizer.ggml.pre"),
+    ] {
+        let p = tmp.path().join("v.gguf");
+        write(
+            &p,
+            &[
+                ("tokenizer.ggml.model", Meta::Str(model.into())),
+                ("tokenizer.ggml.pre", Meta::Str(pre.into())),
+            ],
+            &[],
+        )
+        .unwrap();
+        let e = ChatTokenizer::load(&p).err().expect("refused").to_string();
+        assert!(e.contains(key), "{e}");
+    }
+}

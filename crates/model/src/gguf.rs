@@ -229,6 +229,129 @@ impl Gguf {
         }
     }
 
+    pub fn boolean(&self, key: &str) -> Result<bool> {
+        match self.get(key)? {
+            Value::Bool(b) => Ok(*b),
+            v => Err(self.wrong(key, "a bool", v)),
+        }
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Vec<&str>> {
+        match self.get(key)? {
+            Value::Array(a) => a
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.as_str()),
+                    v => Err(self.wrong(key, "an array of strings", v)),
+                })
+                .collect(),
+            v => Err(self.wrong(key, "an array of strings", v)),
+        }
+    }
+
+    /// An array of integers.
+    pub fn ints(&self, key: &str) -> Result<Vec<i64>> {
+        match self.get(key)? {
+            Value::Array(a) => a
+                .iter()
+                .map(|v| match v {
+                    Value::I32(x) => Ok(*x as i64),
+                    Value::U32(x) => Ok(*x as i64),
+                    Value::I64(x) => Ok(*x),
+                    Value::U8(x) => Ok(*x as i64),
+                    Value::I8(x) => Ok(*x as i64),
+                    v => Err(self.wrong(key, "an array of integers", v)),
+                })
+                .collect(),
+            v => Err(self.wrong(key, "an array of integers", v)),
+        }
+    }
+
+    /// The hub `tokenizer.json` (and the tokenizer_config.json fields whale reads) of the
+    /// vocabulary in `tokenizer.ggml.*`: byte-level BPE (`model` gpt2) with GPT-2's
+    /// pre-tokenizer (`pre` gpt-2); control and user-defined tokens become added tokens.
+    pub fn hub_tokenizer(&self) -> Result<(serde_json::Value, serde_json::Value)> {
+        use serde_json::json;
+        let model = self.string("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            bail!(
+                "{}: metadata key tokenizer.ggml.model is `{model}`; whale reads gpt2 (byte-level BPE) vocabularies",
+                self.paths[0].display()
+            );
+        }
+        let pre = if self.has("tokenizer.ggml.pre") {
+            self.string("tokenizer.ggml.pre")?
+        } else {
+            "gpt-2"
+        };
+        if pre != "gpt-2" {
+            bail!(
+                "{}: metadata key tokenizer.ggml.pre is `{pre}`, a pre-tokenizer whale does not read from GGUF yet (gpt-2); use the hub's tokenizer files",
+                self.paths[0].display()
+            );
+        }
+        let tokens = self.strings("tokenizer.ggml.tokens")?;
+        let types = if self.has("tokenizer.ggml.token_type") {
+            self.ints("tokenizer.ggml.token_type")?
+        } else {
+            vec![1; tokens.len()]
+        };
+        if types.len() != tokens.len() {
+            bail!(
+                "{}: tokenizer.ggml.token_type has {} entries for {} tokens",
+                self.paths[0].display(),
+                types.len(),
+                tokens.len()
+            );
+        }
+        let merges = self.strings("tokenizer.ggml.merges")?;
+        let mut vocab = serde_json::Map::new();
+        let mut added = Vec::new();
+        for (id, (t, ty)) in tokens.iter().zip(&types).enumerate() {
+            vocab.insert(t.to_string(), json!(id));
+            // llama.cpp's token types: 3 control, 4 user-defined
+            if *ty == 3 || *ty == 4 {
+                added.push(
+                    json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": *ty == 3}),
+                );
+            }
+        }
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let tok = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": byte_level, "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+                "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+        });
+        let token = |key: &str| -> Result<Option<String>> {
+            if !self.has(key) {
+                return Ok(None);
+            }
+            let id = self.uint(key)? as usize;
+            tokens
+                .get(id)
+                .map(|t| Some(t.to_string()))
+                .ok_or_else(|| anyhow!("{}: {key} {id} is not a token", self.paths[0].display()))
+        };
+        let mut cfg = json!({
+            "bos_token": token("tokenizer.ggml.bos_token_id")?,
+            "eos_token": token("tokenizer.ggml.eos_token_id")?,
+            "add_bos_token": if self.has("tokenizer.ggml.add_bos_token") {
+                self.boolean("tokenizer.ggml.add_bos_token")?
+            } else {
+                false
+            },
+        });
+        if self.has("tokenizer.chat_template") {
+            cfg["chat_template"] = self.string("tokenizer.chat_template")?.into();
+        }
+        Ok((tok, cfg))
+    }
+
     /// The tensors by ggml type: (type, count, bytes).
     pub fn by_type(&self) -> Vec<(GgmlType, usize, usize)> {
         let mut m: BTreeMap<u32, (GgmlType, usize, usize)> = BTreeMap::new();
@@ -457,6 +580,7 @@ pub fn export(ck: &crate::Checkpoint, out: &Path, ty: GgmlType) -> Result<()> {
     if let Some(&e) = c.eos_token_ids.first() {
         meta.push(("tokenizer.ggml.eos_token_id".into(), Meta::U32(e)));
     }
+    meta.extend(tokenizer_meta(&ck.dir, c.vocab_size)?);
     let mut tensors: Vec<(String, GgmlType, Vec<usize>, Vec<u8>)> = Vec::new();
     for hub in ck.tensor_names() {
         let Some(name) = gguf_name(hub) else {
@@ -527,6 +651,116 @@ pub fn export(ck: &crate::Checkpoint, out: &Path, ty: GgmlType) -> Result<()> {
         .map(|(n, t, s, b)| (n.as_str(), *t, s.clone(), b.as_slice()))
         .collect();
     write(out, &meta, &tensors)
+}
+
+/// `tokenizer.ggml.*` and `tokenizer.chat_template` of a checkpoint's tokenizer.json and
+/// tokenizer_config.json: byte-level BPE with GPT-2's pre-tokenizer (what llama.cpp calls
+/// `gpt2` / `gpt-2`), padded to the model's vocabulary with unused tokens as llama.cpp pads.
+fn tokenizer_meta(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Meta)>> {
+    let read = |f: &str| -> Result<Option<serde_json::Value>> {
+        let p = dir.join(f);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        Ok(Some(
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?,
+        ))
+    };
+    let Some(tok) = read("tokenizer.json")? else {
+        bail!(
+            "{}: no tokenizer.json to write into the GGUF",
+            dir.display()
+        );
+    };
+    let byte_level = tok.pointer("/pre_tokenizer/type").and_then(|t| t.as_str())
+        == Some("ByteLevel")
+        && tok
+            .pointer("/pre_tokenizer/use_regex")
+            .and_then(|t| t.as_bool())
+            == Some(true);
+    if tok.pointer("/model/type").and_then(|t| t.as_str()) != Some("BPE") || !byte_level {
+        bail!("{}: GGUF export writes byte-level BPE tokenizers with GPT-2's pre-tokenizer; this one is another", dir.display());
+    }
+    let vocab = tok
+        .pointer("/model/vocab")
+        .and_then(|v| v.as_object())
+        .ok_or_else(|| anyhow!("tokenizer.json has no model.vocab"))?;
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size.max(vocab.len())];
+    let mut types = vec![1i32; tokens.len()];
+    let mut put = |id: u64, t: &str, ty: i32| -> Result<()> {
+        let slot = tokens
+            .get_mut(id as usize)
+            .ok_or_else(|| anyhow!("token {t} has id {id}, past the vocabulary"))?;
+        *slot = Some(t.to_string());
+        types[id as usize] = ty;
+        Ok(())
+    };
+    for (t, id) in vocab {
+        put(
+            id.as_u64().ok_or_else(|| anyhow!("token {t} has no id"))?,
+            t,
+            1,
+        )?;
+    }
+    for a in tok
+        .get("added_tokens")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let (Some(id), Some(t)) = (a["id"].as_u64(), a["content"].as_str()) else {
+            bail!("tokenizer.json: an added token without id or content");
+        };
+        put(
+            id,
+            t,
+            if a["special"].as_bool() == Some(true) {
+                3
+            } else {
+                4
+            },
+        )?;
+    }
+    let mut names = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.into_iter().enumerate() {
+        names.push(t.unwrap_or_else(|| {
+            types[i] = 5;
+            format!("[PAD{i}]")
+        }));
+    }
+    let merges: Vec<String> = tok
+        .pointer("/model/merges")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Array(p) if p.len() == 2 => Ok(format!(
+                "{} {}",
+                p[0].as_str().unwrap_or(""),
+                p[1].as_str().unwrap_or("")
+            )),
+            _ => bail!("tokenizer.json: a merge that is neither \"a b\" nor [a, b]"),
+        })
+        .collect::<Result<_>>()?;
+    let mut meta = vec![
+        ("tokenizer.ggml.model".to_string(), Meta::Str("gpt2".into())),
+        ("tokenizer.ggml.pre".to_string(), Meta::Str("gpt-2".into())),
+        ("tokenizer.ggml.tokens".to_string(), Meta::Strs(names)),
+        ("tokenizer.ggml.token_type".to_string(), Meta::I32s(types)),
+        ("tokenizer.ggml.merges".to_string(), Meta::Strs(merges)),
+    ];
+    if let Some(cfg) = read("tokenizer_config.json")? {
+        if let Some(b) = cfg.get("add_bos_token").and_then(|b| b.as_bool()) {
+            meta.push(("tokenizer.ggml.add_bos_token".into(), Meta::Bool(b)));
+        }
+        if let Some(t) = cfg.get("chat_template").and_then(|t| t.as_str()) {
+            meta.push(("tokenizer.chat_template".into(), Meta::Str(t.into())));
+        }
+    }
+    Ok(meta)
 }
 
 /// A metadata value to write (the types llama.cpp's keys use).
