@@ -411,6 +411,13 @@ pub(crate) mod x86 {
         out
     }
 
+    /// Each accumulator's 16 lanes summed.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn reduce<const R: usize, const T: usize>(acc: [[__m512; T]; R]) -> [[f32; T]; R] {
+        acc.map(|row| row.map(|a| _mm512_reduce_add_ps(a)))
+    }
+
     /// `dot_rxt` for MXFP4 rows (k a multiple of 32). Sixteen codes at a time: their 8 bytes
     /// each doubled, widened to 32-bit lanes and shifted right by 0 or 4, so each lane's low
     /// nibble is one code, which picks its value from a 16-entry table (`vpermps` reads only the
@@ -458,13 +465,7 @@ pub(crate) mod x86 {
                 }
             }
         }
-        let mut out = [[0f32; T]; R];
-        for r in 0..R {
-            for t in 0..T {
-                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
-            }
-        }
-        out
+        reduce(acc)
     }
 
     /// `dot_fp4_lanes`: a group's 16 code bytes widened one to a lane (`vpmovzxbd`), so each
@@ -534,13 +535,7 @@ pub(crate) mod x86 {
                 }
             }
         }
-        let mut out = [[0f32; T]; R];
-        for r in 0..R {
-            for t in 0..T {
-                out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
-            }
-        }
-        out
+        reduce(acc)
     }
 
     #[target_feature(enable = "avx512f")]
