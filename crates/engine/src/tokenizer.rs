@@ -184,6 +184,10 @@ impl ChatTokenizer {
             .collect();
         control_texts.sort_by_key(|c| std::cmp::Reverse(c.len()));
         let native = native.filter(|_| chat_template.is_none());
+        // (a GGUF's `tokenizer.ggml.add_eos_token` arrives as this field)
+        if cfg.get("add_eos_token").and_then(|b| b.as_bool()) == Some(true) {
+            bail!("tokenizer_config.json: `add_eos_token: true` is not supported (whale appends no end-of-sequence token to prompts)");
+        }
         Ok(ChatTokenizer {
             control_texts,
             max_token_bytes,

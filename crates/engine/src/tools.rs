@@ -613,11 +613,16 @@ fn dsml_grammar(format: &CallFormat, tools: &[(String, Value)], many: bool) -> S
         ));
         alts.push(format!("call_{k}"));
     }
-    let calls = if many { "call (\"\\n\" call)*" } else { "call" };
+    // the block as `CallFormat::dsml` spells it, after the blank line the encoders write
+    let calls = if many {
+        format!("call ({} call)*", lit(&format.sep))
+    } else {
+        "call".to_string()
+    };
     let mut g = format!(
         "start: {} {calls} {}\ncall: {}\n",
-        lit(&format!("\n\n{}\n", m.calls_begin)),
-        lit(&format!("\n{}", m.calls_end)),
+        lit(&format!("\n\n{}{}", m.calls_begin, format.open)),
+        lit(&format!("{}{}", format.close, m.calls_end)),
         alts.join(" | ")
     );
     for r in rules {

@@ -551,17 +551,24 @@ fn gguf_vocabularies_tokenize_and_render_as_the_hub_files() {
     for (model, pre, key) in [
         ("llama", "default", "tokenizer.ggml.model"),
         ("gpt2", "qwen2", "tokenizer.ggml.pre"),
+        ("gpt2", "gpt-2", "add_eos_token"),
     ] {
         let p = tmp.path().join("v.gguf");
-        write(
-            &p,
-            &[
-                ("tokenizer.ggml.model", Meta::Str(model.into())),
-                ("tokenizer.ggml.pre", Meta::Str(pre.into())),
-            ],
-            &[],
-        )
-        .unwrap();
+        let mut meta = vec![
+            ("tokenizer.ggml.model", Meta::Str(model.into())),
+            ("tokenizer.ggml.pre", Meta::Str(pre.into())),
+        ];
+        if key == "add_eos_token" {
+            meta.extend([
+                (
+                    "tokenizer.ggml.tokens",
+                    Meta::Strs(vec!["a".into(), "b".into()]),
+                ),
+                ("tokenizer.ggml.merges", Meta::Strs(vec![])),
+                ("tokenizer.ggml.add_eos_token", Meta::Bool(true)),
+            ]);
+        }
+        write(&p, &meta, &[]).unwrap();
         let e = ChatTokenizer::load(&p).err().expect("refused").to_string();
         assert!(e.contains(key), "{e}");
     }

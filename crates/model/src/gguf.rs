@@ -345,6 +345,11 @@ impl Gguf {
             } else {
                 false
             },
+            "add_eos_token": if self.has("tokenizer.ggml.add_eos_token") {
+                self.boolean("tokenizer.ggml.add_eos_token")?
+            } else {
+                false
+            },
         });
         if self.has("tokenizer.chat_template") {
             cfg["chat_template"] = self.string("tokenizer.chat_template")?.into();
@@ -449,6 +454,40 @@ impl Gguf {
     pub fn hub_config(&self) -> Result<serde_json::Value> {
         let arch = self.architecture()?;
         let k = |key: &str| format!("{arch}.{key}");
+        // every key of the architecture is one read here: another could change the model
+        const READ: [&str; 15] = [
+            "context_length",
+            "embedding_length",
+            "block_count",
+            "feed_forward_length",
+            "attention.head_count",
+            "attention.head_count_kv",
+            "attention.key_length",
+            "attention.value_length",
+            "attention.layer_norm_rms_epsilon",
+            "rope.freq_base",
+            "rope.dimension_count",
+            "vocab_size",
+            "rope.scaling.type",
+            "rope.scaling.factor",
+            "rope.scaling.original_context_length",
+        ];
+        let mut unread: Vec<&String> = self
+            .metadata
+            .keys()
+            .filter(|key| {
+                key.strip_prefix(arch)
+                    .and_then(|r| r.strip_prefix('.'))
+                    .is_some_and(|r| !READ.contains(&r))
+            })
+            .collect();
+        unread.sort();
+        if let Some(key) = unread.first() {
+            bail!(
+                "{}: metadata key {key} is not one whale reads for {arch} (it could change the model)",
+                self.paths[0].display()
+            );
+        }
         let heads = self.uint(&k("attention.head_count"))?;
         let hidden = self.uint(&k("embedding_length"))?;
         let vocab = match self.uint(&k("vocab_size")) {
@@ -473,8 +512,23 @@ impl Gguf {
             "tie_word_embeddings": !self.tensors.contains_key("output.weight"),
             "attention_bias": self.tensors.contains_key("blk.0.attn_q.bias"),
         });
-        if self.has(&k("attention.key_length")) {
-            c["head_dim"] = self.uint(&k("attention.key_length"))?.into();
+        let head_dim = if self.has(&k("attention.key_length")) {
+            let d = self.uint(&k("attention.key_length"))?;
+            c["head_dim"] = d.into();
+            d
+        } else {
+            hidden / heads.max(1)
+        };
+        // whale's heads rotate and return every dimension of one width
+        for key in ["attention.value_length", "rope.dimension_count"] {
+            if self.has(&k(key)) && self.uint(&k(key))? != head_dim {
+                bail!(
+                    "{}: metadata key {} is {}, not the head size {head_dim}; whale runs heads whose values and rotated dims are the whole head",
+                    self.paths[0].display(),
+                    k(key),
+                    self.uint(&k(key))?
+                );
+            }
         }
         for (key, field) in [
             ("tokenizer.ggml.bos_token_id", "bos_token_id"),

@@ -324,3 +324,45 @@ mod llama_cpp_files {
         }
     }
 }
+
+/// A metadata key whale does not read, or a head shape it does not run, is refused by its key
+/// rather than dropped.
+#[test]
+fn unread_or_unsupported_metadata_is_refused_by_name() {
+    use whale_model::gguf::{write, Gguf, Meta};
+    let dir = tempfile::tempdir().unwrap();
+    let base = |extra: Vec<(&'static str, Meta)>| {
+        let mut m = vec![
+            ("general.architecture", Meta::Str("qwen2".into())),
+            ("qwen2.context_length", Meta::U32(64)),
+            ("qwen2.embedding_length", Meta::U32(64)),
+            ("qwen2.block_count", Meta::U32(1)),
+            ("qwen2.feed_forward_length", Meta::U32(128)),
+            ("qwen2.attention.head_count", Meta::U32(4)),
+            ("qwen2.attention.layer_norm_rms_epsilon", Meta::F32(1e-6)),
+            ("qwen2.vocab_size", Meta::U32(384)),
+        ];
+        m.extend(extra);
+        let p = dir.path().join("h.gguf");
+        write(&p, &m, &[]).unwrap();
+        Gguf::open(&p).unwrap().hub_config()
+    };
+    assert!(base(vec![]).is_ok());
+    for (extra, key) in [
+        (
+            vec![("qwen2.attention.sliding_window", Meta::U32(8))],
+            "qwen2.attention.sliding_window",
+        ),
+        (
+            vec![("qwen2.rope.dimension_count", Meta::U32(8))],
+            "qwen2.rope.dimension_count",
+        ),
+        (
+            vec![("qwen2.attention.value_length", Meta::U32(32))],
+            "qwen2.attention.value_length",
+        ),
+    ] {
+        let e = base(extra).unwrap_err().to_string();
+        assert!(e.contains(key), "{e}");
+    }
+}
